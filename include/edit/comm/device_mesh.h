@@ -1,0 +1,85 @@
+// DeviceMesh: who am I in the 2D mesh W = R x S (DESIGN.md section 3).
+//
+// Ranks are laid out replica-major: world rank = replica * S + shard_rank, so the S ranks of one
+// replica are consecutive (normally one node, as mpirun/srun place them). The shard group (size S)
+// holds one model replica, sharded ZeRO-3 style; the sync group (size R) holds the ranks with the
+// same shard index in every replica and carries the Local SGD sync. S = 1: plain replicas (DiLoCo);
+// R = 1: plain FSDP.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "edit/comm/communicator.h"
+
+namespace edit::comm {
+
+class MpiRuntime;
+
+// What the launcher told this process. Every field is -1 when unknown.
+struct LaunchInfo {
+  std::string launcher = "none";  // "mpirun", "srun", "torchrun" or "none" (a single process)
+  int rank = -1;
+  int world_size = -1;
+  int local_rank = -1;
+};
+
+// Reads OpenMPI's OMPI_COMM_WORLD_*, then Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, then
+// torchrun's RANK/WORLD_SIZE/LOCAL_RANK. `getenv` is a parameter so tests can feed an environment.
+LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv);
+LaunchInfo detect_launch();
+
+// The mesh coordinates of one rank; throws edit::Error for an impossible layout.
+struct MeshLayout {
+  int world_size = 1;
+  int shard_size = 1;    // S
+  int num_replicas = 1;  // R
+  int rank = 0;
+  int shard_rank = 0;  // s: index inside the shard group = rank in the shard group
+  int replica = 0;     // r: which replica = rank in the sync group
+
+  static MeshLayout make(int world_size, int shard_size, int rank);
+};
+
+struct MeshOptions {
+  int shard_size = 1;  // S: ranks that share one model replica (ZeRO-3 shard group)
+  CommOptions comm = CommOptions::from_env();
+};
+
+class DeviceMesh {
+ public:
+  // Initializes MPI if needed, checks the launcher's view against MPI's, splits the groups.
+  static DeviceMesh from_env(const MeshOptions& options = {});
+
+  const MeshLayout& layout() const { return layout_; }
+  int rank() const { return layout_.rank; }
+  int world_size() const { return layout_.world_size; }
+  int shard_size() const { return layout_.shard_size; }
+  int num_replicas() const { return layout_.num_replicas; }
+  int local_rank() const { return local_rank_; }  // GPU index on this node
+  const LaunchInfo& launch() const { return launch_; }
+
+  Communicator& world() const { return *world_; }
+  Communicator& shard() const { return *shard_; }
+  Communicator& sync() const { return *sync_; }
+  std::shared_ptr<Communicator> world_ptr() const { return world_; }
+  std::shared_ptr<Communicator> shard_ptr() const { return shard_; }
+  std::shared_ptr<Communicator> sync_ptr() const { return sync_; }
+
+  // Swap a group for a wrapped one (e.g. a LinkEmulator over it, to model a slow inter-node link).
+  void set_shard(std::shared_ptr<Communicator> shard);
+  void set_sync(std::shared_ptr<Communicator> sync);
+
+ private:
+  DeviceMesh() = default;
+  std::shared_ptr<MpiRuntime> runtime_;  // declared first: destroyed after the communicators
+  MeshLayout layout_;
+  LaunchInfo launch_;
+  int local_rank_ = 0;
+  std::shared_ptr<Communicator> world_;
+  std::shared_ptr<Communicator> shard_;
+  std::shared_ptr<Communicator> sync_;
+};
+
+}  // namespace edit::comm

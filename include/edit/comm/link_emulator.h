@@ -1,0 +1,66 @@
+// LinkEmulator: a communicator that behaves as if its group were behind a slower link.
+//
+// Each op is handed to the wrapped communicator at once, but its Work completes no earlier than
+// latency + bytes_sent / bandwidth after the link is free (one op on the link at a time), where
+// bytes_sent is the ring-model count of CommStats. The delay is waited out, not computed, so it
+// overlaps with compute exactly like a real slow transfer. This is how benchmarks show a fast
+// shard group inside a node next to a slow sync group between nodes, on one machine.
+#pragma once
+
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "edit/comm/communicator.h"
+
+namespace edit::comm {
+
+struct LinkModel {
+  double latency_s = 0.0;
+  double bandwidth_bytes_per_s = std::numeric_limits<double>::infinity();
+
+  // "1Gbit@1ms", "100Mbit@5ms", "10GB@20us", "inf@0": bandwidth in bit/s (Kbit, Mbit, Gbit) or
+  // byte/s (KB, MB, GB, decimal), then '@' and a latency in s, ms or us. Throws naming the format.
+  static LinkModel parse(const std::string& text);
+  std::string to_string() const;
+  // Seconds the link needs for `bytes`.
+  double delay_s(std::int64_t bytes) const;
+};
+
+class LinkEmulator : public Communicator {
+ public:
+  LinkEmulator(std::shared_ptr<Communicator> inner, LinkModel link);
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  const std::string& name() const override { return inner_->name(); }
+
+  WorkPtr all_reduce(at::Tensor tensor, AllReduceOptions options = {}) override;
+  WorkPtr all_gather(at::Tensor output, at::Tensor input) override;
+  WorkPtr reduce_scatter(at::Tensor output, at::Tensor input, ReduceScatterOptions options = {}) override;
+  WorkPtr broadcast(at::Tensor tensor, int root) override;
+  WorkPtr barrier() override;
+  std::vector<double> all_gather_values(const std::vector<double>& mine) override;
+
+  // Counts from this wrapper: wait_seconds includes the emulated delay, busy_seconds is the
+  // emulated link time.
+  CommStats stats() const override;
+  void reset_stats() override;
+
+  const LinkModel& link() const { return link_; }
+
+  using Clock = std::chrono::steady_clock;
+  struct State;  // shared with the Work handles, which may outlive the emulator
+
+ private:
+  // Books the link for one op and returns when that op may complete.
+  Clock::time_point reserve(std::int64_t bytes_sent, std::int64_t bytes_on_wire);
+  WorkPtr delayed(WorkPtr inner, std::int64_t bytes_sent, std::int64_t bytes_on_wire);
+
+  std::shared_ptr<Communicator> inner_;
+  LinkModel link_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace edit::comm

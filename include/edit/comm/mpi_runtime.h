@@ -1,0 +1,51 @@
+// MpiRuntime: MPI's process-wide state (init, finalize, the lock every MPI call takes).
+//
+// MPI is initialized once per process with MPI_THREAD_SERIALIZED. Each communicator runs its own
+// communication thread, so several threads do call MPI; they take this runtime's lock around every
+// call, which is exactly what SERIALIZED requires and keeps us off MPI_THREAD_MULTIPLE paths.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+
+namespace edit::comm {
+
+class MpiRuntime {
+ public:
+  // Initializes MPI on first use; later calls return the same runtime while anyone holds it.
+  // If the program already called MPI_Init itself, libedit uses MPI and never finalizes it.
+  static std::shared_ptr<MpiRuntime> acquire();
+
+  ~MpiRuntime();
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+
+  int world_rank() const { return world_rank_; }
+  int world_size() const { return world_size_; }
+  std::mutex& lock() { return mutex_; }
+
+  // A collective failed or timed out: MPI can no longer be finalized cleanly (finalize would wait
+  // for the dead peer), so the destructor skips it and the launcher sees an abnormal exit.
+  void mark_broken() { broken_ = true; }
+  bool broken() const { return broken_; }
+
+  // Ends every rank of the job (MPI_Abort): for a rank that must not leave its peers waiting.
+  [[noreturn]] static void abort_job(int exit_code);
+
+  // Custom reduction ops for 16-bit floats (MPI has no bf16/fp16 types); MPI_Op as void*.
+  void* bf16_sum_op() const { return bf16_sum_; }
+  void* fp16_sum_op() const { return fp16_sum_; }
+
+ private:
+  MpiRuntime();
+  int world_rank_ = 0;
+  int world_size_ = 1;
+  bool owns_mpi_ = false;
+  std::atomic<bool> broken_{false};
+  std::mutex mutex_;
+  void* bf16_sum_ = nullptr;
+  void* fp16_sum_ = nullptr;
+};
+
+}  // namespace edit::comm

@@ -1,0 +1,493 @@
+#include "edit/comm/mpi_communicator.h"
+
+#include <ATen/ATen.h>
+#include <mpi.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "edit/core/check.h"
+
+namespace edit::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string mpi_error_string(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  return std::string(text, static_cast<size_t>(length));
+}
+
+// Counters shared by a communicator and the Work handles it gave out (which may outlive it).
+struct StatsCell {
+  mutable std::mutex mutex;
+  CommStats stats;
+  void add_wait(double seconds) {
+    std::lock_guard<std::mutex> guard(mutex);
+    stats.wait_seconds += seconds;
+  }
+  void add_op(std::int64_t bytes, double busy) {
+    std::lock_guard<std::mutex> guard(mutex);
+    stats.ops += 1;
+    stats.bytes_sent += bytes;
+    stats.busy_seconds += busy;
+  }
+};
+
+class MpiWork final : public Work {
+ public:
+  MpiWork(std::shared_ptr<StatsCell> stats, std::function<void()> finish_on_caller)
+      : stats_(std::move(stats)), finish_on_caller_(std::move(finish_on_caller)) {}
+
+  void complete(std::exception_ptr error) {
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      done_ = true;
+      error_ = std::move(error);
+    }
+    done_cv_.notify_all();
+  }
+
+  bool is_completed() override {
+    std::lock_guard<std::mutex> guard(mutex_);
+    return done_;
+  }
+
+  void wait() override {
+    const auto start = Clock::now();
+    std::exception_ptr error;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      // No deadline here: the communication thread fails every op within CommOptions::timeout of
+      // its start, and fails queued ops at once after a failure, so this always returns.
+      done_cv_.wait(lock, [this] { return done_; });
+      error = error_;
+    }
+    stats_->add_wait(seconds_since(start));
+    if (error) std::rethrow_exception(error);
+    // Copy a staged result back into the caller's tensor, on the caller's thread (and so, for CUDA
+    // tensors, on the caller's current stream).
+    std::call_once(finish_once_, [this] {
+      if (finish_on_caller_) finish_on_caller_();
+    });
+  }
+
+ private:
+  std::shared_ptr<StatsCell> stats_;
+  std::function<void()> finish_on_caller_;
+  std::once_flag finish_once_;
+  std::mutex mutex_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+};
+
+// A tensor as MPI sees it: contiguous host memory. `host` is the user's tensor itself when that
+// already qualifies, else a staging copy.
+struct HostBuffer {
+  at::Tensor user;
+  at::Tensor host;
+  bool staged = false;
+};
+
+HostBuffer to_host(const at::Tensor& tensor, bool copy_in) {
+  EDIT_CHECK(tensor.defined(), "collective got an undefined tensor; allocate it first");
+  EDIT_CHECK(tensor.layout() == at::kStrided, "collectives need dense (strided) tensors, got layout ",
+             tensor.layout(), "; call .to_dense() first");
+  if (tensor.is_cpu() && tensor.is_contiguous()) return {tensor, tensor, false};
+  // Pinned host memory makes the device<->host copies of CUDA tensors asynchronous-capable and fast.
+  at::Tensor host = at::empty(tensor.sizes(), tensor.options().device(at::kCPU).pinned_memory(tensor.is_cuda()));
+  if (copy_in) host.copy_(tensor);
+  return {tensor, host, true};
+}
+
+int checked_count(std::int64_t count, const char* op) {
+  EDIT_CHECK(count <= std::numeric_limits<int>::max(), op, " of ", count,
+             " elements exceeds MPI's int count limit; split the tensor into chunks below 2^31 elements");
+  return static_cast<int>(count);
+}
+
+std::string describe(const char* op, const at::Tensor& tensor, const char* extra = nullptr) {
+  std::string text = std::string(op) + "(" + std::string(c10::toString(tensor.scalar_type())) + "[" +
+                     std::to_string(tensor.numel()) + "]";
+  if (extra != nullptr) text += std::string(", ") + extra;
+  return text + ")";
+}
+
+}  // namespace
+
+// --- Impl --------------------------------------------------------------------------------------
+
+struct MpiCommunicator::Impl {
+  struct Op {
+    std::string what;
+    std::function<MPI_Request(MPI_Comm)> start;  // comm thread, under the MPI lock
+    std::function<void()> after;                 // comm thread, after success (no MPI calls)
+    std::shared_ptr<MpiWork> work;
+    std::int64_t bytes = 0;
+  };
+
+  std::shared_ptr<MpiRuntime> runtime;
+  MPI_Comm comm = MPI_COMM_NULL;
+  std::string name;
+  int rank = 0;
+  int size = 1;
+  CommOptions options;
+  std::shared_ptr<StatsCell> stats = std::make_shared<StatsCell>();
+
+  std::mutex queue_mutex;
+  std::condition_variable queue_cv;
+  std::deque<Op> queue;
+  std::string broken_reason;  // set once an op failed; guarded by queue_mutex
+  std::atomic<bool> stopping{false};
+  std::thread thread;
+
+  std::string group() const {
+    return "group '" + name + "' (rank " + std::to_string(rank) + " of " + std::to_string(size) +
+           ", world rank " + std::to_string(runtime->world_rank()) + ")";
+  }
+
+  WorkPtr enqueue(Op op) {
+    WorkPtr work = op.work;
+    {
+      std::lock_guard<std::mutex> guard(queue_mutex);
+      queue.push_back(std::move(op));
+    }
+    queue_cv.notify_one();
+    return work;
+  }
+
+  std::shared_ptr<MpiWork> new_work(std::function<void()> finish_on_caller = {}) {
+    return std::make_shared<MpiWork>(stats, std::move(finish_on_caller));
+  }
+
+  void poll(MPI_Request& request, const Op& op, Clock::time_point start) {
+    int spins = 0;
+    auto pause = options.poll_min;
+    const auto deadline = start + options.timeout;
+    while (true) {
+      int done = 0;
+      int code = MPI_SUCCESS;
+      {
+        std::lock_guard<std::mutex> guard(runtime->lock());
+        code = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+      }
+      EDIT_CHECK(code == MPI_SUCCESS, op.what, " on ", group(), " failed: ", mpi_error_string(code));
+      if (done) return;
+      if (Clock::now() > deadline) {
+        EDIT_FAIL(op.what, " on ", group(), " did not complete within ",
+                  std::chrono::duration<double>(options.timeout).count(),
+                  " s: a peer in this group died or stopped answering. Check the other ranks' logs; "
+                  "if the op is legitimately this slow, raise EDIT_COMM_TIMEOUT_S");
+      }
+      EDIT_CHECK(!stopping, op.what, " on ", group(),
+                 " was still in flight when its communicator was destroyed; wait() on every Work first");
+      if (options.busy_poll || spins < options.poll_spins) {
+        ++spins;
+        continue;
+      }
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, options.poll_max);
+    }
+  }
+
+  void run() {
+    while (true) {
+      Op op;
+      std::string broken;
+      {
+        std::unique_lock<std::mutex> lock(queue_mutex);
+        queue_cv.wait(lock, [this] { return stopping || !queue.empty(); });
+        if (queue.empty()) return;
+        op = std::move(queue.front());
+        queue.pop_front();
+        broken = broken_reason;
+      }
+      if (!broken.empty()) {
+        op.work->complete(std::make_exception_ptr(
+            Error(op.what + " on " + group() + " refused: the group is unusable after an earlier failure (" +
+                  broken + "); restart the job, from the last checkpoint if there is one")));
+        continue;
+      }
+      const auto start = Clock::now();
+      try {
+        MPI_Request request = MPI_REQUEST_NULL;
+        {
+          std::lock_guard<std::mutex> guard(runtime->lock());
+          request = op.start(comm);
+        }
+        poll(request, op, start);
+        if (op.after) op.after();
+        stats->add_op(op.bytes, seconds_since(start));
+        op.work->complete(nullptr);
+      } catch (const std::exception& e) {
+        {
+          std::lock_guard<std::mutex> guard(queue_mutex);
+          broken_reason = e.what();
+        }
+        runtime->mark_broken();
+        spdlog::error("{}", e.what());
+        op.work->complete(std::current_exception());
+      }
+    }
+  }
+
+  MPI_Datatype reduce_type(at::ScalarType type, const char* op) const {
+    switch (type) {
+      case at::kFloat:
+        return MPI_FLOAT;
+      case at::kDouble:
+        return MPI_DOUBLE;
+      case at::kBFloat16:
+      case at::kHalf:
+        return MPI_UINT16_T;  // summed by the runtime's custom ops
+      case at::kInt:
+        return MPI_INT32_T;
+      case at::kLong:
+        return MPI_INT64_T;
+      case at::kByte:
+        return MPI_UINT8_T;
+      case at::kChar:
+        return MPI_INT8_T;
+      default:
+        EDIT_FAIL(op, " on ", group(), ": dtype ", type, " cannot be reduced; use float32, float64, bfloat16, ",
+                  "float16, int8/uint8, int32 or int64");
+    }
+  }
+
+  MPI_Op sum_op(at::ScalarType type) const {
+    if (type == at::kBFloat16) return static_cast<MPI_Op>(runtime->bf16_sum_op());
+    if (type == at::kHalf) return static_cast<MPI_Op>(runtime->fp16_sum_op());
+    return MPI_SUM;
+  }
+
+  void check_avg(ReduceOp op, at::ScalarType type, const char* name_of_op) const {
+    EDIT_CHECK(op != ReduceOp::kAvg || at::isFloatingType(type), name_of_op, " on ", group(),
+               ": ReduceOp::kAvg needs a floating dtype, got ", type, "; use kSum and divide yourself");
+  }
+};
+
+// --- MpiCommunicator ----------------------------------------------------------------------------
+
+MpiCommunicator::MpiCommunicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
+  MPI_Comm_rank(impl_->comm, &impl_->rank);
+  MPI_Comm_size(impl_->comm, &impl_->size);
+  MPI_Comm_set_errhandler(impl_->comm, MPI_ERRORS_RETURN);
+  Impl* raw = impl_.get();
+  impl_->thread = std::thread([raw] { raw->run(); });
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  {
+    std::lock_guard<std::mutex> guard(impl_->queue_mutex);
+    impl_->stopping = true;
+  }
+  impl_->queue_cv.notify_all();
+  impl_->thread.join();
+  if (!impl_->runtime->broken()) {
+    std::lock_guard<std::mutex> guard(impl_->runtime->lock());
+    MPI_Comm_free(&impl_->comm);
+  }
+}
+
+std::shared_ptr<MpiCommunicator> MpiCommunicator::world(std::shared_ptr<MpiRuntime> runtime,
+                                                        CommOptions options, std::string name) {
+  auto impl = std::make_unique<Impl>();
+  {
+    std::lock_guard<std::mutex> guard(runtime->lock());
+    // Our own copy of the world, so the program's MPI traffic never matches ours.
+    MPI_Comm_dup(MPI_COMM_WORLD, &impl->comm);
+  }
+  impl->runtime = std::move(runtime);
+  impl->options = options;
+  impl->name = std::move(name);
+  return std::shared_ptr<MpiCommunicator>(new MpiCommunicator(std::move(impl)));
+}
+
+std::shared_ptr<MpiCommunicator> MpiCommunicator::split(int color, int key, std::string name) const {
+  auto impl = std::make_unique<Impl>();
+  int code = MPI_SUCCESS;
+  {
+    std::lock_guard<std::mutex> guard(impl_->runtime->lock());
+    code = MPI_Comm_split(impl_->comm, color, key, &impl->comm);
+  }
+  EDIT_CHECK(code == MPI_SUCCESS, "splitting ", impl_->group(), " into '", name, "' failed: ", mpi_error_string(code));
+  impl->runtime = impl_->runtime;
+  impl->options = impl_->options;
+  impl->name = std::move(name);
+  return std::shared_ptr<MpiCommunicator>(new MpiCommunicator(std::move(impl)));
+}
+
+int MpiCommunicator::rank() const { return impl_->rank; }
+int MpiCommunicator::size() const { return impl_->size; }
+const std::string& MpiCommunicator::name() const { return impl_->name; }
+const CommOptions& MpiCommunicator::options() const { return impl_->options; }
+const std::shared_ptr<MpiRuntime>& MpiCommunicator::runtime() const { return impl_->runtime; }
+
+WorkPtr MpiCommunicator::all_reduce(at::Tensor tensor, AllReduceOptions options) {
+  Impl& impl = *impl_;
+  const at::ScalarType type = tensor.scalar_type();
+  const MPI_Datatype mpi_type = impl.reduce_type(type, "all_reduce");
+  const MPI_Op mpi_op = impl.sum_op(type);
+  impl.check_avg(options.op, type, "all_reduce");
+  if (options.prescale != 1.0) {
+    EDIT_CHECK(at::isFloatingType(type), "all_reduce on ", impl.group(), ": prescale ", options.prescale,
+               " needs a floating dtype, got ", type);
+    tensor.mul_(options.prescale);
+  }
+  const int count = checked_count(tensor.numel(), "all_reduce");
+  HostBuffer buffer = to_host(tensor, /*copy_in=*/true);
+  Impl::Op op;
+  op.what = describe("all_reduce", tensor, to_string(options.op));
+  op.bytes = ring_bytes_all_reduce(tensor.numel() * tensor.element_size(), impl.size);
+  at::Tensor host = buffer.host;
+  op.start = [host, count, mpi_type, mpi_op, &impl](MPI_Comm comm) {
+    MPI_Request request = MPI_REQUEST_NULL;
+    const int code = MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count, mpi_type, mpi_op, comm, &request);
+    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Iallreduce on ", impl.group(), " failed: ", mpi_error_string(code));
+    return request;
+  };
+  if (options.op == ReduceOp::kAvg) {
+    const int size = impl.size;
+    op.after = [host, size] { host.div_(size); };
+  }
+  op.work = impl.new_work(buffer.staged ? std::function<void()>([buffer] { buffer.user.copy_(buffer.host); })
+                                        : std::function<void()>());
+  return impl.enqueue(std::move(op));
+}
+
+WorkPtr MpiCommunicator::all_gather(at::Tensor output, at::Tensor input) {
+  Impl& impl = *impl_;
+  EDIT_CHECK(output.scalar_type() == input.scalar_type(), "all_gather on ", impl.group(), ": output dtype ",
+             output.scalar_type(), " differs from input dtype ", input.scalar_type());
+  EDIT_CHECK(output.numel() == impl.size * input.numel(), "all_gather on ", impl.group(), ": output has ",
+             output.numel(), " elements but group size ", impl.size, " x input ", input.numel(), " = ",
+             impl.size * input.numel(), "; allocate the output as group size x input elements");
+  const std::int64_t chunk_bytes = input.numel() * input.element_size();
+  const int count = checked_count(chunk_bytes, "all_gather (bytes)");
+  HostBuffer out = to_host(output, /*copy_in=*/false);
+  // FSDP-style in-place gather: the input already sits at this rank's slot of the output.
+  const bool in_place = !out.staged && input.is_cpu() && input.is_contiguous() && chunk_bytes > 0 &&
+                        input.data_ptr() == static_cast<char*>(out.host.data_ptr()) + impl.rank * chunk_bytes;
+  HostBuffer in = in_place ? HostBuffer{input, input, false} : to_host(input, /*copy_in=*/true);
+  Impl::Op op;
+  op.what = describe("all_gather", output);
+  op.bytes = ring_bytes_all_gather(output.numel() * output.element_size(), impl.size);
+  at::Tensor in_host = in.host;
+  at::Tensor out_host = out.host;
+  op.start = [in_host, out_host, count, in_place, &impl](MPI_Comm comm) {
+    MPI_Request request = MPI_REQUEST_NULL;
+    const void* send = in_place ? MPI_IN_PLACE : in_host.data_ptr();
+    const int code = MPI_Iallgather(send, count, MPI_BYTE, out_host.data_ptr(), count, MPI_BYTE, comm, &request);
+    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Iallgather on ", impl.group(), " failed: ", mpi_error_string(code));
+    return request;
+  };
+  op.work = impl.new_work(out.staged ? std::function<void()>([out] { out.user.copy_(out.host); })
+                                     : std::function<void()>());
+  return impl.enqueue(std::move(op));
+}
+
+WorkPtr MpiCommunicator::reduce_scatter(at::Tensor output, at::Tensor input, ReduceScatterOptions options) {
+  Impl& impl = *impl_;
+  const at::ScalarType type = input.scalar_type();
+  EDIT_CHECK(output.scalar_type() == type, "reduce_scatter on ", impl.group(), ": output dtype ",
+             output.scalar_type(), " differs from input dtype ", type);
+  EDIT_CHECK(input.numel() == impl.size * output.numel(), "reduce_scatter on ", impl.group(), ": input has ",
+             input.numel(), " elements but group size ", impl.size, " x output ", output.numel(), " = ",
+             impl.size * output.numel(), "; pad the input to a multiple of the group size");
+  const MPI_Datatype mpi_type = impl.reduce_type(type, "reduce_scatter");
+  const MPI_Op mpi_op = impl.sum_op(type);
+  impl.check_avg(options.op, type, "reduce_scatter");
+  const int count = checked_count(output.numel(), "reduce_scatter");
+  HostBuffer in = to_host(input, /*copy_in=*/true);
+  HostBuffer out = to_host(output, /*copy_in=*/false);
+  Impl::Op op;
+  op.what = describe("reduce_scatter", input, to_string(options.op));
+  op.bytes = ring_bytes_all_gather(input.numel() * input.element_size(), impl.size);
+  at::Tensor in_host = in.host;
+  at::Tensor out_host = out.host;
+  op.start = [in_host, out_host, count, mpi_type, mpi_op, &impl](MPI_Comm comm) {
+    MPI_Request request = MPI_REQUEST_NULL;
+    const int code = MPI_Ireduce_scatter_block(in_host.data_ptr(), out_host.data_ptr(), count, mpi_type, mpi_op,
+                                               comm, &request);
+    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Ireduce_scatter_block on ", impl.group(), " failed: ", mpi_error_string(code));
+    return request;
+  };
+  if (options.op == ReduceOp::kAvg) {
+    const int size = impl.size;
+    op.after = [out_host, size] { out_host.div_(size); };
+  }
+  op.work = impl.new_work(out.staged ? std::function<void()>([out] { out.user.copy_(out.host); })
+                                     : std::function<void()>());
+  return impl.enqueue(std::move(op));
+}
+
+WorkPtr MpiCommunicator::broadcast(at::Tensor tensor, int root) {
+  Impl& impl = *impl_;
+  EDIT_CHECK(root >= 0 && root < impl.size, "broadcast on ", impl.group(), ": root ", root,
+             " is not a rank of this group (0..", impl.size - 1, ")");
+  const std::int64_t bytes = tensor.numel() * tensor.element_size();
+  const int count = checked_count(bytes, "broadcast (bytes)");
+  HostBuffer buffer = to_host(tensor, /*copy_in=*/impl.rank == root);
+  Impl::Op op;
+  op.what = describe("broadcast", tensor, ("root " + std::to_string(root)).c_str());
+  op.bytes = (impl.rank == root && impl.size > 1) ? bytes : 0;
+  at::Tensor host = buffer.host;
+  op.start = [host, count, root, &impl](MPI_Comm comm) {
+    MPI_Request request = MPI_REQUEST_NULL;
+    const int code = MPI_Ibcast(host.data_ptr(), count, MPI_BYTE, root, comm, &request);
+    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Ibcast on ", impl.group(), " failed: ", mpi_error_string(code));
+    return request;
+  };
+  op.work = impl.new_work(buffer.staged ? std::function<void()>([buffer] { buffer.user.copy_(buffer.host); })
+                                        : std::function<void()>());
+  return impl.enqueue(std::move(op));
+}
+
+WorkPtr MpiCommunicator::barrier() {
+  Impl& impl = *impl_;
+  Impl::Op op;
+  op.what = "barrier()";
+  op.start = [&impl](MPI_Comm comm) {
+    MPI_Request request = MPI_REQUEST_NULL;
+    const int code = MPI_Ibarrier(comm, &request);
+    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Ibarrier on ", impl.group(), " failed: ", mpi_error_string(code));
+    return request;
+  };
+  op.work = impl.new_work();
+  return impl.enqueue(std::move(op));
+}
+
+std::vector<double> MpiCommunicator::all_gather_values(const std::vector<double>& mine) {
+  const auto n = static_cast<std::int64_t>(mine.size());
+  at::Tensor input = at::empty({n}, at::kDouble);
+  std::copy(mine.begin(), mine.end(), input.data_ptr<double>());
+  at::Tensor output = at::empty({n * impl_->size}, at::kDouble);
+  all_gather(output, input)->wait();
+  const double* values = output.data_ptr<double>();
+  return std::vector<double>(values, values + output.numel());
+}
+
+CommStats MpiCommunicator::stats() const {
+  std::lock_guard<std::mutex> guard(impl_->stats->mutex);
+  return impl_->stats->stats;
+}
+
+void MpiCommunicator::reset_stats() {
+  std::lock_guard<std::mutex> guard(impl_->stats->mutex);
+  impl_->stats->stats = CommStats{};
+}
+
+}  // namespace edit::comm

@@ -1,0 +1,30 @@
+# cmake -DMPIEXEC="<mpirun;args>" -DPROGRAM=<edit_peer_failure> -DMODE=kill|hang -DBOUND=<s> -DWORK=<dir>
+#       -P peer_failure_test.cmake
+# Passes when a survivor names the op and group of the lost peer and exits non-zero, and the whole
+# job ends within BOUND seconds.
+file(MAKE_DIRECTORY "${WORK}")
+set(status_file "${WORK}/peer_failure_${MODE}.status")
+file(REMOVE "${status_file}")
+set(ENV{EDIT_PEER_FAILURE_STATUS} "${status_file}")
+string(TIMESTAMP start "%s")
+execute_process(COMMAND ${MPIEXEC} -np 2 "${PROGRAM}" ${MODE}
+  RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT ${BOUND})
+string(TIMESTAMP stop "%s")
+math(EXPR took "${stop} - ${start}")
+message(STATUS "peer-failure job (${MODE}) ended with '${result}' after ${took} s:\n${out}${err}")
+if(result MATCHES "timeout|terminated")
+  message(FATAL_ERROR "the job hung past ${BOUND} s")
+endif()
+if(NOT "${out}${err}" MATCHES "detected the lost peer: .*all_reduce\\(Float\\[1024\\], sum\\) on group 'world' .*did not complete within")
+  message(FATAL_ERROR "no survivor reported the op and group of the lost peer")
+endif()
+set(survivor_status "")
+if(EXISTS "${status_file}")
+  file(STRINGS "${status_file}" survivor_status)
+endif()
+if(NOT survivor_status STREQUAL "3")
+  message(FATAL_ERROR "the survivor did not exit non-zero (status '${survivor_status}')")
+endif()
+if(MODE STREQUAL "hang" AND result EQUAL 0)
+  message(FATAL_ERROR "mpirun exited 0 although the job was aborted")
+endif()

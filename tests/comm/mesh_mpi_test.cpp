@@ -1,0 +1,130 @@
+// DeviceMesh groups, LinkEmulator delays and compute/communication overlap, on real MPI ranks.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+#include "edit/comm/device_mesh.h"
+#include "edit/comm/link_emulator.h"
+#include "edit/core/check.h"
+#include "mpi_test_env.h"
+
+namespace {
+
+using edit::comm::DeviceMesh;
+using edit::testing_support::world;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::vector<int> members(edit::comm::Communicator& group, int world_rank) {
+  std::vector<int> out;
+  for (double v : group.all_gather_values({static_cast<double>(world_rank)})) out.push_back(static_cast<int>(v));
+  return out;
+}
+
+TEST(Mesh, EveryValidShardSizeGivesConsecutiveShardGroupsAndStridedSyncGroups) {
+  const int world_size = world()->size();
+  for (int s = 1; s <= world_size; ++s) {
+    if (world_size % s != 0) continue;
+    DeviceMesh mesh = DeviceMesh::from_env({s});
+    ASSERT_EQ(mesh.world_size(), world_size);
+    ASSERT_EQ(mesh.shard().size(), s);
+    ASSERT_EQ(mesh.sync().size(), world_size / s);
+    const int rank = mesh.rank();
+    const int replica = rank / s;
+    std::vector<int> expected_shard;
+    for (int i = 0; i < s; ++i) expected_shard.push_back(replica * s + i);
+    std::vector<int> expected_sync;
+    for (int r = 0; r < world_size / s; ++r) expected_sync.push_back(r * s + rank % s);
+    EXPECT_EQ(members(mesh.shard(), rank), expected_shard) << "S=" << s;
+    EXPECT_EQ(members(mesh.sync(), rank), expected_sync) << "S=" << s;
+    EXPECT_EQ(mesh.shard().rank(), rank % s);
+    EXPECT_EQ(mesh.sync().rank(), replica);
+  }
+}
+
+TEST(Mesh, ShardSizeThatDoesNotDivideTheWorldIsAClearError) {
+  const int world_size = world()->size();
+  const int bad = world_size + 1;
+  try {
+    DeviceMesh::from_env({bad});
+    FAIL() << "no error for shard size " << bad;
+  } catch (const edit::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("world size " + std::to_string(world_size) + " is not divisible by shard size " +
+                        std::to_string(bad)), std::string::npos) << what;
+  }
+}
+
+TEST(LinkEmulator, LatencyAndBandwidthDelayTheWorkNotTheCaller) {
+  auto link = edit::comm::LinkModel::parse("80MB@100ms");
+  edit::comm::LinkEmulator slow(world(), link);
+  const int n = slow.size();
+  at::Tensor tensor = at::ones({1 << 20}, at::kFloat);  // 4 MB
+  world()->barrier()->wait();
+  const auto start = Clock::now();
+  auto work = slow.all_reduce(tensor);
+  const double issue_s = seconds_since(start);
+  const bool done_at_once = work->is_completed();
+  work->wait();
+  const double total_s = seconds_since(start);
+  const double expected_s = link.delay_s(edit::comm::ring_bytes_all_reduce(4 << 20, n));
+  EXPECT_LT(issue_s, 0.05) << "issuing blocked the caller";
+  if (n > 1) {
+    EXPECT_FALSE(done_at_once);
+    EXPECT_GE(total_s, expected_s * 0.999) << "finished before the emulated link could deliver";
+  }
+  EXPECT_TRUE(at::all(tensor == static_cast<float>(n)).item<bool>());
+  EXPECT_EQ(slow.stats().ops, 1);
+  EXPECT_NEAR(slow.stats().busy_seconds, n > 1 ? expected_s : 0.0, 1e-9);
+}
+
+// Compute for about `seconds` with matrix products (what a training step does).
+double compute_for(int iterations) {
+  at::Tensor a = at::randn({192, 192});
+  at::Tensor acc = at::zeros({192, 192});
+  for (int i = 0; i < iterations; ++i) acc.add_(at::mm(a, a), 1e-6);
+  return acc.sum().item<double>();
+}
+
+int calibrate_iterations(double seconds) {
+  int iterations = 8;
+  while (true) {
+    const auto start = Clock::now();
+    compute_for(iterations);
+    const double took = seconds_since(start);
+    if (took > 0.05) return static_cast<int>(iterations * seconds / took) + 1;
+    iterations *= 4;
+  }
+}
+
+// A collective on a slow link and a long compute, issued together, take about the longer of the
+// two rather than their sum: the Work handle really is asynchronous. Ratios, not wall-clock limits.
+TEST(Overlap, SlowLinkCollectiveHidesBehindCompute) {
+  edit::comm::LinkEmulator slow(world(), edit::comm::LinkModel::parse("inf@300ms"));
+  const int iterations = calibrate_iterations(0.3);
+  at::Tensor tensor = at::ones({4096});
+  world()->barrier()->wait();
+
+  auto start = Clock::now();
+  slow.all_reduce(tensor)->wait();
+  const double comm_s = seconds_since(start);
+  start = Clock::now();
+  compute_for(iterations);
+  const double compute_s = seconds_since(start);
+  world()->barrier()->wait();
+  start = Clock::now();
+  auto work = slow.all_reduce(tensor);
+  compute_for(iterations);
+  work->wait();
+  const double both_s = seconds_since(start);
+
+  const double ratio = both_s / (comm_s + compute_s);
+  std::printf("[overlap] rank %d: comm %.3f s, compute %.3f s, together %.3f s, ratio %.2f\n", world()->rank(),
+              comm_s, compute_s, both_s, ratio);
+  EXPECT_LT(ratio, 0.8) << "collective and compute did not overlap";
+}
+
+}  // namespace
