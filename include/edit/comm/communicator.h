@@ -29,13 +29,14 @@ struct CommOptions {
   // hung peer never hangs the job. Default 10 minutes (first NCCL/MPI connections can be slow on
   // big clusters); the environment variable EDIT_COMM_TIMEOUT_S overrides it (see from_env()).
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
-  // MPI progress polling on the communication thread: `poll_spins` MPI_Test calls back to back,
-  // then sleeps growing from poll_min to poll_max between tests, so a waiting thread does not
-  // steal the core that compute needs when ranks outnumber cores.
-  int poll_spins = 32;
-  std::chrono::microseconds poll_min{10};
-  std::chrono::microseconds poll_max{200};
-  // Busy-poll (no sleeps) instead: lowest latency when every rank has a core to itself.
+  // MPI progress polling on the communication thread. MPI's nonblocking collectives advance only
+  // inside MPI_Test, several rounds per op, so the thread tests back to back for `poll_spin`
+  // (small ops finish within it), then sleeps between tests, growing from poll_min to poll_max, so
+  // a waiting thread does not steal the core that compute needs when ranks outnumber cores.
+  std::chrono::microseconds poll_spin{50};
+  std::chrono::microseconds poll_min{5};
+  std::chrono::microseconds poll_max{100};
+  // Test back to back without sleeping: lowest latency when every rank has a spare core.
   bool busy_poll = false;
 
   // Defaults overridden from the environment: EDIT_COMM_TIMEOUT_S, EDIT_COMM_BUSY_POLL=1.
