@@ -23,4 +23,23 @@ inline c10::StorageImpl* storage_impl(const at::Tensor& tensor) {
 #endif
 }
 
+// Frees the memory behind `tensor`'s storage but keeps the StorageImpl object, so every view of
+// it (and every tensor autograd saved from those views) stays valid and sees the memory again
+// after reallocate_storage(). This is how a sharded unit drops its full parameters after forward
+// (DESIGN.md section 5). Touching the data in between is undefined: callers track the state.
+inline void release_storage(const at::Tensor& tensor) {
+  c10::StorageImpl* storage = storage_impl(tensor);
+  storage->set_data_ptr_noswap(at::DataPtr(nullptr, storage->device()));
+  storage->set_nbytes(0);
+}
+
+// Gives a released storage `nbytes` of fresh, uninitialized memory from its own allocator.
+inline void reallocate_storage(const at::Tensor& tensor, size_t nbytes) {
+  c10::StorageImpl* storage = storage_impl(tensor);
+  storage->set_data_ptr_noswap(storage->allocator()->allocate(nbytes));
+  storage->set_nbytes(nbytes);
+}
+
+inline size_t storage_nbytes(const at::Tensor& tensor) { return storage_impl(tensor)->nbytes(); }
+
 }  // namespace edit::compat

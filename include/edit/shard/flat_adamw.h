@@ -1,0 +1,55 @@
+// FlatAdamW: AdamW with decoupled weight decay, stepping on the flat shards of a ShardedModel.
+//
+// The arithmetic is torch::optim::AdamW's, element for element, so a sharded run and an unsharded
+// run with torch::optim::AdamW agree to float rounding. Parameters for which `decay` is false
+// (by default: vectors, i.e. biases and norm gains) get no weight decay, as a second param group
+// would. State is 2 floats per element of this rank's shard only.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "edit/shard/sharded_model.h"
+
+namespace edit::shard {
+
+struct AdamWOptions {
+  double lr = 1e-3;             // peak learning rate (a schedule may change it per step: set_lr)
+  double beta1 = 0.9;
+  double beta2 = 0.95;          // LLM pretraining default (torch's default is 0.999)
+  double eps = 1e-8;
+  double weight_decay = 0.1;    // decoupled: p -= lr * weight_decay * p
+};
+
+using DecayPredicate = std::function<bool(const std::string& name, const at::Tensor& param)>;
+// Matrices and embeddings decay; biases and norm weights (dim < 2) do not.
+bool decay_matrices_only(const std::string& name, const at::Tensor& param);
+
+class FlatAdamW {
+ public:
+  FlatAdamW(ShardedModel& model, AdamWOptions options = {}, DecayPredicate decay = decay_matrices_only);
+
+  void step();  // one update of every unit's shard from its grad_shard()
+  void set_lr(double lr) { options_.lr = lr; }
+  double lr() const { return options_.lr; }
+  std::int64_t steps() const { return steps_; }
+  const AdamWOptions& options() const { return options_; }
+
+  // Per-unit state, e.g. for checkpoints: exp_avg and exp_avg_sq of this rank's shard.
+  at::Tensor& exp_avg(int unit) { return exp_avg_.at(static_cast<size_t>(unit)); }
+  at::Tensor& exp_avg_sq(int unit) { return exp_avg_sq_.at(static_cast<size_t>(unit)); }
+  void set_steps(std::int64_t steps) { steps_ = steps; }
+
+ private:
+  ShardedModel& model_;
+  AdamWOptions options_;
+  std::int64_t steps_ = 0;
+  std::vector<at::Tensor> exp_avg_;
+  std::vector<at::Tensor> exp_avg_sq_;
+  std::vector<at::Tensor> decays_;  // bool mask per unit shard
+};
+
+}  // namespace edit::shard

@@ -1,0 +1,53 @@
+#include "edit/shard/flat_adamw.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "edit/core/check.h"
+
+namespace edit::shard {
+
+bool decay_matrices_only(const std::string& /*name*/, const at::Tensor& param) { return param.dim() >= 2; }
+
+FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate decay)
+    : model_(model), options_(options) {
+  EDIT_CHECK(options_.lr >= 0 && options_.eps > 0 && options_.weight_decay >= 0, "AdamW options out of range (lr ",
+             options_.lr, ", eps ", options_.eps, ", weight_decay ", options_.weight_decay, "); use lr >= 0, eps > 0");
+  EDIT_CHECK(options_.beta1 >= 0 && options_.beta1 < 1 && options_.beta2 >= 0 && options_.beta2 < 1, "AdamW betas (",
+             options_.beta1, ", ", options_.beta2, ") must lie in [0, 1)");
+  for (int u = 0; u < model.num_units(); ++u) {
+    FlatUnit& unit = model.unit(u);
+    exp_avg_.push_back(at::zeros_like(unit.shard()));
+    exp_avg_sq_.push_back(at::zeros_like(unit.shard()));
+    decays_.push_back(unit.shard_mask(decay).to(at::kBool));
+  }
+}
+
+void FlatAdamW::step() {
+  ++steps_;
+  const double lr = options_.lr;
+  const double bias_correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
+  const double bias_correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  at::NoGradGuard no_grad;
+  for (int u = 0; u < model_.num_units(); ++u) {
+    FlatUnit& unit = model_.unit(u);
+    at::Tensor& param = unit.shard();
+    const at::Tensor& grad = unit.grad_shard();
+    if (options_.weight_decay != 0) {
+      // Same float factor as torch's p.mul_(1 - lr * wd), applied to the decaying elements only.
+      param.mul_(at::where(decays_[static_cast<size_t>(u)], at::scalar_tensor(1.0 - lr * options_.weight_decay, param.options()),
+                           at::scalar_tensor(1.0, param.options())));
+    }
+    at::Tensor& m = exp_avg_[static_cast<size_t>(u)];
+    at::Tensor& v = exp_avg_sq_[static_cast<size_t>(u)];
+    m.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
+    v.mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
+    const at::Tensor denom = (v.sqrt() / bias_correction2_sqrt).add_(options_.eps);
+    param.addcdiv_(m, denom, -step_size);
+  }
+}
+
+}  // namespace edit::shard

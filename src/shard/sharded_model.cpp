@@ -1,0 +1,320 @@
+#include "edit/shard/sharded_model.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "edit/core/check.h"
+#include "edit/core/torch_compat.h"
+
+namespace edit::shard {
+
+const char* to_string(HookPoint point) {
+  switch (point) {
+    case HookPoint::kPreForward:
+      return "pre_forward";
+    case HookPoint::kPostForward:
+      return "post_forward";
+    case HookPoint::kPreBackward:
+      return "pre_backward";
+    case HookPoint::kPostBackward:
+      return "post_backward";
+  }
+  return "?";
+}
+
+at::Tensor FlatUnit::shard_mask(const std::function<bool(const std::string&, const at::Tensor&)>& predicate) const {
+  at::Tensor full_mask = at::zeros({padded_numel_}, shard_.options());
+  for (const Param& p : params_) {
+    if (predicate(p.name, p.param)) full_mask.narrow(0, p.offset, p.numel).fill_(1);
+  }
+  return full_mask.narrow(0, shard_offset(), shard_numel()).clone();
+}
+
+namespace {
+
+std::int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<std::int64_t>(t.element_size()); }
+
+}  // namespace
+
+ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared_ptr<comm::Communicator> shard_group,
+                           ShardOptions options)
+    : model_(std::move(model)), group_(std::move(shard_group)), options_(options) {
+  EDIT_CHECK(model_ != nullptr && group_ != nullptr, "ShardedModel needs a model and a shard group");
+  const int group_size = group_->size();
+  const int group_rank = group_->rank();
+
+  // Names of every parameter, to report the ones no Unit owns.
+  std::unordered_map<const c10::TensorImpl*, std::string> names;
+  for (const auto& item : model_->named_parameters(/*recurse=*/true)) {
+    names.emplace(item.value().unsafeGetTensorImpl(), item.key());
+  }
+  std::unordered_set<const c10::TensorImpl*> owned;
+
+  for (const auto& module : model_->modules(/*include_self=*/false)) {
+    auto unit = std::dynamic_pointer_cast<UnitImpl>(module);
+    if (!unit) continue;
+    for (const auto& inner : unit->modules(/*include_self=*/false)) {
+      EDIT_CHECK(!std::dynamic_pointer_cast<UnitImpl>(inner), "a Unit is nested inside unit ", units_.size(),
+                 "; units must not contain units: wrap the outer block or the inner ones, not both");
+    }
+    auto flat = std::make_unique<FlatUnit>();
+    flat->index_ = static_cast<int>(units_.size());
+    flat->module_ = unit;
+    flat->group_size_ = group_size;
+    flat->group_rank_ = group_rank;
+    at::ScalarType dtype = at::kFloat;
+    for (const auto& param : unit->parameters(/*recurse=*/true)) {
+      const auto found = names.find(param.unsafeGetTensorImpl());
+      const std::string name = found != names.end() ? found->second : "?";
+      EDIT_CHECK(owned.insert(param.unsafeGetTensorImpl()).second, "parameter ", name,
+                 " belongs to two units; tie weights inside one unit");
+      if (flat->params_.empty()) {
+        dtype = param.scalar_type();
+        flat->name_ = name.substr(0, name.find(".inner."));
+      }
+      EDIT_CHECK(param.scalar_type() == dtype, "unit ", flat->name_, " mixes dtypes (", name, " is ", param.scalar_type(), ", others ", dtype,
+                 "); give all parameters of a unit one dtype");
+      flat->params_.push_back({name, param, flat->numel_, param.numel()});
+      flat->numel_ += param.numel();
+    }
+    EDIT_CHECK(flat->numel_ > 0, "unit ", flat->index_, " has no parameters; wrap only blocks that have weights");
+    flat->padded_numel_ = (flat->numel_ + group_size - 1) / group_size * group_size;
+    units_.push_back(std::move(flat));
+  }
+  EDIT_CHECK(!units_.empty(), "the model has no edit::shard::Unit; register its blocks as Units (see unit.h)");
+
+  std::string orphans;
+  for (const auto& [impl, name] : names) {
+    if (!owned.count(impl)) orphans += (orphans.empty() ? "" : ", ") + name;
+  }
+  EDIT_CHECK(orphans.empty(), "parameters outside every Unit: ", orphans,
+             "; wrap the modules that hold them in edit::shard::Unit (embeddings and heads too)");
+
+  for (auto& owned_unit : units_) {
+    FlatUnit& unit = *owned_unit;
+    const at::Tensor first = unit.params_.front().param;
+    at::NoGradGuard no_grad;
+    unit.full_ = at::zeros({unit.padded_numel_}, first.options().requires_grad(false));
+    for (const auto& p : unit.params_) unit.full_.narrow(0, p.offset, p.numel).copy_(p.param.detach().reshape({-1}));
+    // Every rank of the group must start from the same weights: shard rank 0's win.
+    if (group_size > 1) group_->broadcast(unit.full_, 0)->wait();
+    unit.full_grad_ = at::zeros_like(unit.full_);
+    for (const auto& p : unit.params_) {
+      p.param.set_data(unit.full_.narrow(0, p.offset, p.numel).view(p.param.sizes()));
+      // Gradients accumulate in place into views of the flat gradient (autograd adds into an
+      // existing .grad), so no per-parameter gradient tensors are ever created.
+      p.param.mutable_grad() = unit.full_grad_.narrow(0, p.offset, p.numel).view(p.param.sizes());
+    }
+    memory_.model_param_bytes += unit.numel_ * static_cast<std::int64_t>(unit.full_.element_size());
+    if (group_size == 1) {
+      unit.shard_ = unit.full_;
+      unit.grad_shard_ = unit.full_grad_;
+      unit.full_allocated_ = unit.gathered_ = true;
+    } else {
+      unit.shard_ = unit.full_.narrow(0, unit.shard_offset(), unit.shard_numel()).clone();
+      unit.grad_shard_ = at::zeros_like(unit.shard_);
+      unit.scatter_out_ = at::empty_like(unit.shard_);
+      for (const auto& p : unit.params_) p.param.mutable_grad() = at::Tensor();
+      compat::release_storage(unit.full_);
+      compat::release_storage(unit.full_grad_);
+    }
+    memory_.shard_bytes += bytes_of(unit.shard_) + bytes_of(unit.grad_shard_);
+    unit.module_->attach(this, unit.index_);
+  }
+}
+
+ShardedModel::~ShardedModel() {
+  for (auto& unit : units_) {
+    try {
+      if (unit->gather_work_) unit->gather_work_->wait();
+      if (unit->scatter_work_) unit->scatter_work_->wait();
+    } catch (...) {
+      // The group already failed; the error reached whoever waited first.
+    }
+    unit->module_->attach(nullptr, -1);
+  }
+}
+
+int ShardedModel::add_hook(HookPoint point, Hook hook) {
+  hooks_.push_back({next_hook_id_, point, std::move(hook)});
+  return next_hook_id_++;
+}
+
+void ShardedModel::remove_hook(int id) {
+  hooks_.erase(std::remove_if(hooks_.begin(), hooks_.end(), [id](const Subscription& s) { return s.id == id; }),
+               hooks_.end());
+}
+
+void ShardedModel::fire(HookPoint point, int unit) {
+  note(to_string(point), unit);
+  for (const auto& subscription : hooks_) {
+    if (subscription.point == point) subscription.hook(unit);
+  }
+}
+
+void ShardedModel::note(const char* event, int unit) {
+  if (options_.trace) trace_.push_back(std::string(event) + " " + std::to_string(unit));
+}
+
+// --- gather / free -----------------------------------------------------------------------------
+
+void ShardedModel::allocate_full(FlatUnit& unit) {
+  if (unit.full_allocated_) return;
+  const auto bytes = bytes_of(unit.full_);
+  compat::reallocate_storage(unit.full_, static_cast<size_t>(bytes));
+  unit.full_allocated_ = true;
+  memory_.full_param_bytes += bytes;
+  memory_.peak_full_param_bytes = std::max(memory_.peak_full_param_bytes, memory_.full_param_bytes);
+}
+
+void ShardedModel::issue_gather(FlatUnit& unit) {
+  if (unit.gathered_ || unit.gather_work_) return;
+  allocate_full(unit);
+  note("gather", unit.index_);
+  unit.gather_work_ = group_->all_gather(unit.full_, unit.shard_);
+}
+
+void ShardedModel::ensure_gathered(FlatUnit& unit) {
+  if (unit.gathered_) return;
+  issue_gather(unit);
+  unit.gather_work_->wait();
+  unit.gather_work_.reset();
+  unit.gathered_ = true;
+}
+
+void ShardedModel::release_full(FlatUnit& unit) {
+  if (group_->size() == 1 || !unit.full_allocated_) return;
+  if (unit.gather_work_) {  // a prefetch nobody used: let it land before freeing its buffer
+    unit.gather_work_->wait();
+    unit.gather_work_.reset();
+  }
+  compat::release_storage(unit.full_);
+  unit.full_allocated_ = false;
+  unit.gathered_ = false;
+  memory_.full_param_bytes -= bytes_of(unit.full_);
+  note("free", unit.index_);
+}
+
+// --- forward -----------------------------------------------------------------------------------
+
+void ShardedModel::before_unit_forward(int index, const at::Tensor& /*input*/) {
+  fire(HookPoint::kPreForward, index);
+  if (group_->size() == 1) return;
+  FlatUnit& unit = *units_[static_cast<size_t>(index)];
+  issue_gather(unit);
+  if (options_.prefetch && index + 1 < num_units()) issue_gather(*units_[static_cast<size_t>(index) + 1]);
+  ensure_gathered(unit);
+}
+
+at::Tensor ShardedModel::after_unit_forward(int index, at::Tensor output) {
+  FlatUnit& unit = *units_[static_cast<size_t>(index)];
+  release_full(unit);
+  fire(HookPoint::kPostForward, index);
+  if (output.requires_grad()) {
+    // pre_backward: the gradient of this unit's output is complete, its backward is next.
+    output.register_hook([this, index](const at::Tensor&) { on_pre_backward(index); });
+  }
+  return output;
+}
+
+// --- backward ----------------------------------------------------------------------------------
+
+void ShardedModel::on_pre_backward(int index) {
+  // Units after this one have run their backward by now (their parameters' gradients are
+  // accumulated before the engine moves on to this unit's nodes): scatter their gradients.
+  finish_pending_backward(index);
+  fire(HookPoint::kPreBackward, index);
+  FlatUnit& unit = *units_[static_cast<size_t>(index)];
+  unit.in_backward_ = true;
+  if (group_->size() == 1) return;
+  issue_gather(unit);
+  if (options_.prefetch && index > 0) issue_gather(*units_[static_cast<size_t>(index) - 1]);
+  ensure_gathered(unit);
+  const auto bytes = bytes_of(unit.full_grad_);
+  compat::reallocate_storage(unit.full_grad_, static_cast<size_t>(bytes));
+  unit.full_grad_.zero_();
+  memory_.full_grad_bytes += bytes;
+  memory_.peak_full_grad_bytes = std::max(memory_.peak_full_grad_bytes, memory_.full_grad_bytes);
+  for (const auto& p : unit.params_) {
+    p.param.mutable_grad() = unit.full_grad_.narrow(0, p.offset, p.numel).view(p.param.sizes());
+  }
+}
+
+void ShardedModel::finish_pending_backward(int above_unit) {
+  for (int u = num_units() - 1; u > above_unit; --u) {
+    if (units_[static_cast<size_t>(u)]->in_backward_) post_backward(*units_[static_cast<size_t>(u)]);
+  }
+}
+
+void ShardedModel::post_backward(FlatUnit& unit) {
+  unit.in_backward_ = false;
+  if (group_->size() > 1) {
+    for (const auto& p : unit.params_) p.param.mutable_grad() = at::Tensor();
+    note("reduce_scatter", unit.index_);
+    unit.scatter_work_ = group_->reduce_scatter(unit.scatter_out_, unit.full_grad_, {comm::ReduceOp::kAvg});
+    release_full(unit);
+    // The previous unit's scatter was issued one unit of compute ago: land it and free its full
+    // gradient, so at most two full gradients are alive at any time.
+    for (int later = unit.index_ + 1; later < num_units(); ++later) wait_grad(later);
+  }
+  fire(HookPoint::kPostBackward, unit.index_);
+}
+
+void ShardedModel::wait_grad(int index) {
+  FlatUnit& unit = *units_.at(static_cast<size_t>(index));
+  if (!unit.scatter_work_) return;
+  unit.scatter_work_->wait();
+  unit.scatter_work_.reset();
+  unit.grad_shard_.add_(unit.scatter_out_);
+  compat::release_storage(unit.full_grad_);
+  memory_.full_grad_bytes -= bytes_of(unit.full_grad_);
+}
+
+void ShardedModel::backward(const at::Tensor& loss) {
+  loss.backward();
+  finish_pending_backward(-1);
+  for (int u = 0; u < num_units(); ++u) wait_grad(u);
+}
+
+void ShardedModel::zero_grad() {
+  for (auto& unit : units_) unit->grad_shard_.zero_();
+}
+
+double ShardedModel::clip_grad_norm(double max_norm) {
+  at::Tensor sum_sq = at::zeros({1}, at::kDouble);
+  for (auto& unit : units_) sum_sq += unit->grad_shard_.to(at::kDouble).pow(2).sum();
+  if (group_->size() > 1) group_->all_reduce(sum_sq)->wait();
+  const double norm = std::sqrt(sum_sq.item<double>());
+  const double coefficient = max_norm / (norm + 1e-6);
+  if (coefficient < 1.0) {
+    for (auto& unit : units_) unit->grad_shard_.mul_(coefficient);
+  }
+  return norm;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> ShardedModel::gather_full_parameters() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& owned_unit : units_) {
+    FlatUnit& unit = *owned_unit;
+    at::Tensor full = at::empty({unit.padded_numel_}, unit.shard_.options());
+    if (group_->size() > 1) {
+      group_->all_gather(full, unit.shard_)->wait();
+    } else {
+      full.copy_(unit.shard_);
+    }
+    for (const auto& p : unit.params_) out.emplace_back(p.name, full.narrow(0, p.offset, p.numel).view(p.param.sizes()));
+  }
+  return out;
+}
+
+ShardMemory ShardedModel::memory() const { return memory_; }
+
+void ShardedModel::reset_peak_memory() {
+  memory_.peak_full_param_bytes = memory_.full_param_bytes;
+  memory_.peak_full_grad_bytes = memory_.full_grad_bytes;
+}
+
+}  // namespace edit::shard

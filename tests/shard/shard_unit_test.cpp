@@ -1,0 +1,136 @@
+// Single-process pieces of the shard layer: storage release/refill under autograd, one AdamW step
+// in closed form, the LR schedule, wrap-time errors, and the S = 1 gradient path.
+#include <gtest/gtest.h>
+#include <torch/nn/modules/linear.h>
+
+#include <cmath>
+
+#include "edit/core/check.h"
+#include "edit/core/torch_compat.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/lr_schedule.h"
+#include "edit/shard/sharded_model.h"
+#include "loopback_communicator.h"
+#include "tiny_transformer.h"
+
+namespace {
+
+using edit::shard::ShardedModel;
+using edit::testing_support::LoopbackCommunicator;
+
+TEST(Storage, ReleasedAndRefilledStorageKeepsAutogradExact) {
+  // w is a view into a flat buffer, as a sharded parameter is; backward runs after the buffer's
+  // memory was released and refilled, through tensors autograd saved in between.
+  at::Tensor flat = at::randn({12});
+  at::Tensor w = flat.narrow(0, 2, 6).view({2, 3}).detach().requires_grad_(true);
+  const at::Tensor x = at::randn({3, 4});
+  const at::Tensor expected_grad = at::ones({2, 4}).matmul(x.t()) * 2;  // d/dw sum((w x)^2)... computed below
+  at::Tensor y = at::matmul(w, x);
+  at::Tensor loss = (y * y).sum();
+  const at::Tensor saved_values = flat.clone();
+  edit::compat::release_storage(flat);
+  EXPECT_EQ(edit::compat::storage_nbytes(flat), 0u);
+  edit::compat::reallocate_storage(flat, 12 * sizeof(float));
+  flat.copy_(saved_values);
+  loss.backward();
+  // Reference: d/dw sum((w x)^2) = 2 (w x) x^T with the original values.
+  const at::Tensor w_ref = saved_values.narrow(0, 2, 6).view({2, 3});
+  EXPECT_TRUE(at::allclose(w.grad(), 2 * at::matmul(at::matmul(w_ref, x), x.t())));
+  (void)expected_grad;
+}
+
+struct OneLinear : torch::nn::Module {
+  OneLinear() { layer = register_module("layer", edit::shard::Unit(torch::nn::Linear(1, 1))); }
+  edit::shard::Unit layer{nullptr};
+};
+
+TEST(FlatAdamW, OneStepInClosedForm) {
+  auto model = std::make_shared<OneLinear>();
+  ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>());
+  edit::shard::FlatUnit& unit = sharded.unit(0);
+  ASSERT_EQ(unit.numel(), 2);  // weight then bias
+  unit.shard().fill_(1.0);
+  unit.grad_shard().fill_(0.5);
+  edit::shard::FlatAdamW optimizer(sharded, {0.1, 0.9, 0.95, 1e-8, 0.1});
+  optimizer.step();
+  // m = 0.05, v = 0.0125; step_size = 0.1 / (1 - 0.9) = 1; denom = sqrt(0.0125) / sqrt(0.05) + 1e-8 = 0.5
+  // weight (decays): 1 * (1 - 0.1 * 0.1) - 1 * 0.05 / 0.5 = 0.89; bias (no decay): 1 - 0.1 = 0.9.
+  EXPECT_NEAR(unit.shard()[0].item<float>(), 0.89f, 1e-6);
+  EXPECT_NEAR(unit.shard()[1].item<float>(), 0.9f, 1e-6);
+  // The module's parameters are views of the shard when S = 1: they moved too.
+  EXPECT_NEAR(model->layer->inner().ptr()->parameters()[0].item<float>(), 0.89f, 1e-6);
+}
+
+TEST(LrSchedule, WarmupThenCosineToTheFloor) {
+  edit::shard::WarmupCosine schedule{1.0, 10, 110, 0.1};
+  schedule.validate();
+  EXPECT_DOUBLE_EQ(schedule.at(0), 0.1);
+  EXPECT_DOUBLE_EQ(schedule.at(9), 1.0);
+  EXPECT_DOUBLE_EQ(schedule.at(10), 1.0);
+  EXPECT_NEAR(schedule.at(60), 0.55, 1e-12);  // half-way down the cosine
+  EXPECT_DOUBLE_EQ(schedule.at(110), 0.1);
+  EXPECT_DOUBLE_EQ(schedule.at(500), 0.1);
+  EXPECT_THROW((edit::shard::WarmupCosine{1.0, 20, 10, 0.0}.validate()), edit::Error);
+  EXPECT_THROW((edit::shard::WarmupCosine{1.0, 0, 10, 2.0}.validate()), edit::Error);
+}
+
+struct WithStrayParameter : torch::nn::Module {
+  WithStrayParameter() {
+    block = register_module("block", edit::shard::Unit(torch::nn::Linear(2, 2)));
+    stray = register_module("stray", torch::nn::Linear(2, 1));
+  }
+  edit::shard::Unit block{nullptr};
+  torch::nn::Linear stray{nullptr};
+};
+
+struct Nested : torch::nn::Module {
+  Nested() { outer = register_module("outer", edit::shard::Unit(OuterBlock())); }
+  struct OuterBlockImpl : torch::nn::Module {
+    OuterBlockImpl() { inner = register_module("inner_unit", edit::shard::Unit(torch::nn::Linear(2, 2))); }
+    at::Tensor forward(const at::Tensor& x) { return inner->forward(x); }
+    edit::shard::Unit inner{nullptr};
+  };
+  TORCH_MODULE(OuterBlock);
+  edit::shard::Unit outer{nullptr};
+};
+
+std::string wrap_error(std::shared_ptr<torch::nn::Module> model) {
+  try {
+    ShardedModel sharded(std::move(model), std::make_shared<LoopbackCommunicator>());
+  } catch (const edit::Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(ShardedWrap, ParametersOutsideUnitsAreNamed) {
+  const std::string what = wrap_error(std::make_shared<WithStrayParameter>());
+  EXPECT_NE(what.find("parameters outside every Unit"), std::string::npos) << what;
+  EXPECT_NE(what.find("stray.weight"), std::string::npos) << what;
+  EXPECT_NE(what.find("stray.bias"), std::string::npos) << what;
+}
+
+TEST(ShardedWrap, NestedUnitsAndUnitlessModelsAreRejected) {
+  EXPECT_NE(wrap_error(std::make_shared<Nested>()).find("nested"), std::string::npos);
+  EXPECT_NE(wrap_error(std::make_shared<torch::nn::Module>()).find("has no edit::shard::Unit"), std::string::npos);
+}
+
+TEST(ShardedWrap, SingleRankGradientsLandInTheFlatShardDirectly) {
+  edit::testing_support::TinyConfig config;
+  at::manual_seed(3);
+  auto model = std::make_shared<edit::testing_support::TinyTransformer>(config);
+  at::manual_seed(3);
+  auto reference = std::make_shared<edit::testing_support::TinyTransformer>(config);
+  ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>());
+  auto [x, y] = edit::testing_support::tiny_batch(config, 0, 0, 3);
+  sharded.backward(model->loss(x, y));
+  reference->loss(x, y).backward();
+  std::vector<at::Tensor> expected;
+  for (const auto& p : reference->parameters()) expected.push_back(p.grad().reshape({-1}));
+  std::vector<at::Tensor> actual;
+  for (int u = 0; u < sharded.num_units(); ++u) actual.push_back(sharded.unit(u).grad_shard());
+  EXPECT_TRUE(at::allclose(at::cat(actual), at::cat(expected), 1e-6, 1e-7));
+  EXPECT_EQ(sharded.memory().peak_full_param_bytes, 0);
+}
+
+}  // namespace

@@ -1,0 +1,195 @@
+// ShardedModel against the unsharded model (same seed, same data) on 1, 2 and 4 ranks: the shard
+// group is the whole world, every rank trains on its own micro-batch, and the reference model on
+// one rank trains on all of them at once with torch::optim::AdamW and clip_grad_norm_.
+#include <gtest/gtest.h>
+#include <torch/types.h>  // clip_grad.h relies on it
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/sharded_model.h"
+#include "mpi_test_env.h"
+#include "tiny_transformer.h"
+
+namespace {
+
+using edit::shard::FlatAdamW;
+using edit::shard::ShardedModel;
+using edit::testing_support::tiny_batch;
+using edit::testing_support::TinyConfig;
+using edit::testing_support::TinyTransformer;
+using edit::testing_support::world;
+
+constexpr double kLr = 1e-2;
+constexpr double kClip = 1.0;
+constexpr int kBatch = 2;
+
+torch::optim::AdamW reference_optimizer(TinyTransformer& model) {
+  std::vector<at::Tensor> decay, no_decay;
+  for (auto& p : model.parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto options = [](double wd) { return torch::optim::AdamWOptions(kLr).betas({0.9, 0.95}).eps(1e-8).weight_decay(wd); };
+  return torch::optim::AdamW({torch::optim::OptimizerParamGroup(decay, std::make_unique<torch::optim::AdamWOptions>(options(0.1))),
+                              torch::optim::OptimizerParamGroup(no_decay, std::make_unique<torch::optim::AdamWOptions>(options(0.0)))},
+                             options(0.1));
+}
+
+class ShardedEquivalence : public testing::TestWithParam<int> {};  // micro-batches per step
+
+TEST_P(ShardedEquivalence, TenStepsMatchTheUnshardedModel) {
+  const auto comm = world();
+  const int S = comm->size();
+  const int accumulation = GetParam();
+  TinyConfig config;
+  config.layers = 3;
+  at::manual_seed(0);
+  auto model = std::make_shared<TinyTransformer>(config);
+  at::manual_seed(0);
+  auto reference = std::make_shared<TinyTransformer>(config);
+  ShardedModel sharded(model, comm);
+  FlatAdamW optimizer(sharded, {kLr, 0.9, 0.95, 1e-8, 0.1});
+  auto ref_optimizer = reference_optimizer(*reference);
+
+  for (int step = 0; step < 10; ++step) {
+    sharded.zero_grad();
+    double local_loss = 0.0;
+    for (int micro = 0; micro < accumulation; ++micro) {
+      auto [x, y] = tiny_batch(config, step, micro * S + comm->rank(), kBatch);
+      at::Tensor loss = model->loss(x, y) / accumulation;
+      sharded.backward(loss);
+      local_loss += loss.item<double>();
+    }
+    const double norm = sharded.clip_grad_norm(kClip);
+    optimizer.step();
+    const auto losses = comm->all_gather_values({local_loss});
+    const double mean_loss = std::accumulate(losses.begin(), losses.end(), 0.0) / S;
+
+    // The reference sees every rank's micro-batches of this step as one batch.
+    std::vector<at::Tensor> xs, ys;
+    for (int i = 0; i < accumulation * S; ++i) {
+      auto [x, y] = tiny_batch(config, step, i, kBatch);
+      xs.push_back(x);
+      ys.push_back(y);
+    }
+    ref_optimizer.zero_grad();
+    at::Tensor ref_loss = reference->loss(at::cat(xs), at::cat(ys));
+    ref_loss.backward();
+    const double ref_norm = torch::nn::utils::clip_grad_norm_(reference->parameters(), kClip);
+    ref_optimizer.step();
+    EXPECT_NEAR(mean_loss, ref_loss.item<double>(), 1e-5) << "step " << step << ", S=" << S;
+    EXPECT_NEAR(norm, ref_norm, 1e-4 * ref_norm) << "step " << step;
+  }
+
+  double worst = 0.0;
+  auto ref_params = reference->named_parameters();
+  for (const auto& [name, full] : sharded.gather_full_parameters()) {
+    const at::Tensor* ref = ref_params.find(name);
+    ASSERT_NE(ref, nullptr) << name;
+    worst = std::max(worst, (full - *ref).abs().max().item<double>());
+  }
+  EXPECT_LT(worst, 2e-5) << "largest parameter difference after 10 steps, S=" << S;
+}
+
+INSTANTIATE_TEST_SUITE_P(Accumulation, ShardedEquivalence, testing::Values(1, 2));
+
+TEST(ShardedMemory, AboutOneUnitPlusOneSthOfTheModel) {
+  const auto comm = world();
+  const int S = comm->size();
+  TinyConfig config;
+  config.layers = 6;
+  at::manual_seed(0);
+  auto model = std::make_shared<TinyTransformer>(config);
+  ShardedModel sharded(model, comm);
+  std::int64_t largest_unit = 0, padded_total = 0;
+  for (int u = 0; u < sharded.num_units(); ++u) {
+    largest_unit = std::max(largest_unit, sharded.unit(u).padded_numel() * 4);
+    padded_total += sharded.unit(u).padded_numel() * 4;
+  }
+  comm->reset_stats();
+  sharded.reset_peak_memory();
+  auto [x, y] = tiny_batch(config, 0, comm->rank(), kBatch);
+  sharded.backward(model->loss(x, y));
+  const auto memory = sharded.memory();
+  // Kept between steps: 1/S of the (padded) parameters and of the gradients.
+  EXPECT_EQ(memory.shard_bytes, 2 * padded_total / S);
+  EXPECT_EQ(memory.full_param_bytes, 0) << "full buffers left alive after the step";
+  EXPECT_EQ(memory.full_grad_bytes, 0);
+  if (S == 1) {
+    // S = 1 costs nothing extra: no full buffers, no communication at all.
+    EXPECT_EQ(memory.peak_full_param_bytes, 0);
+    EXPECT_EQ(comm->stats().ops, 0);
+  } else {
+    // At most the unit computing and the one being prefetched.
+    EXPECT_LE(memory.peak_full_param_bytes, 2 * largest_unit);
+    EXPECT_GE(memory.peak_full_param_bytes, largest_unit);
+    EXPECT_LE(memory.peak_full_grad_bytes, 2 * largest_unit);
+  }
+  if (comm->rank() == 0) {
+    std::printf("[memory] S=%d: model %lld B, shard params %lld B, peak full params %lld B (largest unit %lld B), "
+                "peak param memory %.2f x model\n",
+                S, static_cast<long long>(memory.model_param_bytes), static_cast<long long>(memory.shard_bytes / 2),
+                static_cast<long long>(memory.peak_full_param_bytes), static_cast<long long>(largest_unit),
+                double(memory.shard_bytes / 2 + memory.peak_full_param_bytes) / double(memory.model_param_bytes));
+  }
+}
+
+int position(const std::vector<std::string>& trace, const std::string& event) {
+  auto it = std::find(trace.begin(), trace.end(), event);
+  return it == trace.end() ? -1 : static_cast<int>(it - trace.begin());
+}
+
+TEST(ShardedHooks, OrderOfHooksGathersAndScatters) {
+  const auto comm = world();
+  const int S = comm->size();
+  TinyConfig config;
+  at::manual_seed(0);
+  auto model = std::make_shared<TinyTransformer>(config);
+  edit::shard::ShardOptions options;
+  options.trace = true;
+  ShardedModel sharded(model, comm, options);
+  std::vector<std::string> seen;  // what a subscriber observes
+  for (auto point : {edit::shard::HookPoint::kPreForward, edit::shard::HookPoint::kPostForward,
+                     edit::shard::HookPoint::kPreBackward, edit::shard::HookPoint::kPostBackward}) {
+    sharded.add_hook(point, [&seen, point](int u) { seen.push_back(std::string(to_string(point)) + " " + std::to_string(u)); });
+  }
+  auto [x, y] = tiny_batch(config, 0, comm->rank(), kBatch);
+  sharded.backward(model->loss(x, y));
+  const auto& trace = sharded.trace();
+  const int n = sharded.num_units();
+  std::vector<std::string> expected_seen;
+  for (int u = 0; u < n; ++u) {
+    expected_seen.push_back("pre_forward " + std::to_string(u));
+    expected_seen.push_back("post_forward " + std::to_string(u));
+  }
+  for (int u = n - 1; u >= 0; --u) {
+    expected_seen.push_back("pre_backward " + std::to_string(u));
+    expected_seen.push_back("post_backward " + std::to_string(u));
+  }
+  EXPECT_EQ(seen, expected_seen);
+  for (int u = 0; u < n; ++u) {
+    const std::string id = " " + std::to_string(u);
+    const int pre = position(trace, "pre_forward" + id), post = position(trace, "post_forward" + id);
+    if (S == 1) {
+      EXPECT_EQ(position(trace, "gather" + id), -1) << "S = 1 must not gather";
+      continue;
+    }
+    // The unit's own gather is issued before its forward (by the prefetch in unit u-1 for u > 0) ...
+    EXPECT_LT(position(trace, "gather" + id), pre + (u == 0 ? 2 : 0)) << trace.size();
+    // ... and the next unit's is issued while this one computes: one ahead.
+    if (u + 1 < n) {
+      const int next_gather = position(trace, "gather " + std::to_string(u + 1));
+      EXPECT_GT(next_gather, pre);
+      EXPECT_LT(next_gather, post);
+    }
+    // Full parameters are freed at the end of the forward, before post_forward's subscribers.
+    const int freed = position(trace, "free" + id);
+    EXPECT_GT(freed, pre);
+    EXPECT_LT(freed, post);
+    EXPECT_NE(position(trace, "reduce_scatter" + id), -1);
+  }
+}
+
+}  // namespace
