@@ -1,0 +1,142 @@
+// bench_shard: training throughput and per-rank memory of a ShardedModel for S = 1, 2, 4 on the same
+// model, next to the plain unsharded model with torch::optim::AdamW.
+//
+//   mpirun -np 4 --oversubscribe build/benchmarks/bench_shard --out bench_shard.csv
+//
+// Memory is what a rank keeps for parameters, gradients and AdamW state: between steps
+// (shards) plus the peak of full unit buffers gathered during the step. Replicas (R = W / S) train
+// independently here; syncing them is the sync layer's business (bench_sync).
+#include <ATen/Parallel.h>
+#include <torch/optim/adamw.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include "edit/comm/device_mesh.h"
+#include "edit/core/check.h"
+#include "edit/core/log.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/sharded_model.h"
+#include "support/table.h"
+#include "tiny_transformer.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using edit::bench::fmt_num;
+using edit::testing_support::tiny_batch;
+using edit::testing_support::TinyConfig;
+using edit::testing_support::TinyTransformer;
+
+struct Options {
+  int dim = 128;
+  int layers = 4;
+  int vocab = 256;
+  int seq = 64;
+  int batch = 8;                 // sequences per rank per step
+  int steps = 10;                // timed steps (after 2 warm-up steps)
+  std::vector<int> shard_sizes = {1, 2, 4};
+  std::string out = "bench_shard.csv";
+  bool quick = false;
+};
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  Options options;
+  CLI::App app{"bench_shard: ShardedModel throughput and memory per rank for several shard sizes"};
+  app.add_option("--dim", options.dim, "model width")->capture_default_str();
+  app.add_option("--layers", options.layers, "transformer blocks")->capture_default_str();
+  app.add_option("--vocab", options.vocab, "vocabulary size")->capture_default_str();
+  app.add_option("--seq", options.seq, "sequence length")->capture_default_str();
+  app.add_option("--batch", options.batch, "sequences per rank per step")->capture_default_str();
+  app.add_option("--steps", options.steps, "timed steps")->capture_default_str();
+  app.add_option("--shard-sizes", options.shard_sizes, "shard sizes to run (each must divide the world)")
+      ->delimiter(',')->capture_default_str();
+  app.add_option("--out", options.out, "CSV path")->capture_default_str();
+  app.add_flag("--quick", options.quick, "a small model and 3 steps (seconds)");
+  CLI11_PARSE(app, argc, argv);
+  if (options.quick) {
+    options.dim = 64;
+    options.layers = 2;
+    options.steps = 3;
+  }
+  at::set_num_threads(1);
+  TinyConfig config{options.vocab, options.seq, options.dim, std::max(1, options.dim / 32), options.layers};
+
+  edit::comm::DeviceMesh world_mesh = edit::comm::DeviceMesh::from_env();
+  edit::log::init(world_mesh.rank());
+  const int world = world_mesh.world_size();
+  const double tokens_per_step = double(options.batch) * options.seq * world;
+  edit::bench::Table table({"mode", "ranks", "shard_size", "params", "tokens_per_s", "ratio_to_unsharded",
+                            "mem_per_rank_MiB", "mem_ratio_to_unsharded", "peak_full_params_KiB"});
+
+  // Unsharded reference: every rank a full model and torch::optim::AdamW (params, grads, m, v).
+  at::manual_seed(0);
+  auto plain = std::make_shared<TinyTransformer>(config);
+  torch::optim::AdamW plain_optimizer(plain->parameters(), torch::optim::AdamWOptions(1e-3));
+  std::int64_t params = 0;
+  for (const auto& p : plain->parameters()) params += p.numel();
+  auto run_plain = [&](int step) {
+    auto [x, y] = tiny_batch(config, step, world_mesh.rank(), options.batch);
+    plain_optimizer.zero_grad();
+    plain->loss(x, y).backward();
+    plain_optimizer.step();
+  };
+  for (int s = 0; s < 2; ++s) run_plain(s);
+  world_mesh.world().barrier()->wait();
+  auto start = Clock::now();
+  for (int s = 0; s < options.steps; ++s) run_plain(s);
+  const auto plain_times = world_mesh.world().all_gather_values({seconds_since(start)});
+  const double plain_s = *std::max_element(plain_times.begin(), plain_times.end());
+  const double plain_tps = tokens_per_step * options.steps / plain_s;
+  const double plain_mem = 4.0 * params * 4;  // fp32 params, grads, exp_avg, exp_avg_sq
+  table.add_row({"unsharded", std::to_string(world), "-", std::to_string(params), fmt_num(plain_tps, 0), "1.000",
+                 fmt_num(plain_mem / (1 << 20), 3), "1.000", "-"});
+
+  for (int S : options.shard_sizes) {
+    if (S > world || world % S != 0) {
+      if (world_mesh.rank() == 0) std::cerr << "skipping --shard-sizes " << S << ": does not divide " << world << " ranks\n";
+      continue;
+    }
+    edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({S});
+    at::manual_seed(0);
+    auto model = std::make_shared<TinyTransformer>(config);
+    edit::shard::ShardedModel sharded(model, mesh.shard_ptr());
+    edit::shard::FlatAdamW optimizer(sharded, {1e-3});
+    auto run = [&](int step) {
+      auto [x, y] = tiny_batch(config, step, mesh.rank(), options.batch);
+      sharded.zero_grad();
+      sharded.backward(model->loss(x, y));
+      optimizer.step();
+    };
+    for (int s = 0; s < 2; ++s) run(s);
+    sharded.reset_peak_memory();
+    mesh.world().barrier()->wait();
+    start = Clock::now();
+    for (int s = 0; s < options.steps; ++s) run(s);
+    const auto times = mesh.world().all_gather_values({seconds_since(start)});
+    const double seconds = *std::max_element(times.begin(), times.end());
+    const double tps = tokens_per_step * options.steps / seconds;
+    const auto memory = sharded.memory();
+    // shard params + grad shard + 2 AdamW moments per shard element + full buffers at their peak.
+    const double mem = 2.0 * memory.shard_bytes + memory.peak_full_param_bytes + memory.peak_full_grad_bytes;
+    table.add_row({"sharded", std::to_string(world), std::to_string(S), std::to_string(params), fmt_num(tps, 0),
+                   fmt_num(tps / plain_tps, 3), fmt_num(mem / (1 << 20), 3), fmt_num(mem / plain_mem, 3),
+                   fmt_num(memory.peak_full_param_bytes / 1024.0, 1)});
+  }
+  if (world_mesh.rank() == 0) {
+    table.print("ShardedModel: throughput and parameter+gradient+AdamW memory per rank (" +
+                std::to_string(options.layers) + " blocks, dim " + std::to_string(options.dim) + ")");
+    table.write_csv(options.out);
+    std::cout << "\nwrote " << options.out << "\n";
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "bench_shard: " << e.what() << "\n";
+  return 1;
+}
