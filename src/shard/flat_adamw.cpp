@@ -8,6 +8,11 @@
 
 namespace edit::shard {
 
+void FlatSgd::step() {
+  at::NoGradGuard no_grad;
+  for (int u = 0; u < model_.num_units(); ++u) model_.unit(u).shard().add_(model_.unit(u).grad_shard(), -lr_);
+}
+
 bool decay_matrices_only(const std::string& /*name*/, const at::Tensor& param) { return param.dim() >= 2; }
 
 FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate decay)

@@ -21,6 +21,8 @@ const char* to_string(HookPoint point) {
       return "pre_backward";
     case HookPoint::kPostBackward:
       return "post_backward";
+    case HookPoint::kPreGather:
+      return "pre_gather";
   }
   return "?";
 }
@@ -170,8 +172,12 @@ void ShardedModel::allocate_full(FlatUnit& unit) {
   memory_.peak_full_param_bytes = std::max(memory_.peak_full_param_bytes, memory_.full_param_bytes);
 }
 
-void ShardedModel::issue_gather(FlatUnit& unit) {
+void ShardedModel::issue_gather(FlatUnit& unit, bool for_forward) {
   if (unit.gathered_ || unit.gather_work_) return;
+  if (for_forward && !unit.pre_gather_fired_) {
+    unit.pre_gather_fired_ = true;
+    fire(HookPoint::kPreGather, unit.index_);
+  }
   allocate_full(unit);
   note("gather", unit.index_);
   unit.gather_work_ = group_->all_gather(unit.full_, unit.shard_);
@@ -179,7 +185,7 @@ void ShardedModel::issue_gather(FlatUnit& unit) {
 
 void ShardedModel::ensure_gathered(FlatUnit& unit) {
   if (unit.gathered_) return;
-  issue_gather(unit);
+  issue_gather(unit, /*for_forward=*/false);
   unit.gather_work_->wait();
   unit.gather_work_.reset();
   unit.gathered_ = true;
@@ -202,15 +208,19 @@ void ShardedModel::release_full(FlatUnit& unit) {
 
 void ShardedModel::before_unit_forward(int index, const at::Tensor& /*input*/) {
   fire(HookPoint::kPreForward, index);
-  if (group_->size() == 1) return;
   FlatUnit& unit = *units_[static_cast<size_t>(index)];
-  issue_gather(unit);
-  if (options_.prefetch && index + 1 < num_units()) issue_gather(*units_[static_cast<size_t>(index) + 1]);
+  if (group_->size() == 1) {
+    fire(HookPoint::kPreGather, index);
+    return;
+  }
+  issue_gather(unit, /*for_forward=*/true);
+  if (options_.prefetch && index + 1 < num_units()) issue_gather(*units_[static_cast<size_t>(index) + 1], true);
   ensure_gathered(unit);
 }
 
 at::Tensor ShardedModel::after_unit_forward(int index, at::Tensor output) {
   FlatUnit& unit = *units_[static_cast<size_t>(index)];
+  unit.pre_gather_fired_ = false;  // the next forward gathers (and fires pre_gather) anew
   release_full(unit);
   fire(HookPoint::kPostForward, index);
   if (output.requires_grad()) {
@@ -230,8 +240,8 @@ void ShardedModel::on_pre_backward(int index) {
   FlatUnit& unit = *units_[static_cast<size_t>(index)];
   unit.in_backward_ = true;
   if (group_->size() == 1) return;
-  issue_gather(unit);
-  if (options_.prefetch && index > 0) issue_gather(*units_[static_cast<size_t>(index) - 1]);
+  issue_gather(unit, /*for_forward=*/false);
+  if (options_.prefetch && index > 0) issue_gather(*units_[static_cast<size_t>(index) - 1], false);
   ensure_gathered(unit);
   const auto bytes = bytes_of(unit.full_grad_);
   compat::reallocate_storage(unit.full_grad_, static_cast<size_t>(bytes));

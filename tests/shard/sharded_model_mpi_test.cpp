@@ -176,8 +176,13 @@ TEST(ShardedHooks, OrderOfHooksGathersAndScatters) {
       EXPECT_EQ(position(trace, "gather" + id), -1) << "S = 1 must not gather";
       continue;
     }
-    // The unit's own gather is issued before its forward (by the prefetch in unit u-1 for u > 0) ...
-    EXPECT_LT(position(trace, "gather" + id), pre + (u == 0 ? 2 : 0)) << trace.size();
+    // pre_gather fires right before the unit's gather is issued; for u > 0 that is the prefetch
+    // during unit u-1, so before the unit's own pre_forward ...
+    const int gather = position(trace, "gather" + id);
+    EXPECT_EQ(position(trace, "pre_gather" + id), gather - 1);
+    if (u > 0) {
+      EXPECT_LT(gather, pre);
+    }
     // ... and the next unit's is issued while this one computes: one ahead.
     if (u + 1 < n) {
       const int next_gather = position(trace, "gather " + std::to_string(u + 1));

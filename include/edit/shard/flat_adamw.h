@@ -24,17 +24,40 @@ struct AdamWOptions {
   double weight_decay = 0.1;    // decoupled: p -= lr * weight_decay * p
 };
 
+// An inner optimizer that steps on a ShardedModel's flat shards from their grad_shard().
+class FlatOptimizer {
+ public:
+  virtual ~FlatOptimizer() = default;
+  virtual void step() = 0;
+  virtual void set_lr(double lr) = 0;
+  virtual double lr() const = 0;
+};
+
+// Plain SGD, p -= lr * g: the linear inner optimizer for which Local SGD with H = 1 and plain
+// averaging is exactly data-parallel SGD (the equivalence the tests check).
+class FlatSgd : public FlatOptimizer {
+ public:
+  FlatSgd(ShardedModel& model, double lr) : model_(model), lr_(lr) {}
+  void step() override;
+  void set_lr(double lr) override { lr_ = lr; }
+  double lr() const override { return lr_; }
+
+ private:
+  ShardedModel& model_;
+  double lr_;
+};
+
 using DecayPredicate = std::function<bool(const std::string& name, const at::Tensor& param)>;
 // Matrices and embeddings decay; biases and norm weights (dim < 2) do not.
 bool decay_matrices_only(const std::string& name, const at::Tensor& param);
 
-class FlatAdamW {
+class FlatAdamW : public FlatOptimizer {
  public:
   FlatAdamW(ShardedModel& model, AdamWOptions options = {}, DecayPredicate decay = decay_matrices_only);
 
-  void step();  // one update of every unit's shard from its grad_shard()
-  void set_lr(double lr) { options_.lr = lr; }
-  double lr() const { return options_.lr; }
+  void step() override;  // one update of every unit's shard from its grad_shard()
+  void set_lr(double lr) override { options_.lr = lr; }
+  double lr() const override { return options_.lr; }
   std::int64_t steps() const { return steps_; }
   const AdamWOptions& options() const { return options_; }
 

@@ -12,7 +12,7 @@
 //   pre_forward(0) ... post_forward(0), pre_forward(1) ... post_forward(n-1),
 //   pre_backward(n-1), post_backward(n-1), pre_backward(n-2), ..., post_backward(0)
 // pre_forward(u) hooks run before unit u's all-gather is awaited; post_backward(u) hooks run once
-// unit u's gradient reduce-scatter is issued (wait_grad(u) waits for it).
+// unit u's gradient reduce-scatter is issued (wait_grad(u) waits for it); pre_gather: see HookPoint.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,7 +27,11 @@
 
 namespace edit::shard {
 
-enum class HookPoint { kPreForward, kPostForward, kPreBackward, kPostBackward };
+// kPreGather(u): unit u's parameters are about to be read for the forward: fired once per unit
+// and forward, right before its all-gather is issued (which, with prefetch, happens during
+// pre_forward(u-1)); with S = 1, right after pre_forward(u). A subscriber that rewrites the shard
+// (EDiT's layer-wise outer step) does it here, so the gather sees the new values.
+enum class HookPoint { kPreForward, kPostForward, kPreBackward, kPostBackward, kPreGather };
 const char* to_string(HookPoint point);
 
 struct ShardOptions {
@@ -84,6 +88,7 @@ class FlatUnit {
   bool full_allocated_ = false;
   bool gathered_ = false;
   bool in_backward_ = false;
+  bool pre_gather_fired_ = false;  // this forward
 };
 
 struct ShardMemory {
@@ -143,7 +148,7 @@ class ShardedModel : public UnitListener {
   void fire(HookPoint point, int unit);
   void note(const char* event, int unit);
   void allocate_full(FlatUnit& unit);
-  void issue_gather(FlatUnit& unit);
+  void issue_gather(FlatUnit& unit, bool for_forward);
   void ensure_gathered(FlatUnit& unit);
   void release_full(FlatUnit& unit);
   void on_pre_backward(int unit);
