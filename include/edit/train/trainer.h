@@ -1,0 +1,79 @@
+// Trainer: the inner loop glue (DESIGN.md section 7).
+//   per step: for each micro-batch: batch -> forward -> backward (ShardedModel hooks fire, EDiT
+//   syncs inside the first forward after a sync step) -> strategy.before_step -> clip -> lr from
+//   the schedule -> inner step -> strategy.after_step -> metrics.
+// Metrics: one JSON object per step and line (rank 0 writes): step, loss (this rank), lr,
+// grad_norm, tokens_per_s (all ranks), bytes sent per group in the step, sync wait; every
+// log_every steps also loss_world (mean over all ranks) and a readable log line.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "edit/comm/device_mesh.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/lr_schedule.h"
+#include "edit/shard/sharded_model.h"
+#include "edit/sync/strategy.h"
+
+namespace edit::train {
+
+struct TrainerOptions {
+  std::int64_t steps = 100;     // inner steps to run
+  int accumulation = 1;         // micro-batches per step (the loss is averaged over them)
+  double clip_norm = 1.0;       // global gradient-norm clip; 0 turns it off
+  shard::WarmupCosine schedule;  // learning rate per step
+  std::string metrics_path;     // JSONL file written by rank 0; empty: none
+  int log_every = 10;           // readable line + world-mean loss every N steps; 0: never
+};
+
+struct Batch {
+  at::Tensor inputs;   // (B, T) token ids
+  at::Tensor targets;  // (B, T) next tokens
+};
+using BatchFn = std::function<Batch(std::int64_t step, int micro_batch)>;
+using LossFn = std::function<at::Tensor(const Batch& batch)>;
+
+struct StepMetrics {
+  std::int64_t step = 0;
+  double loss = 0.0;        // this rank's mean over its micro-batches
+  double loss_world = NAN;  // mean over all ranks (log steps only)
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  double seconds = 0.0;
+  double tokens_per_s = 0.0;       // all ranks together
+  std::int64_t bytes_shard = 0;    // sent by this rank in the step, per group
+  std::int64_t bytes_sync = 0;
+  double sync_wait_s = 0.0;        // time this rank was blocked in the strategy
+};
+
+class Trainer {
+ public:
+  Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::FlatOptimizer& inner,
+          sync::SyncStrategy& strategy, TrainerOptions options);
+
+  StepMetrics step(const BatchFn& next_batch, const LossFn& loss);
+  // Runs the remaining steps, then strategy.finish(); returns the last step's metrics.
+  StepMetrics run(const BatchFn& next_batch, const LossFn& loss);
+
+  std::int64_t current_step() const { return step_; }
+  const TrainerOptions& options() const { return options_; }
+
+ private:
+  void write_metrics(const StepMetrics& metrics);
+
+  comm::DeviceMesh& mesh_;
+  shard::ShardedModel& model_;
+  shard::FlatOptimizer& inner_;
+  sync::SyncStrategy& strategy_;
+  TrainerOptions options_;
+  std::int64_t step_ = 0;
+  std::unique_ptr<std::ofstream> metrics_;
+};
+
+}  // namespace edit::train

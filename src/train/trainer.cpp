@@ -1,0 +1,98 @@
+#include "edit/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "edit/core/check.h"
+
+namespace edit::train {
+
+Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::FlatOptimizer& inner,
+                 sync::SyncStrategy& strategy, TrainerOptions options)
+    : mesh_(mesh), model_(model), inner_(inner), strategy_(strategy), options_(std::move(options)) {
+  EDIT_CHECK(options_.steps >= 0, "--steps must not be negative, got ", options_.steps);
+  EDIT_CHECK(options_.accumulation >= 1, "gradient accumulation must be at least 1 micro-batch, got ",
+             options_.accumulation);
+  EDIT_CHECK(options_.clip_norm >= 0, "clip norm must be >= 0 (0 turns clipping off), got ", options_.clip_norm);
+  options_.schedule.validate();
+  if (!options_.metrics_path.empty() && mesh_.rank() == 0) {
+    metrics_ = std::make_unique<std::ofstream>(options_.metrics_path, std::ios::app);
+    EDIT_CHECK(metrics_->good(), "cannot open the metrics file ", options_.metrics_path,
+               "; check that its folder exists and is writable");
+  }
+}
+
+StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const auto shard_before = mesh_.shard().stats();
+  const auto sync_before = mesh_.sync().stats();
+  const double blocked_before = strategy_.stats().blocked_seconds;
+
+  StepMetrics metrics;
+  metrics.step = step_;
+  std::int64_t tokens = 0;
+  model_.zero_grad();
+  for (int micro = 0; micro < options_.accumulation; ++micro) {
+    const Batch batch = next_batch(step_, micro);
+    at::Tensor loss = loss_fn(batch) / options_.accumulation;
+    model_.backward(loss);
+    metrics.loss += loss.item<double>();
+    tokens += batch.targets.numel();
+  }
+  strategy_.before_step(step_);
+  metrics.grad_norm = options_.clip_norm > 0 ? model_.clip_grad_norm(options_.clip_norm) : NAN;
+  metrics.lr = options_.schedule.at(step_);
+  inner_.set_lr(metrics.lr);
+  inner_.step();
+  strategy_.after_step(step_);
+
+  metrics.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  metrics.tokens_per_s = static_cast<double>(tokens) * mesh_.world_size() / metrics.seconds;
+  metrics.bytes_shard = mesh_.shard().stats().bytes_sent - shard_before.bytes_sent;
+  metrics.bytes_sync = mesh_.sync().stats().bytes_sent - sync_before.bytes_sent;
+  metrics.sync_wait_s = strategy_.stats().blocked_seconds - blocked_before;
+  const bool log_step = options_.log_every > 0 && (step_ % options_.log_every == 0 || step_ + 1 == options_.steps);
+  if (log_step) {
+    double total = 0.0;
+    for (double l : mesh_.world().all_gather_values({metrics.loss})) total += l;
+    metrics.loss_world = total / mesh_.world_size();
+    if (mesh_.rank() == 0) {
+      spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms", step_,
+                   options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s);
+    }
+  }
+  write_metrics(metrics);
+  ++step_;
+  return metrics;
+}
+
+StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {
+  StepMetrics last;
+  while (step_ < options_.steps) last = step(next_batch, loss);
+  strategy_.finish();
+  return last;
+}
+
+void Trainer::write_metrics(const StepMetrics& m) {
+  if (!metrics_) return;
+  nlohmann::json line = {{"step", m.step},
+                         {"loss", m.loss},
+                         {"lr", m.lr},
+                         {"grad_norm", std::isfinite(m.grad_norm) ? nlohmann::json(m.grad_norm) : nlohmann::json()},
+                         {"tokens_per_s", m.tokens_per_s},
+                         {"seconds", m.seconds},
+                         {"bytes_shard", m.bytes_shard},
+                         {"bytes_sync", m.bytes_sync},
+                         {"sync_wait_s", m.sync_wait_s},
+                         {"strategy", strategy_.name()}};
+  if (std::isfinite(m.loss_world)) line["loss_world"] = m.loss_world;
+  *metrics_ << line.dump() << '\n';
+  metrics_->flush();
+}
+
+}  // namespace edit::train
