@@ -1,9 +1,9 @@
-// A trainer author's program linked against the installed libedit (find_package(edit)):
-//   mpirun -np 2 custom_trainer [--steps N] [--lr X]
-// Every rank fits the same small MLP to a fixed random teacher on its own data; gradients are
-// averaged over the world with libedit's asynchronous all_reduce (one Work per parameter, all in
-// flight together) -- data-parallel training in a few lines. It exits non-zero if the loss does
-// not fall or the replicas drift apart, so the package test checks a working program.
+// A trainer author's own program, linked against the installed libedit (find_package(edit)):
+//   mpirun -np 2 custom_trainer [--strategy edit|diloco|ddp|none] [--steps N] [--sync-every H]
+//                               [--shard-size S] [--lr X] [--metrics FILE]
+// It wraps its blocks in edit::shard::Unit, shards them over the mesh, and trains a small MLP to
+// fit a fixed random teacher network with the chosen strategy. Every rank sees its own data. It
+// exits non-zero if the loss does not fall or the replicas end up different.
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -11,77 +11,130 @@
 
 #include "edit/comm/device_mesh.h"
 #include "edit/edit.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/sharded_model.h"
+#include "edit/sync/local_sgd.h"
+#include "edit/train/trainer.h"
 
 namespace {
 
 struct Options {
+  std::string strategy = "edit";
   int steps = 200;
+  int sync_every = 8;
+  int shard_size = 1;
   double lr = 1e-2;
+  std::string metrics;
 };
 
 Options parse(int argc, char** argv) {
-  Options options;
-  const char* usage = "usage: custom_trainer [--steps N] [--lr X]";
+  Options o;
+  const char* usage =
+      "usage: custom_trainer [--strategy edit|diloco|ddp|none] [--steps N] [--sync-every H] [--shard-size S] "
+      "[--lr X] [--metrics FILE]";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     EDIT_CHECK(i + 1 < argc, "option ", arg, " needs a value; ", usage);
-    if (arg == "--steps") {
-      options.steps = std::stoi(argv[++i]);
+    const std::string value = argv[++i];
+    if (arg == "--strategy") {
+      o.strategy = value;
+    } else if (arg == "--steps") {
+      o.steps = std::stoi(value);
+    } else if (arg == "--sync-every") {
+      o.sync_every = std::stoi(value);
+    } else if (arg == "--shard-size") {
+      o.shard_size = std::stoi(value);
     } else if (arg == "--lr") {
-      options.lr = std::stod(argv[++i]);
+      o.lr = std::stod(value);
+    } else if (arg == "--metrics") {
+      o.metrics = value;
     } else {
       EDIT_FAIL("unknown option ", arg, "; ", usage);
     }
   }
-  EDIT_CHECK(options.steps > 0, "--steps must be positive, got ", options.steps);
-  return options;
+  EDIT_CHECK(o.steps > 0, "--steps must be positive, got ", o.steps);
+  return o;
 }
+
+// (B, in) -> (B, out): one hidden layer with tanh. A block of the model; each is a Unit.
+struct DenseImpl : torch::nn::Module {
+  DenseImpl(int in, int out, bool activation) : linear(register_module("linear", torch::nn::Linear(in, out))), act(activation) {}
+  torch::Tensor forward(const torch::Tensor& x) { return act ? torch::tanh(linear->forward(x)) : linear->forward(x); }
+  torch::nn::Linear linear;
+  bool act;
+};
+TORCH_MODULE(Dense);
+
+struct Net : torch::nn::Module {
+  Net() {
+    for (int i = 0; i < 3; ++i) {
+      layers.push_back(register_module("layer" + std::to_string(i),
+                                       edit::shard::Unit(Dense(i == 0 ? 16 : 64, i == 2 ? 1 : 64, i < 2))));
+    }
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (auto& layer : layers) x = layer->forward(x);
+    return x;
+  }
+  std::vector<edit::shard::Unit> layers;
+};
 
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const Options options = parse(argc, argv);
-  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env();
+  const Options o = parse(argc, argv);
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({o.shard_size});
   edit::log::init(mesh.rank());
   torch::set_num_threads(1);
 
-  // Same initial weights everywhere (same seed), different data per rank (seed + rank).
   torch::manual_seed(0);
   auto teacher = torch::nn::Sequential(torch::nn::Linear(16, 32), torch::nn::Tanh(), torch::nn::Linear(32, 1));
-  auto student = torch::nn::Sequential(torch::nn::Linear(16, 64), torch::nn::Tanh(), torch::nn::Linear(64, 1));
-  torch::manual_seed(1 + mesh.rank());
-  torch::optim::AdamW optimizer(student->parameters(), torch::optim::AdamWOptions(options.lr));
+  auto net = std::make_shared<Net>();
+  edit::shard::ShardedModel model(net, mesh.shard_ptr());
+  edit::shard::FlatAdamW inner(model, {o.lr, 0.9, 0.95, 1e-8, 0.0});
 
-  double first_loss = 0.0;
-  double last_loss = 0.0;
-  for (int step = 0; step < options.steps; ++step) {
-    const torch::Tensor x = torch::randn({64, 16});  // (B, 16) -> (B, 1)
-    const torch::Tensor y = teacher->forward(x).detach();
-    const torch::Tensor loss = torch::mse_loss(student->forward(x), y);
-    optimizer.zero_grad();
-    loss.backward();
-    std::vector<edit::comm::WorkPtr> pending;
-    for (auto& param : student->parameters()) {
-      pending.push_back(mesh.world().all_reduce(param.grad(), {edit::comm::ReduceOp::kAvg}));
-    }
-    for (auto& work : pending) work->wait();
-    optimizer.step();
-    last_loss = loss.item<double>();
-    if (step == 0) first_loss = last_loss;
-    if (step % 50 == 0 || step + 1 == options.steps) spdlog::info("step {:4d} loss {:.5f}", step, last_loss);
+  std::unique_ptr<edit::sync::SyncStrategy> strategy;
+  edit::sync::LocalSgdOptions local = edit::sync::EDiT::default_options();
+  local.sync_every = o.sync_every;
+  if (o.strategy == "edit") {
+    strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
+  } else if (o.strategy == "diloco") {
+    local.use_penalty = false;
+    strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
+  } else if (o.strategy == "ddp") {
+    strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
+  } else {
+    EDIT_CHECK(o.strategy == "none", "unknown --strategy '", o.strategy, "'; use edit, diloco, ddp or none");
+    strategy = std::make_unique<edit::sync::NoSync>();
   }
 
-  // The replicas must still be identical: compare a checksum of the weights across ranks.
+  edit::train::TrainerOptions options;
+  options.steps = o.steps;
+  options.schedule = {o.lr, o.steps / 10, o.steps, o.lr / 10};
+  options.metrics_path = o.metrics;
+  options.log_every = 50;
+  edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) {
+    torch::manual_seed(1 + step * mesh.world_size() + mesh.rank());  // every rank its own samples
+    const torch::Tensor x = torch::randn({64, 16});
+    return edit::train::Batch{x, teacher->forward(x).detach()};
+  };
+  const auto loss_of = [&](const edit::train::Batch& b) { return torch::mse_loss(net->forward(b.inputs), b.targets); };
+  const double first = trainer.step(batch_of, loss_of).loss;
+  const double last = trainer.run(batch_of, loss_of).loss;
+
+  // Replicas must agree (Local SGD: everyone restarts from the same anchor after the last sync).
   double checksum = 0.0;
-  for (const auto& param : student->parameters()) checksum += param.detach().to(torch::kDouble).sum().item<double>();
-  const auto checksums = mesh.world().all_gather_values({checksum});
-  for (double other : checksums) {
-    EDIT_CHECK(other == checksum, "replicas diverged: weight checksum ", checksum, " here vs ", other,
-               " on another rank; gradients were not averaged identically");
+  for (const auto& [name, param] : model.gather_full_parameters()) checksum += param.to(torch::kDouble).sum().item<double>();
+  // Local SGD replicas agree right after a sync, so only when the run ended on one.
+  const bool synced = o.strategy == "ddp" || (o.strategy != "none" && o.steps % o.sync_every == 0);
+  for (double other : mesh.world().all_gather_values({checksum})) {
+    EDIT_CHECK(!synced || other == checksum, "replicas diverged: weight checksum ", checksum, " here vs ", other,
+               " on another rank");
   }
-  spdlog::info("libedit {} on LibTorch {}, {} ranks: loss {:.5f} -> {:.5f}, replicas identical", EDIT_VERSION_STRING,
-               edit::compat::torch_version(), mesh.world_size(), first_loss, last_loss);
-  EDIT_CHECK(last_loss < 0.5 * first_loss, "training did not reduce the loss (", first_loss, " -> ", last_loss,
+  spdlog::info("libedit {} on LibTorch {}: {} on {} ranks (S = {}): loss {:.5f} -> {:.5f}", EDIT_VERSION_STRING,
+               edit::compat::torch_version(), strategy->name(), mesh.world_size(), mesh.shard_size(), first, last);
+  EDIT_CHECK(last < 0.5 * first, "training did not reduce the loss (", first, " -> ", last,
              "); try more --steps or a different --lr");
   return EXIT_SUCCESS;
 } catch (const std::exception& e) {

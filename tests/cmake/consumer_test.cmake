@@ -12,5 +12,5 @@ run_step("${CMAKE_COMMAND}" --install "${BUILD}" --prefix "${WORK}/prefix")
 run_step("${CMAKE_COMMAND}" -S "${SOURCE}/examples/custom_trainer" -B "${WORK}/build"
          -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=${WORK}/prefix")
 run_step("${CMAKE_COMMAND}" --build "${WORK}/build")
-run_step(${RUN} "${WORK}/build/custom_trainer" --steps 60)
+run_step(${RUN} "${WORK}/build/custom_trainer" --strategy edit --steps 64 --sync-every 8)
 file(REMOVE_RECURSE "${WORK}")

@@ -1,0 +1,199 @@
+// bench_sync: the synchronization strategies side by side on one model and one data stream.
+//
+//   mpirun -np 4 --oversubscribe build/benchmarks/bench_sync --out bench_sync.csv
+//
+// For each link (the machine's own, then a slow sync group emulated with LinkEmulator) it trains
+// the same small GPT-like model from the same seed with: no communication (the reference), Ddp
+// (gradients every step), DiLoCo and EDiT at each H. Columns: tokens/s, ratio to no-communication,
+// bytes sent per inner step per rank (shard + sync groups), time blocked in the strategy, and the
+// held-out loss after the run (mean over ranks), all from one run.
+#include <ATen/Parallel.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include "edit/comm/device_mesh.h"
+#include "edit/comm/link_emulator.h"
+#include "edit/core/check.h"
+#include "edit/core/log.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/sync/local_sgd.h"
+#include "edit/train/trainer.h"
+#include "support/table.h"
+#include "tiny_transformer.h"
+
+namespace {
+
+using edit::bench::fmt_num;
+using edit::testing_support::TinyConfig;
+using edit::testing_support::TinyTransformer;
+
+struct Options {
+  int dim = 128;
+  int layers = 4;
+  int vocab = 256;
+  int seq = 64;
+  int batch = 8;
+  int steps = 96;
+  int shard_size = 1;
+  std::vector<int> sync_every = {8, 32};
+  std::string slow_link = "1Gbit@1ms";
+  std::string out = "bench_sync.csv";
+  bool quick = false;
+};
+
+// A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
+// likely successors, so the loss can fall well below log(vocab) and strategies can be compared.
+class MarkovData {
+ public:
+  MarkovData(int vocab, int seq) : vocab_(vocab), seq_(seq) {
+    at::manual_seed(12345);
+    at::Tensor logits = at::randn({vocab, vocab}) * 4.0;  // peaked rows
+    transitions_ = at::softmax(logits, 1);
+  }
+  edit::train::Batch batch(std::int64_t stream, int rows) const {
+    at::manual_seed(1'000'003 * stream + 17);
+    at::Tensor tokens = at::empty({rows, seq_ + 1}, at::kLong);
+    at::Tensor current = at::randint(0, vocab_, {rows}, at::kLong);
+    tokens.select(1, 0).copy_(current);
+    for (int t = 1; t <= seq_; ++t) {
+      current = at::multinomial(transitions_.index_select(0, current), 1).squeeze(1);
+      tokens.select(1, t).copy_(current);
+    }
+    return {tokens.narrow(1, 0, seq_), tokens.narrow(1, 1, seq_)};
+  }
+
+ private:
+  int vocab_;
+  int seq_;
+  at::Tensor transitions_;
+};
+
+struct Result {
+  double tokens_per_s = 0;
+  double bytes_per_step = 0;
+  double sync_wait_s = 0;
+  double loss = 0;
+};
+
+Result run_one(const Options& o, const MarkovData& data, const std::string& strategy_name, int H,
+               const std::string& link) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({o.shard_size});
+  if (!link.empty()) {
+    mesh.set_sync(std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link)));
+  }
+  TinyConfig config{o.vocab, o.seq, o.dim, std::max(1, o.dim / 32), o.layers};
+  at::manual_seed(0);
+  auto module = std::make_shared<TinyTransformer>(config);
+  edit::shard::ShardedModel model(module, mesh.shard_ptr());
+  edit::shard::FlatAdamW inner(model, {1e-3});
+  std::unique_ptr<edit::sync::SyncStrategy> strategy;
+  edit::sync::LocalSgdOptions local;
+  local.sync_every = H;
+  if (strategy_name == "none") {
+    strategy = std::make_unique<edit::sync::NoSync>();
+  } else if (strategy_name == "ddp") {
+    strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
+  } else if (strategy_name == "diloco") {
+    strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
+  } else {
+    local.use_penalty = true;
+    strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
+  }
+  edit::train::TrainerOptions options;
+  options.steps = o.steps;
+  options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, 1e-4};
+  options.log_every = 0;
+  edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.batch); };
+  const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
+  trainer.step(batch_of, loss_of);  // warm-up step, not timed
+  mesh.shard().reset_stats();
+  mesh.sync().reset_stats();
+  mesh.world().barrier()->wait();
+  const auto start = std::chrono::steady_clock::now();
+  double blocked = 0.0;
+  while (trainer.current_step() < o.steps) blocked += trainer.step(batch_of, loss_of).sync_wait_s;
+  strategy->finish();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto all_seconds = mesh.world().all_gather_values({seconds});
+  const double slowest = *std::max_element(all_seconds.begin(), all_seconds.end());
+  const int timed = o.steps - 1;
+
+  Result result;
+  result.tokens_per_s = double(o.batch) * o.seq * mesh.world_size() * timed / slowest;
+  result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / timed;
+  result.sync_wait_s = blocked;
+  // Held-out loss: the same 4 batches on every rank, never trained on.
+  at::NoGradGuard no_grad;
+  double loss = 0.0;
+  for (int i = 0; i < 4; ++i) {
+    const auto b = data.batch(-1 - i, o.batch);
+    loss += module->loss(b.inputs, b.targets).item<double>() / 4;
+  }
+  double total = 0.0;
+  for (double l : mesh.world().all_gather_values({loss})) total += l;
+  result.loss = total / mesh.world_size();
+  return result;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  Options o;
+  CLI::App app{"bench_sync: Ddp, DiLoCo and EDiT against no communication, on a fast and a slow link"};
+  app.add_option("--dim", o.dim, "model width")->capture_default_str();
+  app.add_option("--layers", o.layers, "transformer blocks")->capture_default_str();
+  app.add_option("--steps", o.steps, "inner steps per run")->capture_default_str();
+  app.add_option("--batch", o.batch, "sequences per rank per step")->capture_default_str();
+  app.add_option("--shard-size", o.shard_size, "S: ranks per model replica")->capture_default_str();
+  app.add_option("--sync-every", o.sync_every, "values of H for DiLoCo and EDiT")->delimiter(',')->capture_default_str();
+  app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")->capture_default_str();
+  app.add_option("--out", o.out, "CSV path")->capture_default_str();
+  app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
+  CLI11_PARSE(app, argc, argv);
+  if (o.quick) {
+    o.dim = 64;
+    o.layers = 2;
+    o.seq = 32;
+    o.steps = 40;
+    o.sync_every = {8};
+  }
+  at::set_num_threads(1);
+  edit::comm::DeviceMesh top = edit::comm::DeviceMesh::from_env({o.shard_size});
+  edit::log::init(top.rank(), "warn");
+  const MarkovData data(o.vocab, o.seq);
+
+  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "link", "tokens_per_s", "ratio_to_nocomm",
+                            "bytes_per_step_per_rank", "sync_wait_s", "loss"});
+  std::vector<std::string> links = {""};
+  if (!o.slow_link.empty()) links.push_back(o.slow_link);
+  for (const std::string& link : links) {
+    std::vector<std::pair<std::string, int>> runs = {{"none", 0}, {"ddp", 1}};
+    for (int H : o.sync_every) {
+      runs.emplace_back("diloco", H);
+      runs.emplace_back("edit", H);
+    }
+    double reference = 0.0;
+    for (const auto& [name, H] : runs) {
+      const Result r = run_one(o, data, name, std::max(H, 1), link);
+      if (name == "none") reference = r.tokens_per_s;
+      table.add_row({name, std::to_string(top.world_size()), std::to_string(o.shard_size),
+                     name == "none" || name == "ddp" ? "-" : std::to_string(H), link.empty() ? "local" : link,
+                     fmt_num(r.tokens_per_s, 0), fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.bytes_per_step, 0),
+                     fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
+    }
+  }
+  if (top.rank() == 0) {
+    table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.layers) + " blocks, dim " +
+                std::to_string(o.dim) + ", S = " + std::to_string(o.shard_size));
+    table.write_csv(o.out);
+    std::cout << "\nwrote " << o.out << "\n";
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "bench_sync: " << e.what() << "\n";
+  return 1;
+}
