@@ -17,9 +17,16 @@
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/link_emulator.h"
 #include "edit/comm/mpi_communicator.h"
+#include "edit/config.h"
 #include "edit/core/check.h"
 #include "edit/core/log.h"
 #include "support/table.h"
+
+#if EDIT_WITH_NCCL
+#include <cuda_runtime_api.h>
+
+#include "edit/comm/nccl_communicator.h"
+#endif
 
 namespace {
 
@@ -35,6 +42,7 @@ struct Options {
   double seconds_per_size = 0.25;            // timing budget per (op, size)
   std::string link;                          // optional LinkEmulator model, e.g. 1Gbit@1ms
   std::string out = "bench_comm.csv";        // CSV path (overlap table goes to <out>.overlap.csv)
+  std::string backend = "mpi";               // mpi (host buffers) or nccl (device buffers, a GPU per rank)
   bool quick = false;                        // 4 KiB..4 MiB, shorter timing
 };
 
@@ -60,15 +68,48 @@ double time_op(Communicator& comm, double budget_s, Op op) {
   return max_over_ranks(comm, seconds_since(start) / iterations);
 }
 
-double memcpy_gbps(Communicator& comm, std::int64_t bytes) {
-  at::Tensor src = at::rand({bytes / 4});
-  at::Tensor dst = at::empty_like(src);
-  dst.copy_(src);
+// Where the benchmark's buffers live: host memory for MPI, device memory for NCCL. Device buffers
+// come straight from the CUDA runtime, so this works with a CPU-only LibTorch as well.
+struct Buffers {
+  int device = -1;  // -1: host
+  at::Tensor make(std::int64_t numel) const {
+    at::Tensor host = at::rand({numel});
+    if (device < 0) return host;
+#if EDIT_WITH_NCCL
+    void* ptr = nullptr;
+    EDIT_CHECK(cudaMalloc(&ptr, static_cast<size_t>(numel) * 4 + 4) == cudaSuccess, "cudaMalloc of ", numel * 4,
+               " bytes failed; lower --max-bytes");
+    EDIT_CHECK(cudaMemcpy(ptr, host.data_ptr(), static_cast<size_t>(numel) * 4, cudaMemcpyHostToDevice) == cudaSuccess,
+               "copying the benchmark buffer to the GPU failed");
+    return at::for_blob(ptr, {numel})
+        .options(at::TensorOptions().dtype(at::kFloat).device(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device))))
+        .deleter([](void* p) { cudaFree(p); })
+        .make_tensor();
+#else
+    EDIT_FAIL("device buffers need libedit built with NCCL");
+#endif
+  }
+  void copy(at::Tensor& dst, const at::Tensor& src) const {
+    if (device < 0) {
+      dst.copy_(src);
+      return;
+    }
+#if EDIT_WITH_NCCL
+    cudaMemcpy(dst.data_ptr(), src.data_ptr(), static_cast<size_t>(src.numel()) * 4, cudaMemcpyDeviceToDevice);
+    cudaDeviceSynchronize();
+#endif
+  }
+};
+
+double memcpy_gbps(Communicator& comm, const Buffers& buffers, std::int64_t bytes) {
+  at::Tensor src = buffers.make(bytes / 4);
+  at::Tensor dst = buffers.make(bytes / 4);
+  buffers.copy(dst, src);
   comm.barrier()->wait();  // all ranks copy at once: the same memory contention as a collective
   const auto start = Clock::now();
   int iterations = 0;
   while (seconds_since(start) < 0.3 || iterations < 3) {
-    dst.copy_(src);
+    buffers.copy(dst, src);
     ++iterations;
   }
   const double per_copy = max_over_ranks(comm, seconds_since(start) / iterations);
@@ -105,6 +146,8 @@ int main(int argc, char** argv) try {
   app.add_option("--link", options.link, "emulate a slow link, e.g. 1Gbit@1ms (default: none)");
   app.add_option("--out", options.out, "CSV file for the bandwidth table")->capture_default_str();
   app.add_flag("--quick", options.quick, "4 KiB to 4 MiB with a short budget (under a minute)");
+  app.add_option("--backend", options.backend, "mpi (host buffers) or nccl (device buffers, one GPU per rank)")
+      ->check(CLI::IsMember({"mpi", "nccl"}))->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (options.quick) {
     options.max_bytes = std::min<std::int64_t>(options.max_bytes, 4 << 20);
@@ -117,11 +160,24 @@ int main(int argc, char** argv) try {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env();
   edit::log::init(mesh.rank());
   std::shared_ptr<Communicator> comm = mesh.world_ptr();
+  Buffers buffers;
+  if (options.backend == "nccl") {
+#if EDIT_WITH_NCCL
+    int devices = 0;
+    EDIT_CHECK(cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0,
+               "--backend nccl needs a GPU, and this machine has none; use --backend mpi");
+    buffers.device = mesh.local_rank() % devices;
+    EDIT_CHECK(cudaSetDevice(buffers.device) == cudaSuccess, "cannot select GPU ", buffers.device);
+    comm = std::make_shared<edit::comm::NcclCommunicator>(mesh.world_ptr(), buffers.device);
+#else
+    EDIT_FAIL("--backend nccl needs libedit built with NCCL (EDIT_WITH_NCCL); use --backend mpi");
+#endif
+  }
   if (!options.link.empty()) comm = std::make_shared<edit::comm::LinkEmulator>(comm, edit::comm::LinkModel::parse(options.link));
   const int n = comm->size();
   const bool lead = comm->rank() == 0;
 
-  const double memcpy_bw = memcpy_gbps(*comm, std::min<std::int64_t>(options.max_bytes, 256 << 20));
+  const double memcpy_bw = memcpy_gbps(*comm, buffers, std::min<std::int64_t>(options.max_bytes, 256 << 20));
   edit::bench::Table table({"backend", "op", "ranks", "bytes", "size", "time_us", "algbw_GBps", "busbw_GBps",
                             "memcpy_GBps", "busbw_over_memcpy"});
   for (const std::string& op_name : options.ops) {
@@ -129,8 +185,8 @@ int main(int argc, char** argv) try {
                op_name, "'; use all_reduce, all_gather, reduce_scatter");
     for (std::int64_t bytes = options.min_bytes; bytes <= options.max_bytes; bytes *= 4) {
       const std::int64_t numel = std::max<std::int64_t>(n, bytes / 4 / n * n);  // divisible by the group
-      at::Tensor full = at::rand({numel});
-      at::Tensor part = at::rand({numel / n});
+      at::Tensor full = buffers.make(numel);
+      at::Tensor part = buffers.make(numel / n);
       double seconds = 0.0;
       double factor = static_cast<double>(n - 1) / n;
       if (op_name == "all_reduce") {
@@ -143,7 +199,7 @@ int main(int argc, char** argv) try {
       }
       const double algbw = static_cast<double>(numel * 4) / seconds / 1e9;
       const double busbw = algbw * factor;
-      table.add_row({options.link.empty() ? "mpi" : "mpi+link", op_name, std::to_string(n), std::to_string(numel * 4),
+      table.add_row({options.backend + (options.link.empty() ? "" : "+link"), op_name, std::to_string(n), std::to_string(numel * 4),
                      fmt_bytes(static_cast<double>(numel * 4)), fmt_num(seconds * 1e6, 1), fmt_num(algbw, 3),
                      fmt_num(busbw, 3), fmt_num(memcpy_bw, 2), fmt_num(busbw / memcpy_bw, 3)});
     }
@@ -153,7 +209,9 @@ int main(int argc, char** argv) try {
   edit::bench::Table overlap({"polling", "ranks", "bytes_per_op", "ops", "comm_s", "compute_s", "together_s",
                               "ratio_to_sum"});
   const std::int64_t overlap_numel = (8 << 20) / 4 / n * n;
+  // Polling modes concern the MPI communication thread only.
   for (bool busy : {false, true}) {
+    if (options.backend != "mpi") break;
     edit::comm::CommOptions comm_options = edit::comm::CommOptions::from_env();
     comm_options.busy_poll = busy;
     auto polled = edit::comm::MpiCommunicator::world(edit::comm::MpiRuntime::acquire(), comm_options, "overlap");

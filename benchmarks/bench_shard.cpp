@@ -19,6 +19,7 @@
 #include "edit/core/log.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/shard/sharded_model.h"
+#include "support/model_shape.h"
 #include "support/table.h"
 #include "tiny_transformer.h"
 
@@ -31,11 +32,7 @@ using edit::testing_support::TinyConfig;
 using edit::testing_support::TinyTransformer;
 
 struct Options {
-  int dim = 128;
-  int layers = 4;
-  int vocab = 256;
-  int seq = 64;
-  int batch = 8;                 // sequences per rank per step
+  edit::bench::ModelShape model;
   int steps = 10;                // timed steps (after 2 warm-up steps)
   std::vector<int> shard_sizes = {1, 2, 4};
   std::string out = "bench_shard.csv";
@@ -49,11 +46,7 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 int main(int argc, char** argv) try {
   Options options;
   CLI::App app{"bench_shard: ShardedModel throughput and memory per rank for several shard sizes"};
-  app.add_option("--dim", options.dim, "model width")->capture_default_str();
-  app.add_option("--layers", options.layers, "transformer blocks")->capture_default_str();
-  app.add_option("--vocab", options.vocab, "vocabulary size")->capture_default_str();
-  app.add_option("--seq", options.seq, "sequence length")->capture_default_str();
-  app.add_option("--batch", options.batch, "sequences per rank per step")->capture_default_str();
+  options.model.add_flags(app);
   app.add_option("--steps", options.steps, "timed steps")->capture_default_str();
   app.add_option("--shard-sizes", options.shard_sizes, "shard sizes to run (each must divide the world)")
       ->delimiter(',')->capture_default_str();
@@ -61,17 +54,17 @@ int main(int argc, char** argv) try {
   app.add_flag("--quick", options.quick, "a small model and 3 steps (seconds)");
   CLI11_PARSE(app, argc, argv);
   if (options.quick) {
-    options.dim = 64;
-    options.layers = 2;
+    options.model.dim = 64;
+    options.model.layers = 2;
     options.steps = 3;
   }
   at::set_num_threads(1);
-  TinyConfig config{options.vocab, options.seq, options.dim, std::max(1, options.dim / 32), options.layers};
+  const TinyConfig config = options.model.config();
 
   edit::comm::DeviceMesh world_mesh = edit::comm::DeviceMesh::from_env();
   edit::log::init(world_mesh.rank());
   const int world = world_mesh.world_size();
-  const double tokens_per_step = double(options.batch) * options.seq * world;
+  const double tokens_per_step = double(options.model.batch) * options.model.seq * world;
   edit::bench::Table table({"mode", "ranks", "shard_size", "params", "tokens_per_s", "ratio_to_unsharded",
                             "mem_per_rank_MiB", "mem_ratio_to_unsharded", "peak_full_params_KiB"});
 
@@ -82,7 +75,7 @@ int main(int argc, char** argv) try {
   std::int64_t params = 0;
   for (const auto& p : plain->parameters()) params += p.numel();
   auto run_plain = [&](int step) {
-    auto [x, y] = tiny_batch(config, step, world_mesh.rank(), options.batch);
+    auto [x, y] = tiny_batch(config, step, world_mesh.rank(), options.model.batch);
     plain_optimizer.zero_grad();
     plain->loss(x, y).backward();
     plain_optimizer.step();
@@ -109,7 +102,7 @@ int main(int argc, char** argv) try {
     edit::shard::ShardedModel sharded(model, mesh.shard_ptr());
     edit::shard::FlatAdamW optimizer(sharded, {1e-3});
     auto run = [&](int step) {
-      auto [x, y] = tiny_batch(config, step, mesh.rank(), options.batch);
+      auto [x, y] = tiny_batch(config, step, mesh.rank(), options.model.batch);
       sharded.zero_grad();
       sharded.backward(model->loss(x, y));
       optimizer.step();
@@ -131,7 +124,7 @@ int main(int argc, char** argv) try {
   }
   if (world_mesh.rank() == 0) {
     table.print("ShardedModel: throughput and parameter+gradient+AdamW memory per rank (" +
-                std::to_string(options.layers) + " blocks, dim " + std::to_string(options.dim) + ")");
+                std::to_string(options.model.layers) + " blocks, dim " + std::to_string(options.model.dim) + ")");
     table.write_csv(options.out);
     std::cout << "\nwrote " << options.out << "\n";
   }

@@ -21,6 +21,7 @@
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/train/trainer.h"
+#include "support/model_shape.h"
 #include "support/table.h"
 #include "tiny_transformer.h"
 
@@ -31,11 +32,7 @@ using edit::testing_support::TinyConfig;
 using edit::testing_support::TinyTransformer;
 
 struct Options {
-  int dim = 128;
-  int layers = 4;
-  int vocab = 256;
-  int seq = 64;
-  int batch = 8;
+  edit::bench::ModelShape model;
   int steps = 96;
   int shard_size = 1;
   std::vector<int> sync_every = {8, 32};
@@ -84,7 +81,7 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   if (!link.empty()) {
     mesh.set_sync(std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link)));
   }
-  TinyConfig config{o.vocab, o.seq, o.dim, std::max(1, o.dim / 32), o.layers};
+  const TinyConfig config = o.model.config();
   at::manual_seed(0);
   auto module = std::make_shared<TinyTransformer>(config);
   edit::shard::ShardedModel model(module, mesh.shard_ptr());
@@ -107,7 +104,7 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, 1e-4};
   options.log_every = 0;
   edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
-  const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.batch); };
+  const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.model.batch); };
   const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
   trainer.step(batch_of, loss_of);  // warm-up step, not timed
   mesh.shard().reset_stats();
@@ -123,14 +120,14 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   const int timed = o.steps - 1;
 
   Result result;
-  result.tokens_per_s = double(o.batch) * o.seq * mesh.world_size() * timed / slowest;
+  result.tokens_per_s = double(o.model.batch) * o.model.seq * mesh.world_size() * timed / slowest;
   result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / timed;
   result.sync_wait_s = blocked;
   // Held-out loss: the same 4 batches on every rank, never trained on.
   at::NoGradGuard no_grad;
   double loss = 0.0;
   for (int i = 0; i < 4; ++i) {
-    const auto b = data.batch(-1 - i, o.batch);
+    const auto b = data.batch(-1 - i, o.model.batch);
     loss += module->loss(b.inputs, b.targets).item<double>() / 4;
   }
   double total = 0.0;
@@ -144,10 +141,8 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
 int main(int argc, char** argv) try {
   Options o;
   CLI::App app{"bench_sync: Ddp, DiLoCo and EDiT against no communication, on a fast and a slow link"};
-  app.add_option("--dim", o.dim, "model width")->capture_default_str();
-  app.add_option("--layers", o.layers, "transformer blocks")->capture_default_str();
+  o.model.add_flags(app);
   app.add_option("--steps", o.steps, "inner steps per run")->capture_default_str();
-  app.add_option("--batch", o.batch, "sequences per rank per step")->capture_default_str();
   app.add_option("--shard-size", o.shard_size, "S: ranks per model replica")->capture_default_str();
   app.add_option("--sync-every", o.sync_every, "values of H for DiLoCo and EDiT")->delimiter(',')->capture_default_str();
   app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")->capture_default_str();
@@ -155,16 +150,16 @@ int main(int argc, char** argv) try {
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
-    o.dim = 64;
-    o.layers = 2;
-    o.seq = 32;
+    o.model.dim = 64;
+    o.model.layers = 2;
+    o.model.seq = 32;
     o.steps = 40;
     o.sync_every = {8};
   }
   at::set_num_threads(1);
   edit::comm::DeviceMesh top = edit::comm::DeviceMesh::from_env({o.shard_size});
   edit::log::init(top.rank(), "warn");
-  const MarkovData data(o.vocab, o.seq);
+  const MarkovData data(o.model.vocab, o.model.seq);
 
   edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "link", "tokens_per_s", "ratio_to_nocomm",
                             "bytes_per_step_per_rank", "sync_wait_s", "loss"});
@@ -187,8 +182,8 @@ int main(int argc, char** argv) try {
     }
   }
   if (top.rank() == 0) {
-    table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.layers) + " blocks, dim " +
-                std::to_string(o.dim) + ", S = " + std::to_string(o.shard_size));
+    table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.model.layers) + " blocks, dim " +
+                std::to_string(o.model.dim) + ", S = " + std::to_string(o.shard_size));
     table.write_csv(o.out);
     std::cout << "\nwrote " << o.out << "\n";
   }

@@ -1,6 +1,6 @@
 // A trainer author's own program, linked against the installed libedit (find_package(edit)):
 //   mpirun -np 2 custom_trainer [--strategy edit|diloco|ddp|none] [--steps N] [--sync-every H]
-//                               [--shard-size S] [--lr X] [--metrics FILE]
+//                               [--shard-size S] [--lr X] [--metrics FILE] [--log-level LEVEL]
 // It wraps its blocks in edit::shard::Unit, shards them over the mesh, and trains a small MLP to
 // fit a fixed random teacher network with the chosen strategy. Every rank sees its own data. It
 // exits non-zero if the loss does not fall or the replicas end up different.
@@ -25,13 +25,14 @@ struct Options {
   int shard_size = 1;
   double lr = 1e-2;
   std::string metrics;
+  std::string log_level;  // empty: EDIT_LOG_LEVEL or info
 };
 
 Options parse(int argc, char** argv) {
   Options o;
   const char* usage =
       "usage: custom_trainer [--strategy edit|diloco|ddp|none] [--steps N] [--sync-every H] [--shard-size S] "
-      "[--lr X] [--metrics FILE]";
+      "[--lr X] [--metrics FILE] [--log-level trace|debug|info|warn|error]";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     EDIT_CHECK(i + 1 < argc, "option ", arg, " needs a value; ", usage);
@@ -48,6 +49,8 @@ Options parse(int argc, char** argv) {
       o.lr = std::stod(value);
     } else if (arg == "--metrics") {
       o.metrics = value;
+    } else if (arg == "--log-level") {
+      o.log_level = value;
     } else {
       EDIT_FAIL("unknown option ", arg, "; ", usage);
     }
@@ -84,7 +87,7 @@ struct Net : torch::nn::Module {
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({o.shard_size});
-  edit::log::init(mesh.rank());
+  edit::log::init(mesh.rank(), o.log_level);
   torch::set_num_threads(1);
 
   torch::manual_seed(0);
