@@ -5,6 +5,9 @@
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
+#include <cmath>
+#include <limits>
+
 #define EDIT_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
@@ -41,5 +44,25 @@ inline void reallocate_storage(const at::Tensor& tensor, size_t nbytes) {
 }
 
 inline size_t storage_nbytes(const at::Tensor& tensor) { return storage_impl(tensor)->nbytes(); }
+
+// Exact causal attention, softmax(q k^T / sqrt(d) + causal mask) v, in plain ATen ops.
+// (B, H, T, d) x 3 -> (B, H, T, d)
+inline at::Tensor causal_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const auto t = q.size(-2);
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
+  const at::Tensor future = at::ones({t, t}, q.options().dtype(at::kBool)).triu(1);
+  return at::matmul(at::softmax(scores.masked_fill(future, -std::numeric_limits<double>::infinity()), -1), v);
+}
+
+// The fused scaled-dot-product attention where this LibTorch has it (2.x), else the reference.
+inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#if EDIT_TORCH_AT_LEAST(2, 0)
+  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+#else
+  return causal_attention_reference(q, k, v);
+#endif
+}
+
+inline bool has_fused_attention() { return EDIT_TORCH_AT_LEAST(2, 0); }
 
 }  // namespace edit::compat

@@ -62,6 +62,8 @@ class Trainer {
   StepMetrics run(const BatchFn& next_batch, const LossFn& loss);
 
   std::int64_t current_step() const { return step_; }
+  // Continue from `step` (after loading a checkpoint saved at that step).
+  void set_step(std::int64_t step) { step_ = step; }
   const TrainerOptions& options() const { return options_; }
 
  private:

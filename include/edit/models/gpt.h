@@ -1,0 +1,69 @@
+// GPT models built from sharded units (DESIGN.md section 2, models/).
+//
+// Two styles share one skeleton, embedding unit -> n block units -> head unit:
+//   GPT-2:  learned positions, LayerNorm, GELU MLP (4x), biases;
+//   Llama:  RoPE, RMSNorm, SwiGLU MLP (~8/3 x, rounded to 64), no biases.
+// Causal attention uses LibTorch's fused scaled-dot-product attention where the LibTorch has it
+// (2.x) and an exact fallback elsewhere (compat::causal_attention).
+// Embeddings are untied: a weight shared by the embedding and head units would have to be gathered
+// and reduced across two units, which ShardedModel does not do yet (tie_embeddings is refused).
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "edit/shard/unit.h"
+
+namespace edit::models {
+
+enum class GptStyle { kGpt2, kLlama };
+GptStyle parse_style(const std::string& name);  // "gpt2" or "llama"
+const char* to_string(GptStyle style);
+
+struct GptConfig {
+  GptStyle style = GptStyle::kGpt2;
+  int vocab_size = 256;   // 256 for the byte-level tokenizer
+  int seq_len = 256;      // context length (positions for GPT-2, RoPE table for Llama)
+  int dim = 256;
+  int heads = 8;
+  int layers = 6;
+  int mlp_hidden = 0;     // 0: 4 dim (GPT-2) or 8/3 dim rounded up to a multiple of 64 (Llama)
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  bool tie_embeddings = false;
+
+  // "tiny" (tests), "small" (CPU demo, ~5 M), "124m" (GPT-2 small shape), "1b" (1B class, GPUs).
+  static GptConfig preset(const std::string& name);
+  int hidden() const;                  // the MLP width in effect
+  void validate() const;               // throws edit::Error naming the field and the fix
+  std::int64_t num_parameters() const;  // closed form, equal to the module's count
+};
+
+// Rotary position embedding, rotate-half convention: pairs (i, i + d/2) of (B, H, T, d) are
+// rotated by position t times theta^(-2i/d). `cos` and `sin` are (max T, d/2) tables.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// The (T, d/2) cos and sin tables for head size d.
+std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t max_positions, std::int64_t head_dim, double theta);
+
+class GptImpl : public torch::nn::Module {
+ public:
+  explicit GptImpl(const GptConfig& config);
+  at::Tensor forward(const at::Tensor& tokens);                                // (B, T) -> (B, T, V)
+  at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);        // mean cross-entropy
+  const GptConfig& config() const { return config_; }
+
+  shard::Unit embed{nullptr};
+  std::vector<shard::Unit> blocks;
+  shard::Unit head{nullptr};
+
+ private:
+  GptConfig config_;
+};
+TORCH_MODULE(Gpt);
+
+}  // namespace edit::models

@@ -1,0 +1,221 @@
+#include "edit/models/gpt.h"
+
+#include <torch/nn/functional/loss.h>
+#include <torch/nn/init.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <cmath>
+
+#include "edit/core/check.h"
+#include "edit/core/torch_compat.h"
+
+namespace edit::models {
+
+GptStyle parse_style(const std::string& name) {
+  if (name == "gpt2") return GptStyle::kGpt2;
+  if (name == "llama") return GptStyle::kLlama;
+  EDIT_FAIL("unknown model style '", name, "'; use gpt2 or llama");
+}
+
+const char* to_string(GptStyle style) { return style == GptStyle::kGpt2 ? "gpt2" : "llama"; }
+
+GptConfig GptConfig::preset(const std::string& name) {
+  GptConfig c;
+  if (name == "tiny") {
+    c.vocab_size = 256, c.seq_len = 64, c.dim = 64, c.heads = 4, c.layers = 2;
+  } else if (name == "small") {
+    c.vocab_size = 256, c.seq_len = 256, c.dim = 256, c.heads = 8, c.layers = 6;
+  } else if (name == "124m") {
+    c.vocab_size = 50304, c.seq_len = 1024, c.dim = 768, c.heads = 12, c.layers = 12;
+  } else if (name == "1b") {
+    c.vocab_size = 50304, c.seq_len = 2048, c.dim = 2048, c.heads = 16, c.layers = 18;
+  } else {
+    EDIT_FAIL("unknown model preset '", name, "'; use tiny, small, 124m or 1b (and override fields as needed)");
+  }
+  return c;
+}
+
+int GptConfig::hidden() const {
+  if (mlp_hidden > 0) return mlp_hidden;
+  if (style == GptStyle::kGpt2) return 4 * dim;
+  return (8 * dim / 3 + 63) / 64 * 64;
+}
+
+void GptConfig::validate() const {
+  EDIT_CHECK(vocab_size > 0 && seq_len > 0 && dim > 0 && heads > 0 && layers > 0,
+             "model sizes must be positive (vocab ", vocab_size, ", seq ", seq_len, ", dim ", dim, ", heads ", heads,
+             ", layers ", layers, ")");
+  EDIT_CHECK(dim % heads == 0, "dim ", dim, " is not divisible by heads ", heads, "; pick heads that divide dim");
+  EDIT_CHECK(style != GptStyle::kLlama || (dim / heads) % 2 == 0, "RoPE needs an even head size, got ", dim / heads,
+             " (dim ", dim, " / heads ", heads, ")");
+  EDIT_CHECK(!tie_embeddings, "tied embeddings are not supported yet (the embedding and head are separate sharded "
+             "units); train with untied embeddings");
+}
+
+std::int64_t GptConfig::num_parameters() const {
+  const std::int64_t d = dim, v = vocab_size, h = hidden();
+  if (style == GptStyle::kGpt2) {
+    const std::int64_t block = 2 * (2 * d)            // two LayerNorms (weight + bias)
+                               + (d * 3 * d + 3 * d)  // qkv
+                               + (d * d + d)          // attention output
+                               + (d * h + h)          // MLP up
+                               + (h * d + d);         // MLP down
+    return v * d + std::int64_t{seq_len} * d + layers * block + 2 * d + d * v;
+  }
+  const std::int64_t block = 2 * d + 4 * d * d + 3 * d * h;  // two RMSNorms, q k v o, w1 w2 w3
+  return v * d + layers * block + d + d * v;
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto half = x.size(-1) / 2;
+  const at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  const auto t = x.size(-2);
+  const at::Tensor c = cos.narrow(0, 0, t), s = sin.narrow(0, 0, t);  // (T, d/2)
+  return at::cat({x1 * c - x2 * s, x1 * s + x2 * c}, -1);
+}
+
+std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t max_positions, std::int64_t head_dim, double theta) {
+  const at::Tensor inv_freq = at::pow(theta, -at::arange(0, head_dim, 2, at::kDouble) / head_dim);  // (d/2,)
+  const at::Tensor angles = at::outer(at::arange(max_positions, at::kDouble), inv_freq);           // (T, d/2)
+  return {angles.cos().to(at::kFloat), angles.sin().to(at::kFloat)};
+}
+
+namespace {
+
+// y = x / rms(x) * weight
+struct RmsNormImpl : torch::nn::Module {
+  RmsNormImpl(int dim, double eps) : eps(eps) { weight = register_parameter("weight", at::ones({dim})); }
+  at::Tensor forward(const at::Tensor& x) { return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * weight; }
+  at::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RmsNorm);
+
+struct EmbeddingImpl : torch::nn::Module {
+  explicit EmbeddingImpl(const GptConfig& c) {
+    tokens = register_module("tokens", torch::nn::Embedding(c.vocab_size, c.dim));
+    if (c.style == GptStyle::kGpt2) positions = register_module("positions", torch::nn::Embedding(c.seq_len, c.dim));
+  }
+  at::Tensor forward(const at::Tensor& ids) {  // (B, T) -> (B, T, C)
+    at::Tensor x = tokens->forward(ids);
+    if (positions) x = x + positions->forward(at::arange(ids.size(1), ids.options()));
+    return x;
+  }
+  torch::nn::Embedding tokens{nullptr}, positions{nullptr};
+};
+TORCH_MODULE(Embedding);
+
+struct BlockImpl : torch::nn::Module {
+  explicit BlockImpl(const GptConfig& c) : config(c) {
+    const bool gpt2 = c.style == GptStyle::kGpt2;
+    const int h = c.hidden();
+    auto linear = [&](const char* name, int in, int out) {
+      return register_module(name, torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(gpt2)));
+    };
+    if (gpt2) {
+      ln1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
+      ln2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
+    } else {
+      rms1 = register_module("norm1", RmsNorm(c.dim, c.norm_eps));
+      rms2 = register_module("norm2", RmsNorm(c.dim, c.norm_eps));
+      auto [cos, sin] = rope_tables(c.seq_len, c.dim / c.heads, c.rope_theta);
+      rope_cos = register_buffer("rope_cos", cos);
+      rope_sin = register_buffer("rope_sin", sin);
+    }
+    qkv = linear("qkv", c.dim, 3 * c.dim);
+    out = linear("out", c.dim, c.dim);
+    if (gpt2) {
+      up = linear("up", c.dim, h);
+    } else {
+      gate = linear("gate", c.dim, h);
+      up = linear("up", c.dim, h);
+    }
+    down = linear("down", h, c.dim);
+    // GPT-2 initialisation: N(0, 0.02), the residual projections scaled by 1/sqrt(2 layers).
+    at::NoGradGuard no_grad;
+    for (auto& p : named_parameters()) {
+      if (p.key().find("norm") != std::string::npos) continue;
+      if (p.value().dim() < 2) {
+        p.value().zero_();
+      } else {
+        const bool residual = p.key().rfind("out.", 0) == 0 || p.key().rfind("down.", 0) == 0;
+        p.value().normal_(0.0, residual ? 0.02 / std::sqrt(2.0 * c.layers) : 0.02);
+      }
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& x) {  // (B, T, C) -> (B, T, C)
+    const int64_t B = x.size(0), T = x.size(1), C = x.size(2), H = config.heads, hd = C / H;
+    const bool gpt2 = config.style == GptStyle::kGpt2;
+    auto split = [&](const at::Tensor& t) { return t.reshape({B, T, H, hd}).transpose(1, 2); };  // (B, H, T, hd)
+    const auto parts = qkv->forward(gpt2 ? ln1->forward(x) : rms1->forward(x)).chunk(3, -1);
+    at::Tensor q = split(parts[0]), k = split(parts[1]), v = split(parts[2]);
+    if (!gpt2) {
+      q = apply_rope(q, rope_cos, rope_sin);
+      k = apply_rope(k, rope_cos, rope_sin);
+    }
+    const at::Tensor y = compat::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, C});
+    const at::Tensor h = x + out->forward(y);
+    const at::Tensor n = gpt2 ? ln2->forward(h) : rms2->forward(h);
+    const at::Tensor mlp = gpt2 ? at::gelu(up->forward(n), "tanh") : at::silu(gate->forward(n)) * up->forward(n);
+    return h + down->forward(mlp);
+  }
+
+  GptConfig config;
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  RmsNorm rms1{nullptr}, rms2{nullptr};
+  torch::nn::Linear qkv{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
+  at::Tensor rope_cos, rope_sin;
+};
+TORCH_MODULE(Block);
+
+struct HeadImpl : torch::nn::Module {
+  explicit HeadImpl(const GptConfig& c) : gpt2(c.style == GptStyle::kGpt2) {
+    if (gpt2) {
+      ln = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
+    } else {
+      rms = register_module("norm", RmsNorm(c.dim, c.norm_eps));
+    }
+    proj = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(c.dim, c.vocab_size).bias(false)));
+    at::NoGradGuard no_grad;
+    proj->weight.normal_(0.0, 0.02);
+  }
+  at::Tensor forward(const at::Tensor& x) { return proj->forward(gpt2 ? ln->forward(x) : rms->forward(x)); }  // -> (B, T, V)
+  bool gpt2;
+  torch::nn::LayerNorm ln{nullptr};
+  RmsNorm rms{nullptr};
+  torch::nn::Linear proj{nullptr};
+};
+TORCH_MODULE(Head);
+
+}  // namespace
+
+GptImpl::GptImpl(const GptConfig& config) : config_(config) {
+  config_.validate();
+  embed = register_module("embed", shard::Unit(Embedding(config_)));
+  {
+    at::NoGradGuard no_grad;
+    for (auto& p : embed->parameters()) p.normal_(0.0, 0.02);
+  }
+  for (int i = 0; i < config_.layers; ++i) {
+    blocks.push_back(register_module("block" + std::to_string(i), shard::Unit(Block(config_))));
+  }
+  head = register_module("head", shard::Unit(Head(config_)));
+}
+
+at::Tensor GptImpl::forward(const at::Tensor& tokens) {
+  EDIT_CHECK(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "tokens must be (batch, T) with T <= seq_len ",
+             config_.seq_len, ", got shape ", tokens.sizes());
+  at::Tensor x = embed->forward(tokens);
+  for (auto& block : blocks) x = block->forward(x);
+  return head->forward(x);
+}
+
+at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
+  const at::Tensor logits = forward(tokens);
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, config_.vocab_size}), targets.reshape({-1}));
+}
+
+}  // namespace edit::models

@@ -1,0 +1,352 @@
+#include "edit/train/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "edit/core/check.h"
+
+namespace edit::train {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kMagic[8] = {'E', 'D', 'I', 'T', 'C', 'K', 'P', '1'};
+
+std::array<std::uint32_t, 256> make_crc_table() {
+  std::array<std::uint32_t, 256> table{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+
+void fsync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  EDIT_CHECK(fd >= 0, "cannot open ", path.string(), " to flush it to disk: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  EDIT_CHECK(rc == 0, "fsync of ", path.string(), " failed: ", std::strerror(errno), "; is the disk full?");
+}
+
+// Writes and checksums as it goes.
+class Writer {
+ public:
+  explicit Writer(const fs::path& path) : path_(path), file_(std::fopen(path.c_str(), "wb")) {
+    EDIT_CHECK(file_ != nullptr, "cannot create ", path.string(), ": ", std::strerror(errno),
+               "; check that the checkpoint folder is writable");
+  }
+  ~Writer() {
+    if (file_) std::fclose(file_);
+  }
+  void bytes(const void* data, size_t size) {
+    EDIT_CHECK(size == 0 || std::fwrite(data, 1, size, file_) == size, "writing ", path_.string(), " failed: ",
+               std::strerror(errno), "; is the disk full?");
+    crc_ = crc32(data, size, crc_);
+    size_ += size;
+  }
+  template <typename T>
+  void value(T v) {
+    bytes(&v, sizeof(v));
+  }
+  void text(const std::string& s) {
+    value<std::uint32_t>(static_cast<std::uint32_t>(s.size()));
+    bytes(s.data(), s.size());
+  }
+  // Appends the checksum, flushes and fsyncs; returns (size including the checksum, checksum).
+  std::pair<std::uint64_t, std::uint32_t> close() {
+    const std::uint32_t crc = crc_;
+    EDIT_CHECK(std::fwrite(&crc, 1, sizeof(crc), file_) == sizeof(crc) && std::fflush(file_) == 0,
+               "writing ", path_.string(), " failed; is the disk full?");
+    EDIT_CHECK(::fsync(::fileno(file_)) == 0, "fsync of ", path_.string(), " failed: ", std::strerror(errno));
+    std::fclose(file_);
+    file_ = nullptr;
+    return {size_ + sizeof(crc), crc};
+  }
+
+ private:
+  fs::path path_;
+  std::FILE* file_;
+  std::uint32_t crc_ = 0;
+  std::uint64_t size_ = 0;
+};
+
+// Reads from a verified in-memory copy, naming the file and offset when the content is short.
+class Reader {
+ public:
+  Reader(const std::vector<char>& data, std::string file) : data_(data), file_(std::move(file)) {}
+  void bytes(void* out, size_t size) {
+    EDIT_CHECK(offset_ + size <= data_.size() - 4, file_, " ends early at byte ", offset_,
+               " (wanted ", size, " more bytes): the checkpoint is damaged; load an older one");
+    std::memcpy(out, data_.data() + offset_, size);
+    offset_ += size;
+  }
+  template <typename T>
+  T value() {
+    T v{};
+    bytes(&v, sizeof(v));
+    return v;
+  }
+  std::string text() {
+    std::string s(value<std::uint32_t>(), '\0');
+    bytes(s.data(), s.size());
+    return s;
+  }
+  size_t offset() const { return offset_; }
+
+ private:
+  const std::vector<char>& data_;
+  std::string file_;
+  size_t offset_ = 0;
+};
+
+std::string step_name(std::int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
+  return name;
+}
+
+std::string rank_file(int rank) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "rank_%05d.bin", rank);
+  return name;
+}
+
+std::vector<fs::path> complete_checkpoints(const fs::path& root) {
+  std::vector<fs::path> found;
+  if (!fs::is_directory(root)) return found;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
+        fs::exists(entry.path() / "manifest.json")) {
+      found.push_back(entry.path());
+    }
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+}  // namespace
+
+std::uint32_t crc32(const void* data, size_t size, std::uint32_t crc) {
+  static const auto table = make_crc_table();
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ bytes[i]) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+RankState collect_state(shard::ShardedModel& model, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd,
+                        std::int64_t step) {
+  RankState state;
+  state.scalars["trainer.step"] = static_cast<double>(step);
+  for (int u = 0; u < model.num_units(); ++u) {
+    const std::string prefix = "unit" + std::to_string(u) + ".";
+    state.tensors.emplace_back(prefix + "shard", model.unit(u).shard());
+    if (adamw) {
+      state.tensors.emplace_back(prefix + "adamw.exp_avg", adamw->exp_avg(u));
+      state.tensors.emplace_back(prefix + "adamw.exp_avg_sq", adamw->exp_avg_sq(u));
+    }
+    if (local_sgd) {
+      state.tensors.emplace_back(prefix + "outer.anchor", local_sgd->outer().mutable_anchor(u));
+      state.tensors.emplace_back(prefix + "outer.momentum", local_sgd->outer().mutable_momentum(u));
+      if (auto* penalty = local_sgd->penalty()) {
+        const auto& d = penalty->mutable_detector(u);
+        state.scalars[prefix + "penalty.mean"] = d.mean;
+        state.scalars[prefix + "penalty.var"] = d.var;
+        state.scalars[prefix + "penalty.observations"] = static_cast<double>(d.observations);
+        state.scalars[prefix + "penalty.syncs"] = static_cast<double>(d.syncs);
+      }
+    }
+  }
+  if (adamw) state.scalars["adamw.steps"] = static_cast<double>(adamw->steps());
+  // The CPU generator's state: loading writes into this tensor, apply_scalars() installs it.
+  state.tensors.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
+  return state;
+}
+
+void apply_scalars(const RankState& state, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd) {
+  auto scalar = [&](const std::string& name) {
+    const auto it = state.scalars.find(name);
+    EDIT_CHECK(it != state.scalars.end(), "the checkpoint has no value '", name,
+               "'; it was saved with a different strategy or optimizer");
+    return it->second;
+  };
+  if (adamw) adamw->set_steps(static_cast<std::int64_t>(scalar("adamw.steps")));
+  if (local_sgd && local_sgd->penalty()) {
+    for (int u = 0;; ++u) {
+      const std::string prefix = "unit" + std::to_string(u) + ".";
+      if (!state.scalars.count(prefix + "penalty.mean")) break;
+      auto& d = local_sgd->penalty()->mutable_detector(u);
+      d.mean = scalar(prefix + "penalty.mean");
+      d.var = scalar(prefix + "penalty.var");
+      d.observations = static_cast<std::int64_t>(scalar(prefix + "penalty.observations"));
+      d.syncs = static_cast<std::int64_t>(scalar(prefix + "penalty.syncs"));
+    }
+  }
+  for (const auto& [name, tensor] : state.tensors) {
+    if (name == "rng.cpu") {
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      generator.set_state(tensor);
+    }
+  }
+}
+
+Checkpointer::Checkpointer(comm::DeviceMesh& mesh, std::string root, int keep)
+    : mesh_(mesh), root_(std::move(root)), keep_(keep) {
+  EDIT_CHECK(keep_ >= 1, "keep at least one checkpoint (--keep-checkpoints >= 1), got ", keep_);
+}
+
+std::string Checkpointer::save(std::int64_t step, const RankState& state) {
+  const fs::path root(root_);
+  const fs::path final_dir = root / step_name(step);
+  const fs::path tmp_dir = root / (step_name(step) + ".tmp");
+  if (mesh_.rank() == 0) {
+    fs::remove_all(tmp_dir);
+    fs::create_directories(tmp_dir);
+  }
+  mesh_.world().barrier()->wait();
+
+  Writer writer(tmp_dir / rank_file(mesh_.rank()));
+  writer.bytes(kMagic, sizeof(kMagic));
+  writer.value<std::uint64_t>(state.tensors.size());
+  for (const auto& [name, live] : state.tensors) {
+    const at::Tensor t = live.detach().to(at::kCPU).contiguous();
+    writer.text(name);
+    writer.value<std::int32_t>(static_cast<std::int32_t>(t.scalar_type()));
+    writer.value<std::uint32_t>(static_cast<std::uint32_t>(t.dim()));
+    for (auto size : t.sizes()) writer.value<std::int64_t>(size);
+    const std::uint64_t nbytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
+    writer.value<std::uint64_t>(nbytes);
+    writer.bytes(t.data_ptr(), nbytes);
+  }
+  writer.value<std::uint64_t>(state.scalars.size());
+  for (const auto& [name, value] : state.scalars) {
+    writer.text(name);
+    writer.value<double>(value);
+  }
+  const auto [size, crc] = writer.close();
+
+  // Sizes and checksums of every rank go into the manifest (doubles hold them exactly).
+  const auto files = mesh_.world().all_gather_values({static_cast<double>(size), static_cast<double>(crc)});
+  if (mesh_.rank() == 0) {
+    nlohmann::json manifest = {{"format", "edit-checkpoint-1"},
+                               {"step", step},
+                               {"world_size", mesh_.world_size()},
+                               {"shard_size", mesh_.shard_size()},
+                               {"ranks", nlohmann::json::array()}};
+    for (int r = 0; r < mesh_.world_size(); ++r) {
+      manifest["ranks"].push_back({{"file", rank_file(r)},
+                                   {"bytes", static_cast<std::uint64_t>(files[2 * r])},
+                                   {"crc32", static_cast<std::uint32_t>(files[2 * r + 1])}});
+    }
+    {
+      std::ofstream out(tmp_dir / "manifest.json");
+      out << manifest.dump(2) << "\n";
+      EDIT_CHECK(out.good(), "writing ", (tmp_dir / "manifest.json").string(), " failed; is the disk full?");
+    }
+    fsync_path(tmp_dir / "manifest.json", false);
+    fsync_path(tmp_dir, true);
+    fs::remove_all(final_dir);
+    fs::rename(tmp_dir, final_dir);
+    fsync_path(root, true);
+    auto all = complete_checkpoints(root);
+    for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) fs::remove_all(all[i]);
+  }
+  mesh_.world().barrier()->wait();
+  return final_dir.string();
+}
+
+std::optional<std::string> Checkpointer::latest() const {
+  const auto all = complete_checkpoints(root_);
+  if (all.empty()) return std::nullopt;
+  return all.back().string();
+}
+
+std::int64_t Checkpointer::load(const std::string& path, RankState& state) {
+  std::string dir = path;
+  if (path == "auto") {
+    const auto found = latest();
+    EDIT_CHECK(found.has_value(), "no complete checkpoint under ", root_, " to resume from; start without --resume");
+    dir = *found;
+  }
+  const fs::path manifest_path = fs::path(dir) / "manifest.json";
+  EDIT_CHECK(fs::exists(manifest_path), manifest_path.string(), " does not exist: ", dir,
+             " is not a complete checkpoint (a .tmp folder is a save that never finished)");
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(std::ifstream(manifest_path));
+  } catch (const std::exception& e) {
+    EDIT_FAIL(manifest_path.string(), " is not valid JSON (", e.what(), "); load an older checkpoint");
+  }
+  EDIT_CHECK(manifest.value("world_size", -1) == mesh_.world_size() && manifest.value("shard_size", -1) == mesh_.shard_size(),
+             dir, " was saved by ", manifest.value("world_size", -1), " ranks with shard size ",
+             manifest.value("shard_size", -1), ", but this job has ", mesh_.world_size(), " ranks with shard size ",
+             mesh_.shard_size(), "; resume with the same mesh");
+  const auto& entry = manifest["ranks"].at(static_cast<size_t>(mesh_.rank()));
+  const fs::path file = fs::path(dir) / entry["file"].get<std::string>();
+  const std::string name = file.string();
+
+  std::ifstream in(file, std::ios::binary);
+  EDIT_CHECK(in.good(), "cannot open ", name, "; the checkpoint is incomplete, load an older one");
+  std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto expected_bytes = entry["bytes"].get<std::uint64_t>();
+  EDIT_CHECK(data.size() == expected_bytes, name, " has ", data.size(), " bytes but the manifest says ",
+             expected_bytes, ": it was truncated or overwritten; load an older checkpoint");
+  std::uint32_t stored = 0;
+  std::memcpy(&stored, data.data() + data.size() - 4, 4);
+  const std::uint32_t actual = crc32(data.data(), data.size() - 4);
+  EDIT_CHECK(stored == actual && actual == entry["crc32"].get<std::uint32_t>(), name,
+             " fails its checksum (the data is corrupt); load an older checkpoint");
+
+  Reader reader(data, name);
+  char magic[8];
+  reader.bytes(magic, sizeof(magic));
+  EDIT_CHECK(std::memcmp(magic, kMagic, sizeof(kMagic)) == 0, name, " is not a libedit checkpoint file (bad magic)");
+  std::map<std::string, at::Tensor*> wanted;
+  for (auto& [key, tensor] : state.tensors) wanted[key] = &tensor;
+  const auto count = reader.value<std::uint64_t>();
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::string key = reader.text();
+    const auto dtype = static_cast<at::ScalarType>(reader.value<std::int32_t>());
+    std::vector<std::int64_t> sizes(reader.value<std::uint32_t>());
+    for (auto& s : sizes) s = reader.value<std::int64_t>();
+    const auto nbytes = reader.value<std::uint64_t>();
+    const size_t at_offset = reader.offset();
+    const auto it = wanted.find(key);
+    EDIT_CHECK(it != wanted.end(), name, " holds '", key, "' which this job does not have; the model or strategy ",
+               "differs from the one that saved it");
+    at::Tensor& live = *it->second;
+    EDIT_CHECK(live.scalar_type() == dtype && live.sizes() == at::IntArrayRef(sizes), name, ": '", key, "' at byte ",
+               at_offset, " is ", dtype, at::IntArrayRef(sizes), " but this job expects ", live.scalar_type(),
+               live.sizes(), "; resume with the same model configuration and mesh");
+    at::Tensor staging = at::empty(sizes, at::TensorOptions().dtype(dtype));
+    EDIT_CHECK(nbytes == static_cast<std::uint64_t>(staging.numel()) * staging.element_size(), name, ": '", key,
+               "' declares ", nbytes, " bytes for its shape; the file is damaged");
+    reader.bytes(staging.data_ptr(), nbytes);
+    at::NoGradGuard no_grad;
+    live.copy_(staging);
+    wanted.erase(it);
+  }
+  std::string missing;
+  for (const auto& [key, unused] : wanted) missing += (missing.empty() ? "" : ", ") + key;
+  EDIT_CHECK(missing.empty(), name, " lacks ", missing, "; it was saved with a different model or strategy");
+  const auto scalars = reader.value<std::uint64_t>();
+  for (std::uint64_t i = 0; i < scalars; ++i) {
+    const std::string key = reader.text();
+    state.scalars[key] = reader.value<double>();
+  }
+  return manifest["step"].get<std::int64_t>();
+}
+
+}  // namespace edit::train

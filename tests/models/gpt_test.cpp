@@ -1,0 +1,133 @@
+// GPT models: attention against a loop-by-loop reference, causality, RoPE's relative-position
+// property, parameter counts against the closed form, learning, and configuration errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "edit/core/check.h"
+#include "edit/core/torch_compat.h"
+#include "edit/models/gpt.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/sharded_model.h"
+#include "loopback_communicator.h"
+
+namespace {
+
+using edit::models::Gpt;
+using edit::models::GptConfig;
+using edit::models::GptStyle;
+using edit::models::apply_rope;
+
+GptConfig tiny(GptStyle style) {
+  GptConfig c = GptConfig::preset("tiny");
+  c.style = style;
+  return c;
+}
+
+// Attention written position by position in float64: out[t] = sum_{s <= t} softmax_s(q_t.k_s / sqrt d) v_s.
+at::Tensor attention_by_loops(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor q64 = q.to(at::kDouble), k64 = k.to(at::kDouble), v64 = v.to(at::kDouble);
+  at::Tensor out = at::zeros_like(q64);
+  const auto T = q.size(2);
+  for (int64_t t = 0; t < T; ++t) {
+    const at::Tensor scores = (q64.narrow(2, t, 1) * k64.narrow(2, 0, t + 1)).sum(-1) / std::sqrt(double(q.size(3)));
+    const at::Tensor w = at::softmax(scores, -1).unsqueeze(-1);  // (B, H, t+1, 1)
+    out.narrow(2, t, 1).copy_((w * v64.narrow(2, 0, t + 1)).sum(2, true));
+  }
+  return out;
+}
+
+TEST(Attention, CausalAttentionMatchesThePositionByPositionReference) {
+  at::manual_seed(1);
+  const at::Tensor q = at::randn({2, 3, 7, 8}), k = at::randn({2, 3, 7, 8}), v = at::randn({2, 3, 7, 8});
+  const at::Tensor expected = attention_by_loops(q, k, v);
+  EXPECT_TRUE(at::allclose(edit::compat::causal_attention(q, k, v).to(at::kDouble), expected, 1e-5, 1e-6))
+      << (edit::compat::has_fused_attention() ? "fused" : "fallback") << " path";
+  EXPECT_TRUE(at::allclose(edit::compat::causal_attention_reference(q, k, v).to(at::kDouble), expected, 1e-5, 1e-6));
+}
+
+class GptStyles : public testing::TestWithParam<GptStyle> {};
+
+TEST_P(GptStyles, ParameterCountMatchesTheClosedForm) {
+  for (const char* preset : {"tiny", "small"}) {
+    GptConfig c = GptConfig::preset(preset);
+    c.style = GetParam();
+    Gpt model(c);
+    int64_t counted = 0;
+    for (const auto& p : model->parameters()) counted += p.numel();
+    EXPECT_EQ(counted, c.num_parameters()) << preset;
+  }
+}
+
+TEST_P(GptStyles, FutureTokensDoNotChangePastLogits) {
+  at::manual_seed(2);
+  Gpt model(tiny(GetParam()));
+  at::Tensor tokens = at::randint(0, 256, {2, 16}, at::kLong);
+  const at::Tensor before = model->forward(tokens);
+  at::Tensor changed = tokens.clone();
+  changed.narrow(1, 10, 6).random_(0, 256);
+  const at::Tensor after = model->forward(changed);
+  EXPECT_TRUE(at::allclose(before.narrow(1, 0, 10), after.narrow(1, 0, 10), 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(before.narrow(1, 10, 6), after.narrow(1, 10, 6)));
+}
+
+TEST_P(GptStyles, LearnsARepeatedBatchWhenSharded) {
+  at::manual_seed(3);
+  auto model = std::make_shared<edit::models::GptImpl>(tiny(GetParam()));
+  edit::shard::ShardedModel sharded(model, std::make_shared<edit::testing_support::LoopbackCommunicator>());
+  EXPECT_EQ(sharded.num_units(), 2 + model->config().layers);
+  edit::shard::FlatAdamW optimizer(sharded, {3e-3});
+  const at::Tensor data = at::randint(0, 256, {4, 33}, at::kLong);
+  const at::Tensor x = data.narrow(1, 0, 32), y = data.narrow(1, 1, 32);
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; ++step) {
+    sharded.zero_grad();
+    at::Tensor loss = model->loss(x, y);
+    sharded.backward(loss);
+    optimizer.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_NEAR(first, std::log(256.0), 0.3) << "an untrained model should be near uniform";
+  EXPECT_LT(last, 0.5 * first);
+}
+
+INSTANTIATE_TEST_SUITE_P(Styles, GptStyles, testing::Values(GptStyle::kGpt2, GptStyle::kLlama),
+                         [](const testing::TestParamInfo<GptStyle>& info) { return edit::models::to_string(info.param); });
+
+TEST(Rope, ScoresDependOnlyOnTheRelativePosition) {
+  // q at position m and k at position n: <rope(q)_m, rope(k)_n> is the same for (m, n) and
+  // (m + 5, n + 5), and differs from (m, n + 1).
+  at::manual_seed(4);
+  const auto [cos, sin] = edit::models::rope_tables(32, 16, 10000.0);
+  const at::Tensor q = at::randn({16}), k = at::randn({16});
+  // Place q and k at every position of a (1, 1, 32, 16) sequence, then rotate.
+  const at::Tensor qs = apply_rope(q.expand({1, 1, 32, 16}).contiguous(), cos, sin)[0][0];
+  const at::Tensor ks = apply_rope(k.expand({1, 1, 32, 16}).contiguous(), cos, sin)[0][0];
+  const auto score = [&](int m, int n) { return (qs[m] * ks[n]).sum().item<double>(); };
+  EXPECT_NEAR(score(3, 1), score(8, 6), 1e-4);
+  EXPECT_NEAR(score(20, 20), score(0, 0), 1e-4);
+  EXPECT_NEAR(score(20, 20), (q * k).sum().item<double>(), 1e-4);  // no rotation between equal positions
+  EXPECT_GT(std::abs(score(3, 1) - score(3, 2)), 1e-3);
+}
+
+TEST(GptConfig, PresetsAndErrorsNameTheFix) {
+  EXPECT_EQ(GptConfig::preset("124m").dim, 768);
+  GptConfig c = GptConfig::preset("small");
+  EXPECT_EQ(c.hidden(), 1024);
+  c.style = GptStyle::kLlama;
+  EXPECT_EQ(c.hidden(), 704);  // 8/3 x 256 = 682.7, rounded up to a multiple of 64
+  c.heads = 7;
+  EXPECT_THROW(c.validate(), edit::Error);
+  c = GptConfig::preset("tiny");
+  c.tie_embeddings = true;
+  try {
+    c.validate();
+    FAIL() << "no error";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("untied"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(GptConfig::preset("huge"), edit::Error);
+  EXPECT_THROW(edit::models::parse_style("bert"), edit::Error);
+}
+
+}  // namespace

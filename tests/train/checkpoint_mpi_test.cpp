@@ -1,0 +1,153 @@
+// Checkpoints on real ranks: an interrupted and resumed EDiT run follows the uninterrupted one
+// exactly; damaged files, unfinished saves and a different mesh are reported, never loaded.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "edit/comm/device_mesh.h"
+#include "edit/core/check.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/sync/local_sgd.h"
+#include "edit/train/checkpoint.h"
+#include "edit/train/trainer.h"
+#include "mpi_test_env.h"
+#include "tiny_transformer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using edit::testing_support::tiny_batch;
+using edit::testing_support::TinyConfig;
+using edit::testing_support::TinyTransformer;
+using edit::testing_support::world;
+
+int shard_size() { return world()->size() >= 4 ? 2 : 1; }
+
+std::string fresh_root(edit::comm::DeviceMesh& mesh, const std::string& name) {
+  const std::string root = name + "_np" + std::to_string(mesh.world_size());
+  if (mesh.rank() == 0) fs::remove_all(root);
+  mesh.world().barrier()->wait();
+  return root;
+}
+
+// Everything one training run owns.
+struct TrainingRun {
+  TinyConfig config;
+  std::shared_ptr<TinyTransformer> module;
+  std::unique_ptr<edit::shard::ShardedModel> model;
+  std::unique_ptr<edit::shard::FlatAdamW> adamw;
+  std::unique_ptr<edit::sync::EDiT> strategy;
+  std::unique_ptr<edit::train::Trainer> trainer;
+
+  explicit TrainingRun(edit::comm::DeviceMesh& mesh, int seed) {
+    at::manual_seed(seed);  // a resumed run must not depend on its own initialisation
+    module = std::make_shared<TinyTransformer>(config);
+    model = std::make_unique<edit::shard::ShardedModel>(module, mesh.shard_ptr());
+    adamw = std::make_unique<edit::shard::FlatAdamW>(*model, edit::shard::AdamWOptions{1e-2});
+    auto local = edit::sync::EDiT::default_options();
+    local.sync_every = 2;
+    local.penalty.warmup_syncs = 1;
+    strategy = std::make_unique<edit::sync::EDiT>(*model, mesh.sync_ptr(), local);
+    edit::train::TrainerOptions options;
+    options.steps = 8;
+    options.schedule = {1e-2, 2, 8, 1e-3};
+    options.log_every = 0;
+    trainer = std::make_unique<edit::train::Trainer>(mesh, *model, *adamw, *strategy, options);
+  }
+  double step(edit::comm::DeviceMesh& mesh) {
+    const auto batch = [&](std::int64_t s, int) {
+      auto [x, y] = tiny_batch(config, static_cast<int>(s), mesh.rank(), 2);
+      return edit::train::Batch{x, y};
+    };
+    return trainer->step(batch, [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); }).loss;
+  }
+  edit::train::RankState state() {
+    return edit::train::collect_state(*model, adamw.get(), &strategy->core(), trainer->current_step());
+  }
+};
+
+TEST(Checkpoint, ResumedEditRunFollowsTheUninterruptedOne) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
+  const std::string root = fresh_root(mesh, "ckpt_resume");
+  std::vector<double> straight;
+  {
+    TrainingRun run(mesh, 0);
+    for (int s = 0; s < 8; ++s) straight.push_back(run.step(mesh));
+  }
+  {
+    TrainingRun first_half(mesh, 0);
+    for (int s = 0; s < 4; ++s) first_half.step(mesh);
+    first_half.strategy->finish();  // the sync requested at step 3 goes into the checkpoint
+    edit::train::Checkpointer(mesh, root).save(4, first_half.state());
+  }
+  TrainingRun resumed(mesh, 1234);
+  edit::train::Checkpointer checkpointer(mesh, root);
+  auto state = resumed.state();
+  const auto step = checkpointer.load("auto", state);
+  edit::train::apply_scalars(state, resumed.adamw.get(), &resumed.strategy->core());
+  ASSERT_EQ(step, 4);
+  resumed.trainer->set_step(step);
+  for (int s = 4; s < 8; ++s) EXPECT_NEAR(resumed.step(mesh), straight[static_cast<size_t>(s)], 1e-9) << "step " << s;
+}
+
+TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
+  const std::string root = fresh_root(mesh, "ckpt_damage");
+  TrainingRun run(mesh, 0);
+  edit::train::Checkpointer checkpointer(mesh, root, /*keep=*/2);
+  for (int s = 1; s <= 3; ++s) checkpointer.save(s, run.state());
+  // keep = 2: step 1 is gone; an unfinished save (a .tmp folder) is never "latest".
+  if (mesh.rank() == 0) fs::create_directories(fs::path(root) / "step_00000009.tmp");
+  mesh.world().barrier()->wait();
+  EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000001"));
+  ASSERT_TRUE(checkpointer.latest().has_value());
+  EXPECT_EQ(fs::path(*checkpointer.latest()).filename(), "step_00000003");
+
+  const auto message_of = [&](const std::string& path) {
+    auto state = run.state();
+    try {
+      checkpointer.load(path, state);
+    } catch (const edit::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("<loaded>");
+  };
+  const fs::path victim = fs::path(root) / "step_00000003" / "rank_00000.bin";
+  mesh.world().barrier()->wait();
+  if (mesh.rank() == 0) {  // flip one byte in the middle
+    std::fstream file(victim, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(static_cast<std::streamoff>(fs::file_size(victim) / 2));
+    file.put('\x5a');
+  }
+  mesh.world().barrier()->wait();
+  if (mesh.rank() == 0) {
+    const std::string what = message_of((fs::path(root) / "step_00000003").string());
+    EXPECT_NE(what.find("fails its checksum"), std::string::npos) << what;
+    EXPECT_NE(what.find("rank_00000.bin"), std::string::npos) << what;
+  }
+  mesh.world().barrier()->wait();
+  if (mesh.rank() == 0) fs::resize_file(victim, 100);
+  mesh.world().barrier()->wait();
+  if (mesh.rank() == 0) {
+    EXPECT_NE(message_of((fs::path(root) / "step_00000003").string()).find("truncated"), std::string::npos);
+  }
+  // The older checkpoint is intact and loads.
+  EXPECT_EQ(message_of((fs::path(root) / "step_00000002").string()), "<loaded>");
+  EXPECT_NE(message_of((fs::path(root) / "step_00000009.tmp").string()).find("not a complete checkpoint"),
+            std::string::npos);
+  // A checkpoint from another mesh.
+  mesh.world().barrier()->wait();
+  if (mesh.rank() == 0) {
+    const fs::path manifest = fs::path(root) / "step_00000002" / "manifest.json";
+    std::ifstream in(manifest);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto at = text.find("\"world_size\": ");
+    text.replace(at, std::string("\"world_size\": ").size() + 1, "\"world_size\": 99");
+    std::ofstream(manifest) << text;
+  }
+  mesh.world().barrier()->wait();
+  EXPECT_NE(message_of((fs::path(root) / "step_00000002").string()).find("resume with the same mesh"), std::string::npos);
+}
+
+}  // namespace
