@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# The main job: install, build, then a short run on 2 local MPI ranks.
-#
-# Today it runs examples/custom_trainer (a trainer linked against libedit: sharded units, EDiT with
-# the pseudo-gradient penalty, the Trainer's JSONL metrics) on 2 ranks. The EDiT GPT pretraining on
-# the fortunes corpus (edit-train-gpt) replaces it once that binary exists.
+# The main job: install, build, prepare the fortunes corpus, then a short EDiT GPT pretraining on
+# 2 local MPI ranks (a few minutes on 2 cores), an evaluation, a sample, and runs/quickstart/loss.png.
+#   EDIT_RANKS=4 EDIT_STEPS=400 scripts/quickstart.sh    (more ranks, longer run)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${EDIT_BUILD_DIR:-$root/build}
@@ -12,12 +10,30 @@ cd "$root"
 bash scripts/install-deps.sh
 bash scripts/build.sh
 
+data=data/fortunes
+if [[ ! -f $data/train_000000.bin ]]; then
+  "$build/tools/edit-prepare-text" --out "$data" /usr/share/games/fortunes
+fi
+
+out=runs/quickstart
+rm -rf "$out"
 ranks=${EDIT_RANKS:-2}
 # OpenMPI refuses to start as root unless told; one torch thread per rank.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-mkdir -p runs/quickstart
-rm -f runs/quickstart/metrics.jsonl
 mpirun -np "$ranks" --oversubscribe --bind-to none \
-  "$build/examples/custom_trainer/custom_trainer" --strategy edit --steps 400 --sync-every 16 \
-  --metrics runs/quickstart/metrics.jsonl
-echo "metrics: runs/quickstart/metrics.jsonl"
+  "$build/examples/train_gpt/edit-train-gpt" --model small --seq-len 128 --batch-size 8 \
+  --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
+  --strategy edit --sync-every 16 --steps "${EDIT_STEPS:-200}" --lr 2e-3 --warmup-steps 20 \
+  --eval-every 25 --log-every 25 --checkpoint-every 100 --out-dir "$out" --sample-tokens 200
+
+gnuplot <<GNUPLOT
+set terminal png size 900,540
+set output "$out/loss.png"
+set title "EDiT GPT (small) on fortunes, $ranks ranks"
+set xlabel "tokens"
+set ylabel "loss (nats per byte)"
+set grid
+plot "$out/loss.tsv" using 2:3 with linespoints title "train", \
+     "$out/loss.tsv" using 2:4 with linespoints title "val"
+GNUPLOT
+echo "wrote $out/loss.png, $out/loss.tsv and $out/metrics.jsonl"

@@ -1,0 +1,140 @@
+#include "edit/data/token_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "edit/core/check.h"
+
+namespace edit::data {
+namespace {
+
+// The format is little-endian on disk; these keep it so on a big-endian host as well.
+void put_le32(unsigned char* out, std::int32_t value) {
+  const auto bits = static_cast<std::uint32_t>(value);
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<unsigned char>(bits >> (8 * i));
+}
+
+std::int32_t get_le32(const unsigned char* in) {
+  std::uint32_t bits = 0;
+  for (int i = 0; i < 4; ++i) bits |= static_cast<std::uint32_t>(in[i]) << (8 * i);
+  return static_cast<std::int32_t>(bits);
+}
+
+// Writes all of `size` bytes (write(2) may write less than asked).
+void write_all(int fd, const unsigned char* data, std::size_t size, const std::string& path) {
+  while (size > 0) {
+    const ssize_t written = ::write(fd, data, size);
+    if (written < 0 && errno == EINTR) continue;
+    EDIT_CHECK(written > 0, "cannot write the token file ", path, ": ", std::strerror(errno),
+               "; check free disk space and that the folder is writable");
+    data += written;
+    size -= static_cast<std::size_t>(written);
+  }
+}
+
+// Closes the descriptor on every path out, exceptions included.
+struct FileDescriptor {
+  int fd = -1;
+  ~FileDescriptor() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+void write_token_file(const std::string& path, const std::vector<std::uint16_t>& tokens) {
+  const auto count = static_cast<std::int64_t>(tokens.size());
+  EDIT_CHECK(count <= kTokenFileMaxTokens, "cannot write ", count, " tokens to ", path,
+             ": the llm.c header stores the count in an int32 (at most ", kTokenFileMaxTokens,
+             "); split the tokens over several shards");
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(kTokenFileHeaderBytes + 2 * count), 0);
+  put_le32(bytes.data(), kTokenFileMagic);
+  put_le32(bytes.data() + 4, kTokenFileVersion);
+  put_le32(bytes.data() + 8, static_cast<std::int32_t>(count));
+  unsigned char* body = bytes.data() + kTokenFileHeaderBytes;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    body[2 * i] = static_cast<unsigned char>(tokens[i] & 0xff);
+    body[2 * i + 1] = static_cast<unsigned char>(tokens[i] >> 8);
+  }
+
+  const std::string tmp = path + ".tmp";
+  {
+    FileDescriptor file;
+    file.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    EDIT_CHECK(file.fd >= 0, "cannot create ", tmp, ": ", std::strerror(errno),
+               "; check that the folder exists and is writable");
+    write_all(file.fd, bytes.data(), bytes.size(), tmp);
+    // Data on disk before the rename makes it visible: a crash leaves the old file or the new one.
+    EDIT_CHECK(::fsync(file.fd) == 0, "cannot fsync ", tmp, ": ", std::strerror(errno),
+               "; check the disk and retry");
+    const int fd = file.fd;
+    file.fd = -1;
+    EDIT_CHECK(::close(fd) == 0, "cannot close ", tmp, ": ", std::strerror(errno),
+               "; check free disk space and retry");
+  }
+  EDIT_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename ", tmp, " to ", path, ": ",
+             std::strerror(errno), "; check the permissions of the folder");
+  // Persist the rename itself (the directory entry); best effort, some file systems refuse it.
+  const auto slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  FileDescriptor dir_fd;
+  dir_fd.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd.fd >= 0) ::fsync(dir_fd.fd);
+}
+
+std::vector<std::uint16_t> read_token_file(const std::string& path, int vocab_size) {
+  EDIT_CHECK(vocab_size >= 1 && vocab_size <= 65536, "vocab size ", vocab_size, " for ", path,
+             " is outside 1..65536, the range of uint16 token ids; pass the tokenizer's vocab size");
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  EDIT_CHECK(in.good(), "cannot open the token file ", path, ": ", std::strerror(errno),
+             "; check the path (or the --data pattern) and the permissions");
+  const std::int64_t size = static_cast<std::int64_t>(in.tellg());
+  in.seekg(0);
+
+  const char* const fix = "; re-run edit-prepare-text (or llm.c's data script) to regenerate it";
+  EDIT_CHECK(size >= kTokenFileHeaderBytes, path, ": the file has ", size, " bytes, fewer than the ",
+             kTokenFileHeaderBytes, "-byte llm.c header (it ends at byte offset ", size,
+             "); the file is empty or truncated", fix);
+  unsigned char header[kTokenFileHeaderBytes];
+  in.read(reinterpret_cast<char*>(header), kTokenFileHeaderBytes);
+  EDIT_CHECK(in.good(), "cannot read the header of ", path, ": ", std::strerror(errno), fix);
+
+  const std::int32_t magic = get_le32(header);
+  EDIT_CHECK(magic == kTokenFileMagic, path, ": bad magic ", magic, " at byte offset 0, expected ",
+             kTokenFileMagic, "; this is not an llm.c token file (raw text needs format \"text\")", fix);
+  const std::int32_t version = get_le32(header + 4);
+  EDIT_CHECK(version == kTokenFileVersion, path, ": unsupported version ", version,
+             " at byte offset 4, expected ", kTokenFileVersion,
+             " (uint16 tokens; version 2 holds llama-3 uint32 tokens, which libedit does not read)", fix);
+  const std::int32_t count = get_le32(header + 8);
+  EDIT_CHECK(count >= 0, path, ": negative token count ", count, " at byte offset 8", fix);
+  const std::int64_t expected = kTokenFileHeaderBytes + 2 * static_cast<std::int64_t>(count);
+  EDIT_CHECK(size >= expected, path, ": truncated: the header (byte offset 8) says ", count,
+             " tokens, so the file should have ", expected, " bytes, but it ends at byte offset ", size, " (",
+             (expected - size + 1) / 2, " tokens missing)", fix);
+  EDIT_CHECK(size == expected, path, ": ", size - expected, " trailing bytes from byte offset ", expected,
+             " on: the header (byte offset 8) says ", count, " tokens, i.e. ", expected, " bytes", fix);
+
+  std::vector<unsigned char> body(static_cast<std::size_t>(2 * static_cast<std::int64_t>(count)));
+  in.read(reinterpret_cast<char*>(body.data()), static_cast<std::streamsize>(body.size()));
+  EDIT_CHECK(in.good() || body.empty(), "cannot read the tokens of ", path, " (from byte offset ",
+             kTokenFileHeaderBytes, "): ", std::strerror(errno), fix);
+  std::vector<std::uint16_t> tokens(static_cast<std::size_t>(count));
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    const auto token = static_cast<std::uint16_t>(body[2 * i] | (body[2 * i + 1] << 8));
+    EDIT_CHECK(token < vocab_size, path, ": token id ", token, " at index ", i, " (byte offset ",
+               kTokenFileHeaderBytes + 2 * static_cast<std::int64_t>(i), ") is >= the vocab size ",
+               vocab_size, "; pass --vocab-size of the tokenizer that made the file, or regenerate it",
+               " with edit-prepare-text");
+    tokens[i] = token;
+  }
+  return tokens;
+}
+
+}  // namespace edit::data

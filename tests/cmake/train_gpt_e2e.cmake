@@ -1,0 +1,62 @@
+# cmake -DMPIEXEC="<mpirun;args>" -DPREPARE=<edit-prepare-text> -DTRAIN=<edit-train-gpt> -DWORK=<dir>
+#       -P train_gpt_e2e.cmake
+# Prepares a small generated corpus, trains a tiny GPT with EDiT on 2 ranks for 60 steps, checks
+# that the loss falls and that the metrics, loss table and a checkpoint were written, then
+# resumes from that checkpoint for 20 more steps.
+file(REMOVE_RECURSE "${WORK}")
+file(MAKE_DIRECTORY "${WORK}/text")
+set(corpus "")
+foreach(i RANGE 1 400)
+  math(EXPR n "${i} % 7")
+  string(APPEND corpus "The quick brown fox ${n} jumps over the lazy dog number ${n}.\n")
+endforeach()
+file(WRITE "${WORK}/text/corpus.txt" "${corpus}")
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "failed (${result}): ${ARGN}\n${out}\n${err}")
+  endif()
+endfunction()
+run("${PREPARE}" --out "${WORK}/data" --val-fraction 0.1 "${WORK}/text")
+set(common --model tiny --seq-len 32 --batch-size 4 --train-data "${WORK}/data/train_*.bin"
+    --val-data "${WORK}/data/val_*.bin" --strategy edit --sync-every 8 --lr 3e-3 --warmup-steps 5
+    --eval-every 20 --log-every 10 --checkpoint-every 60)
+run(${MPIEXEC} -np 2 "${TRAIN}" ${common} --out-dir "${WORK}/run" --steps 60)
+
+file(STRINGS "${WORK}/run/metrics.jsonl" lines)
+list(LENGTH lines count)
+if(NOT count EQUAL 60)
+  message(FATAL_ERROR "metrics.jsonl has ${count} lines, expected 60")
+endif()
+list(GET lines 0 first)
+list(GET lines 59 last)
+string(JSON first_loss GET "${first}" loss_world)
+string(JSON last_loss GET "${last}" loss_world)
+message(STATUS "loss ${first_loss} -> ${last_loss}")
+if(NOT last_loss LESS first_loss OR first_loss LESS 4.5)
+  message(FATAL_ERROR "the loss did not fall from ~ln(256): ${first_loss} -> ${last_loss}")
+endif()
+# Require a drop of at least 1.5 nats (CMake has no float arithmetic; awk does it).
+execute_process(COMMAND awk "BEGIN { exit !(${last_loss} < ${first_loss} - 1.5) }" RESULT_VARIABLE awk_result)
+if(NOT awk_result EQUAL 0)
+  message(FATAL_ERROR "the loss fell too little: ${first_loss} -> ${last_loss}")
+endif()
+if(NOT EXISTS "${WORK}/run/loss.tsv" OR NOT EXISTS "${WORK}/run/checkpoints/step_00000060/manifest.json")
+  message(FATAL_ERROR "loss.tsv or the step-60 checkpoint is missing")
+endif()
+# Resume: 20 more steps from the checkpoint, appending to the same metrics.
+run(${MPIEXEC} -np 2 "${TRAIN}" ${common} --out-dir "${WORK}/run" --steps 80 --resume auto)
+file(STRINGS "${WORK}/run/metrics.jsonl" lines)
+list(LENGTH lines count)
+list(GET lines 60 resumed)
+string(JSON resumed_step GET "${resumed}" step)
+if(NOT count EQUAL 80 OR NOT resumed_step EQUAL 60)
+  message(FATAL_ERROR "resume did not continue at step 60 (${count} lines, first resumed step ${resumed_step})")
+endif()
+# Bad input: a token id beyond the model's vocabulary is refused with the file named.
+execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 1 --vocab-size 64 --out-dir "${WORK}/bad"
+                RESULT_VARIABLE bad_result OUTPUT_VARIABLE bad_out ERROR_VARIABLE bad_err)
+if(bad_result EQUAL 0 OR NOT "${bad_out}${bad_err}" MATCHES "train_000000.bin")
+  message(FATAL_ERROR "a token id >= vocab was not refused with the file named:\n${bad_out}\n${bad_err}")
+endif()
+file(REMOVE_RECURSE "${WORK}")

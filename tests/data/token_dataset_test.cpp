@@ -1,0 +1,249 @@
+#include "edit/data/token_dataset.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "edit/core/check.h"
+#include "edit/data/byte_tokenizer.h"
+#include "edit/data/token_file.h"
+#include "temp_dir.h"
+
+namespace {
+
+using edit::data::Cursor;
+using edit::data::TokenBatch;
+using edit::data::TokenDataset;
+using edit::data::TokenDatasetOptions;
+using edit::testing_support::TempDir;
+
+// The corpus 0, 1, ..., n-1 split over `shards` files: a window's first token is its start.
+std::string write_counting_corpus(const TempDir& dir, int n, int shards) {
+  for (int s = 0; s < shards; ++s) {
+    std::vector<std::uint16_t> tokens;
+    for (int i = n * s / shards; i < n * (s + 1) / shards; ++i)
+      tokens.push_back(static_cast<std::uint16_t>(i));
+    edit::data::write_token_file(dir.file("shard_00" + std::to_string(s) + ".bin"), tokens);
+  }
+  return dir.file("shard_*.bin");
+}
+
+TokenDatasetOptions options(std::int64_t seq, int rank = 0, int world = 1, std::uint64_t seed = 1) {
+  TokenDatasetOptions o;
+  o.seq_len = seq;
+  o.rank = rank;
+  o.world_size = world;
+  o.seed = seed;
+  return o;
+}
+
+// Window starts (first input token) of the next `count` windows, one batch of `count`.
+std::vector<std::int64_t> next_starts(TokenDataset& data, std::int64_t count) {
+  const TokenBatch batch = data.next_batch(count, data.options().seq_len);
+  const at::Tensor first = batch.inputs.select(1, 0).contiguous();
+  return std::vector<std::int64_t>(first.data_ptr<std::int64_t>(), first.data_ptr<std::int64_t>() + count);
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const edit::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TokenDataset, TargetsAreInputsShiftedByOne) {
+  TempDir dir;
+  TokenDataset data(write_counting_corpus(dir, 500, 3), options(16));
+  EXPECT_EQ(data.files().size(), 3u);
+  EXPECT_EQ(data.num_tokens(), 500);
+  EXPECT_EQ(data.num_windows(), 499 / 16);
+  const TokenBatch batch = data.next_batch(4, 16);
+  ASSERT_EQ(batch.inputs.sizes(), (at::IntArrayRef{4, 16}));
+  ASSERT_EQ(batch.targets.sizes(), (at::IntArrayRef{4, 16}));
+  EXPECT_EQ(batch.inputs.scalar_type(), at::kLong);
+  EXPECT_EQ(batch.targets.scalar_type(), at::kLong);
+  // Consecutive corpus: every target is its input + 1, and rows start on window boundaries.
+  EXPECT_TRUE(at::equal(batch.targets, batch.inputs + 1));
+  EXPECT_TRUE(at::equal(batch.inputs.narrow(1, 1, 15), batch.targets.narrow(1, 0, 15)));
+  EXPECT_TRUE(at::equal(batch.inputs.select(1, 0).remainder(16), at::zeros({4}, at::kLong)));
+}
+
+TEST(TokenDataset, SameSeedAndRankGiveSameBatches) {
+  TempDir dir;
+  const std::string pattern = write_counting_corpus(dir, 2000, 2);
+  TokenDataset a(pattern, options(8, 1, 2, 42));
+  TokenDataset b(pattern, options(8, 1, 2, 42));
+  TokenDataset other_seed(pattern, options(8, 1, 2, 43));
+  bool differs = false;
+  for (int step = 0; step < 10; ++step) {
+    const TokenBatch x = a.next_batch(5, 8);
+    const TokenBatch y = b.next_batch(5, 8);
+    EXPECT_TRUE(at::equal(x.inputs, y.inputs));
+    EXPECT_TRUE(at::equal(x.targets, y.targets));
+    differs |= !at::equal(x.inputs, other_seed.next_batch(5, 8).inputs);
+  }
+  EXPECT_TRUE(differs) << "another seed should give another order";
+}
+
+TEST(TokenDataset, RanksReadDisjointWindowsThatCoverTheEpoch) {
+  TempDir dir;
+  // 999 / 8 = 124 windows: not a multiple of 3, so the ranks' shares differ by one.
+  const std::string pattern = write_counting_corpus(dir, 1000, 3);
+  const int world = 3;
+  std::vector<std::vector<std::int64_t>> epoch0(world), epoch1(world);
+  std::int64_t total = 0;
+  for (int rank = 0; rank < world; ++rank) {
+    TokenDataset data(pattern, options(8, rank, world, 7));
+    ASSERT_EQ(data.num_windows(), 124);
+    const std::int64_t share = data.windows_per_epoch();
+    EXPECT_TRUE(share == 41 || share == 42) << share;
+    total += share;
+    epoch0[rank] = next_starts(data, share);
+    EXPECT_EQ(data.cursor(), (Cursor{0, share}));
+    epoch1[rank] = next_starts(data, share);
+    EXPECT_EQ(data.cursor(), (Cursor{1, share}));
+  }
+  EXPECT_EQ(total, 124);
+  for (const auto* epoch : {&epoch0, &epoch1}) {
+    std::multiset<std::int64_t> seen;
+    for (const auto& starts : *epoch) seen.insert(starts.begin(), starts.end());
+    EXPECT_EQ(seen.size(), 124u);
+    std::set<std::int64_t> unique(seen.begin(), seen.end());
+    EXPECT_EQ(unique.size(), 124u) << "two ranks read the same window in one epoch";
+    EXPECT_EQ(*unique.begin(), 0);
+    EXPECT_EQ(*unique.rbegin(), 123 * 8);
+  }
+  EXPECT_NE(epoch0[0], epoch1[0]) << "a new epoch should reshuffle";
+}
+
+TEST(TokenDataset, CursorRestoreReproducesTheNextBatches) {
+  TempDir dir;
+  const std::string pattern = write_counting_corpus(dir, 600, 2);
+  TokenDataset data(pattern, options(10, 1, 2, 3));  // 59 windows, 29 for rank 1
+  for (int step = 0; step < 4; ++step) data.next_batch(3, 10);
+  const Cursor saved = data.cursor();
+  EXPECT_EQ(saved, (Cursor{0, 12}));
+  std::vector<TokenBatch> expected;
+  for (int step = 0; step < 8; ++step) expected.push_back(data.next_batch(3, 10));  // crosses into epoch 1
+  EXPECT_EQ(data.cursor().epoch, 1);
+
+  TokenDataset resumed(pattern, options(10, 1, 2, 3));
+  resumed.set_cursor(saved);
+  for (const TokenBatch& batch : expected) {
+    const TokenBatch again = resumed.next_batch(3, 10);
+    EXPECT_TRUE(at::equal(again.inputs, batch.inputs));
+    EXPECT_TRUE(at::equal(again.targets, batch.targets));
+  }
+  EXPECT_EQ(resumed.cursor(), data.cursor());
+
+  // Rewinding the same dataset works too (it reshuffles back to the saved epoch).
+  data.set_cursor(saved);
+  EXPECT_TRUE(at::equal(data.next_batch(3, 10).inputs, expected[0].inputs));
+}
+
+TEST(TokenDataset, TrainAndValNeverShareAWindow) {
+  TempDir dir;
+  const std::string pattern = write_counting_corpus(dir, 1001, 1);  // 100 windows of 11
+  auto split = [&](const std::string& name) {
+    TokenDatasetOptions o = options(10, 0, 1, 5);
+    o.split = name;
+    o.val_fraction = 0.2;
+    TokenDataset data(pattern, o);
+    const std::vector<std::int64_t> starts = next_starts(data, data.windows_per_epoch());
+    return std::set<std::int64_t>(starts.begin(), starts.end());
+  };
+  const std::set<std::int64_t> train = split("train");
+  const std::set<std::int64_t> val = split("val");
+  const std::set<std::int64_t> all = split("all");
+  EXPECT_EQ(train.size(), 80u);
+  EXPECT_EQ(val.size(), 20u);
+  EXPECT_EQ(all.size(), 100u);
+  for (std::int64_t start : val) {
+    EXPECT_EQ(train.count(start), 0u) << "window at " << start << " is in both splits";
+    EXPECT_GE(start, 80 * 10) << "val holds the last windows";
+  }
+}
+
+TEST(TokenDataset, TextFormatReadsBytes) {
+  TempDir dir;
+  const std::string a = "The quick brown fox jumps over the lazy dog.\n";
+  const std::string b = "Pack my box with five dozen liquor jugs! \xc3\xa9\n";
+  edit::testing_support::write_bytes(dir.file("a.txt"), a);
+  edit::testing_support::write_bytes(dir.file("b.txt"), b);
+  TokenDatasetOptions o = options(12);
+  o.format = "text";
+  o.vocab_size = 256;
+  TokenDataset data(std::vector<std::string>{dir.file("a.txt"), dir.file("b.txt")}, o);
+  const std::string corpus = a + b;
+  EXPECT_EQ(data.num_tokens(), static_cast<std::int64_t>(corpus.size()));
+  const edit::data::ByteTokenizer tokenizer;
+  for (int step = 0; step < 10; ++step) {
+    const TokenBatch batch = data.next_batch(2, 12);
+    for (int row = 0; row < 2; ++row) {
+      const at::Tensor in = batch.inputs[row];
+      const at::Tensor out = batch.targets[row];
+      std::vector<std::uint16_t> in_tokens, out_tokens;
+      for (int t = 0; t < 12; ++t) {
+        in_tokens.push_back(static_cast<std::uint16_t>(in[t].item<std::int64_t>()));
+        out_tokens.push_back(static_cast<std::uint16_t>(out[t].item<std::int64_t>()));
+      }
+      const std::string text = tokenizer.decode(in_tokens);
+      const std::size_t at = corpus.find(text);
+      ASSERT_NE(at, std::string::npos) << text;
+      EXPECT_EQ(at % 12, 0u);
+      EXPECT_EQ(tokenizer.decode(out_tokens), corpus.substr(at + 1, 12));
+    }
+  }
+}
+
+TEST(TokenDataset, ClearErrors) {
+  TempDir dir;
+  const std::string pattern = write_counting_corpus(dir, 100, 1);
+  std::string what = error_of([&] { TokenDataset data(dir.file("nothing_*.bin"), options(8)); });
+  EXPECT_NE(what.find("no file matches the data pattern '" + dir.file("nothing_*.bin") + "'"),
+            std::string::npos)
+      << what;
+  what = error_of([&] { TokenDataset data(pattern, options(100)); });
+  EXPECT_NE(what.find("the corpus has 100 tokens"), std::string::npos) << what;
+  EXPECT_NE(what.find("fewer than one window of seq_len + 1 = 101"), std::string::npos) << what;
+  what = error_of([&] {
+    TokenDataset data(pattern, options(8));
+    data.next_batch(2, 9);
+  });
+  EXPECT_NE(what.find("laid out for seq_len 8"), std::string::npos) << what;
+  what = error_of([&] {
+    TokenDatasetOptions o = options(8);
+    o.format = "json";
+    TokenDataset data(pattern, o);
+  });
+  EXPECT_NE(what.find("unknown data format 'json'"), std::string::npos) << what;
+  what = error_of([&] {
+    TokenDatasetOptions o = options(8);
+    o.vocab_size = 50;  // the corpus holds ids up to 99
+    TokenDataset data(pattern, o);
+  });
+  EXPECT_NE(what.find("token id 50 at index 50 (byte offset 1124)"), std::string::npos) << what;
+  what = error_of([&] {
+    TokenDataset data(pattern, options(8));
+    data.set_cursor(Cursor{0, 1000});
+  });
+  EXPECT_NE(what.find("does not fit this dataset"), std::string::npos) << what;
+  what = error_of([&] { TokenDataset data(pattern, options(8, 3, 3)); });
+  EXPECT_NE(what.find("data rank 3"), std::string::npos) << what;
+  what = error_of([&] {
+    TokenDatasetOptions o = options(8);
+    o.split = "val";
+    TokenDataset data(pattern, o);
+  });
+  EXPECT_NE(what.find("needs a val fraction > 0"), std::string::npos) << what;
+}
+
+}  // namespace
