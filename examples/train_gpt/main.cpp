@@ -149,7 +149,10 @@ int main(int argc, char** argv) {
     edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({c.shard_size});
     edit::log::init(mesh.rank(), c.log_level);
     const auto gpt = model_config(c);
-    if (mesh.rank() == 0) fs::create_directories(c.out_dir);
+    if (mesh.rank() == 0) {
+      fs::create_directories(c.out_dir);
+      std::ofstream(fs::path(c.out_dir) / "config.json") << gpt.to_json() << "\n";  // for edit-export / edit-generate
+    }
     mesh.world().barrier()->wait();
 
     // Data: each rank its own disjoint stream; val from --val-data or the tail of --train-data.

@@ -7,6 +7,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "edit/core/check.h"
 #include "edit/core/torch_compat.h"
@@ -80,6 +81,35 @@ std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t max_positions, std::i
   const at::Tensor inv_freq = at::pow(theta, -at::arange(0, head_dim, 2, at::kDouble) / head_dim);  // (d/2,)
   const at::Tensor angles = at::outer(at::arange(max_positions, at::kDouble), inv_freq);           // (T, d/2)
   return {angles.cos().to(at::kFloat), angles.sin().to(at::kFloat)};
+}
+
+std::string GptConfig::to_json() const {
+  return nlohmann::json{{"style", to_string(style)}, {"vocab_size", vocab_size}, {"seq_len", seq_len},
+                        {"dim", dim},   {"heads", heads},          {"layers", layers},
+                        {"mlp_hidden", hidden()}, {"rope_theta", rope_theta}, {"norm_eps", norm_eps},
+                        {"tie_embeddings", tie_embeddings}}
+      .dump(2);
+}
+
+GptConfig GptConfig::from_json(const std::string& text) {
+  GptConfig c;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    c.style = parse_style(j.at("style").get<std::string>());
+    c.vocab_size = j.at("vocab_size").get<int>();
+    c.seq_len = j.at("seq_len").get<int>();
+    c.dim = j.at("dim").get<int>();
+    c.heads = j.at("heads").get<int>();
+    c.layers = j.at("layers").get<int>();
+    c.mlp_hidden = j.at("mlp_hidden").get<int>();
+    c.rope_theta = j.at("rope_theta").get<double>();
+    c.norm_eps = j.at("norm_eps").get<double>();
+    c.tie_embeddings = j.at("tie_embeddings").get<bool>();
+  } catch (const nlohmann::json::exception& e) {
+    EDIT_FAIL("bad model configuration JSON (", e.what(), "); use the config.json that edit-train-gpt wrote");
+  }
+  c.validate();
+  return c;
 }
 
 namespace {

@@ -202,6 +202,47 @@ void apply_scalars(const RankState& state, shard::FlatAdamW* adamw, sync::Pseudo
   }
 }
 
+RankFile read_rank_file(const std::string& name, std::optional<std::uint64_t> expected_bytes,
+                        std::optional<std::uint32_t> expected_crc) {
+  std::ifstream in(name, std::ios::binary);
+  EDIT_CHECK(in.good(), "cannot open ", name, "; the checkpoint is incomplete, load an older one");
+  std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EDIT_CHECK(!expected_bytes || data.size() == *expected_bytes, name, " has ", data.size(),
+             " bytes but the manifest says ", expected_bytes.value_or(0),
+             ": it was truncated or overwritten; load an older checkpoint");
+  EDIT_CHECK(data.size() >= sizeof(kMagic) + 4, name, " is too short (", data.size(), " bytes) to be a checkpoint file");
+  std::uint32_t stored = 0;
+  std::memcpy(&stored, data.data() + data.size() - 4, 4);
+  const std::uint32_t actual = crc32(data.data(), data.size() - 4);
+  EDIT_CHECK(stored == actual && (!expected_crc || actual == *expected_crc), name,
+             " fails its checksum (the data is corrupt); load an older checkpoint");
+
+  Reader reader(data, name);
+  char magic[8];
+  reader.bytes(magic, sizeof(magic));
+  EDIT_CHECK(std::memcmp(magic, kMagic, sizeof(kMagic)) == 0, name, " is not a libedit checkpoint file (bad magic)");
+  RankFile file;
+  const auto count = reader.value<std::uint64_t>();
+  for (std::uint64_t i = 0; i < count; ++i) {
+    std::string key = reader.text();
+    const auto dtype = static_cast<at::ScalarType>(reader.value<std::int32_t>());
+    std::vector<std::int64_t> sizes(reader.value<std::uint32_t>());
+    for (auto& size : sizes) size = reader.value<std::int64_t>();
+    const auto nbytes = reader.value<std::uint64_t>();
+    at::Tensor tensor = at::empty(sizes, at::TensorOptions().dtype(dtype));
+    EDIT_CHECK(nbytes == static_cast<std::uint64_t>(tensor.numel()) * tensor.element_size(), name, ": '", key,
+               "' at byte ", reader.offset(), " declares ", nbytes, " bytes for its shape; the file is damaged");
+    reader.bytes(tensor.data_ptr(), nbytes);
+    file.tensors.emplace_back(std::move(key), std::move(tensor));
+  }
+  const auto scalars = reader.value<std::uint64_t>();
+  for (std::uint64_t i = 0; i < scalars; ++i) {
+    std::string key = reader.text();
+    file.scalars[key] = reader.value<double>();
+  }
+  return file;
+}
+
 Checkpointer::Checkpointer(comm::DeviceMesh& mesh, std::string root, int keep)
     : mesh_(mesh), root_(std::move(root)), keep_(keep) {
   EDIT_CHECK(keep_ >= 1, "keep at least one checkpoint (--keep-checkpoints >= 1), got ", keep_);
@@ -296,56 +337,26 @@ std::int64_t Checkpointer::load(const std::string& path, RankState& state) {
   const auto& entry = manifest["ranks"].at(static_cast<size_t>(mesh_.rank()));
   const fs::path file = fs::path(dir) / entry["file"].get<std::string>();
   const std::string name = file.string();
+  RankFile saved = read_rank_file(name, entry["bytes"].get<std::uint64_t>(), entry["crc32"].get<std::uint32_t>());
 
-  std::ifstream in(file, std::ios::binary);
-  EDIT_CHECK(in.good(), "cannot open ", name, "; the checkpoint is incomplete, load an older one");
-  std::vector<char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto expected_bytes = entry["bytes"].get<std::uint64_t>();
-  EDIT_CHECK(data.size() == expected_bytes, name, " has ", data.size(), " bytes but the manifest says ",
-             expected_bytes, ": it was truncated or overwritten; load an older checkpoint");
-  std::uint32_t stored = 0;
-  std::memcpy(&stored, data.data() + data.size() - 4, 4);
-  const std::uint32_t actual = crc32(data.data(), data.size() - 4);
-  EDIT_CHECK(stored == actual && actual == entry["crc32"].get<std::uint32_t>(), name,
-             " fails its checksum (the data is corrupt); load an older checkpoint");
-
-  Reader reader(data, name);
-  char magic[8];
-  reader.bytes(magic, sizeof(magic));
-  EDIT_CHECK(std::memcmp(magic, kMagic, sizeof(kMagic)) == 0, name, " is not a libedit checkpoint file (bad magic)");
   std::map<std::string, at::Tensor*> wanted;
   for (auto& [key, tensor] : state.tensors) wanted[key] = &tensor;
-  const auto count = reader.value<std::uint64_t>();
-  for (std::uint64_t i = 0; i < count; ++i) {
-    const std::string key = reader.text();
-    const auto dtype = static_cast<at::ScalarType>(reader.value<std::int32_t>());
-    std::vector<std::int64_t> sizes(reader.value<std::uint32_t>());
-    for (auto& s : sizes) s = reader.value<std::int64_t>();
-    const auto nbytes = reader.value<std::uint64_t>();
-    const size_t at_offset = reader.offset();
+  for (const auto& [key, stored] : saved.tensors) {
     const auto it = wanted.find(key);
     EDIT_CHECK(it != wanted.end(), name, " holds '", key, "' which this job does not have; the model or strategy ",
                "differs from the one that saved it");
     at::Tensor& live = *it->second;
-    EDIT_CHECK(live.scalar_type() == dtype && live.sizes() == at::IntArrayRef(sizes), name, ": '", key, "' at byte ",
-               at_offset, " is ", dtype, at::IntArrayRef(sizes), " but this job expects ", live.scalar_type(),
-               live.sizes(), "; resume with the same model configuration and mesh");
-    at::Tensor staging = at::empty(sizes, at::TensorOptions().dtype(dtype));
-    EDIT_CHECK(nbytes == static_cast<std::uint64_t>(staging.numel()) * staging.element_size(), name, ": '", key,
-               "' declares ", nbytes, " bytes for its shape; the file is damaged");
-    reader.bytes(staging.data_ptr(), nbytes);
+    EDIT_CHECK(live.scalar_type() == stored.scalar_type() && live.sizes() == stored.sizes(), name, ": '", key, "' is ",
+               stored.scalar_type(), stored.sizes(), " but this job expects ", live.scalar_type(), live.sizes(),
+               "; resume with the same model configuration and mesh");
     at::NoGradGuard no_grad;
-    live.copy_(staging);
+    live.copy_(stored);
     wanted.erase(it);
   }
   std::string missing;
   for (const auto& [key, unused] : wanted) missing += (missing.empty() ? "" : ", ") + key;
   EDIT_CHECK(missing.empty(), name, " lacks ", missing, "; it was saved with a different model or strategy");
-  const auto scalars = reader.value<std::uint64_t>();
-  for (std::uint64_t i = 0; i < scalars; ++i) {
-    const std::string key = reader.text();
-    state.scalars[key] = reader.value<double>();
-  }
+  for (const auto& [key, value] : saved.scalars) state.scalars[key] = value;
   return manifest["step"].get<std::int64_t>();
 }
 

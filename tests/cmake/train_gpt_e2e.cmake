@@ -1,8 +1,9 @@
-# cmake -DMPIEXEC="<mpirun;args>" -DPREPARE=<edit-prepare-text> -DTRAIN=<edit-train-gpt> -DWORK=<dir>
+# cmake -DMPIEXEC="<mpirun;args>" -DPREPARE=<edit-prepare-text> -DTRAIN=<edit-train-gpt>
+#       -DEXPORT=<edit-export> -DGENERATE=<edit-generate> -DWORK=<dir>
 #       -P train_gpt_e2e.cmake
 # Prepares a small generated corpus, trains a tiny GPT with EDiT on 2 ranks for 60 steps, checks
 # that the loss falls and that the metrics, loss table and a checkpoint were written, then
-# resumes from that checkpoint for 20 more steps.
+# resumes from that checkpoint for 20 more steps, exports and samples.
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}/text")
 set(corpus "")
@@ -53,6 +54,19 @@ string(JSON resumed_step GET "${resumed}" step)
 if(NOT count EQUAL 80 OR NOT resumed_step EQUAL 60)
   message(FATAL_ERROR "resume did not continue at step 60 (${count} lines, first resumed step ${resumed_step})")
 endif()
+# Export and sample from the resumed run's latest checkpoint.
+run("${EXPORT}" --run "${WORK}/run" --out "${WORK}/export/model.safetensors")
+file(READ "${WORK}/export/model.safetensors" head LIMIT 8 HEX)
+if(NOT EXISTS "${WORK}/export/config.json" OR head STREQUAL "")
+  message(FATAL_ERROR "edit-export wrote no model.safetensors / config.json")
+endif()
+execute_process(COMMAND "${GENERATE}" --run "${WORK}/run" --prompt "The quick" --tokens 40
+                RESULT_VARIABLE gen_result OUTPUT_VARIABLE sample)
+string(LENGTH "${sample}" sample_length)
+if(NOT gen_result EQUAL 0 OR sample_length LESS 40)
+  message(FATAL_ERROR "edit-generate failed (${gen_result}): ${sample}")
+endif()
+message(STATUS "sample: ${sample}")
 # Bad input: a token id beyond the model's vocabulary is refused with the file named.
 execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 1 --vocab-size 64 --out-dir "${WORK}/bad"
                 RESULT_VARIABLE bad_result OUTPUT_VARIABLE bad_out ERROR_VARIABLE bad_err)

@@ -127,6 +127,15 @@ TEST(GptConfig, PresetsAndErrorsNameTheFix) {
     EXPECT_NE(std::string(e.what()).find("untied"), std::string::npos) << e.what();
   }
   EXPECT_THROW(GptConfig::preset("huge"), edit::Error);
+  GptConfig llama = GptConfig::preset("small");
+  llama.style = GptStyle::kLlama;
+  llama.rope_theta = 500000.0;
+  const GptConfig back = GptConfig::from_json(llama.to_json());
+  EXPECT_EQ(back.style, GptStyle::kLlama);
+  EXPECT_EQ(back.dim, 256);
+  EXPECT_EQ(back.hidden(), llama.hidden());
+  EXPECT_DOUBLE_EQ(back.rope_theta, 500000.0);
+  EXPECT_THROW(GptConfig::from_json("{\"style\": \"gpt2\"}"), edit::Error);
   EXPECT_THROW(edit::models::parse_style("bert"), edit::Error);
 }
 

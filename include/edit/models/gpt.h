@@ -42,6 +42,10 @@ struct GptConfig {
   int hidden() const;                  // the MLP width in effect
   void validate() const;               // throws edit::Error naming the field and the fix
   std::int64_t num_parameters() const;  // closed form, equal to the module's count
+
+  // JSON with every field (written next to checkpoints and exports, read by the tools).
+  std::string to_json() const;
+  static GptConfig from_json(const std::string& text);  // throws naming a missing or bad field
 };
 
 // Rotary position embedding, rotate-half convention: pairs (i, i + d/2) of (B, H, T, d) are

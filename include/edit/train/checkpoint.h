@@ -37,6 +37,16 @@ RankState collect_state(shard::ShardedModel& model, shard::FlatAdamW* adamw, syn
 // Writes the scalars of a loaded RankState back into the objects collect_state() read them from.
 void apply_scalars(const RankState& state, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd);
 
+// One rank's file as saved: tensors in save order, and scalars. Verifies the trailing CRC32 (and
+// size and checksum against the manifest's, when given). For tools that read checkpoints without
+// a running job (edit-export, edit-generate).
+struct RankFile {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::map<std::string, double> scalars;
+};
+RankFile read_rank_file(const std::string& path, std::optional<std::uint64_t> expected_bytes = std::nullopt,
+                        std::optional<std::uint32_t> expected_crc = std::nullopt);
+
 class Checkpointer {
  public:
   Checkpointer(comm::DeviceMesh& mesh, std::string root, int keep = 3);

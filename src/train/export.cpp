@@ -1,0 +1,123 @@
+#include "edit/train/export.h"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "edit/core/check.h"
+#include "edit/shard/unit.h"
+#include "edit/train/checkpoint.h"
+
+namespace edit::train {
+namespace fs = std::filesystem;
+
+void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model, bool prefer_anchor) {
+  const fs::path manifest_path = fs::path(checkpoint_dir) / "manifest.json";
+  EDIT_CHECK(fs::exists(manifest_path), manifest_path.string(), " does not exist; pass a checkpoint folder "
+             "(<out-dir>/checkpoints/step_XXXXXXXX)");
+  const auto manifest = nlohmann::json::parse(std::ifstream(manifest_path));
+  const int shard_size = manifest.at("shard_size").get<int>();
+  // Replica 0 is world ranks 0..S-1; rank s holds slice s of every unit.
+  std::vector<RankFile> files;
+  for (int s = 0; s < shard_size; ++s) {
+    const auto& entry = manifest.at("ranks").at(static_cast<size_t>(s));
+    files.push_back(read_rank_file((fs::path(checkpoint_dir) / entry.at("file").get<std::string>()).string(),
+                                   entry.at("bytes").get<std::uint64_t>(), entry.at("crc32").get<std::uint32_t>()));
+  }
+  const auto find = [&](const RankFile& file, const std::string& key) -> const at::Tensor* {
+    for (const auto& [name, tensor] : file.tensors) {
+      if (name == key) return &tensor;
+    }
+    return nullptr;
+  };
+  at::NoGradGuard no_grad;
+  int unit = 0;
+  for (const auto& module : model.modules(/*include_self=*/false)) {
+    if (!std::dynamic_pointer_cast<shard::UnitImpl>(module)) continue;
+    const std::string prefix = "unit" + std::to_string(unit) + ".";
+    const bool anchor = prefer_anchor && find(files[0], prefix + "outer.anchor") != nullptr;
+    std::vector<at::Tensor> slices;
+    for (const auto& file : files) {
+      const at::Tensor* slice = find(file, prefix + (anchor ? "outer.anchor" : "shard"));
+      EDIT_CHECK(slice != nullptr, checkpoint_dir, " has no weights for unit ", unit,
+                 "; the model has more units than the one that was trained (check the model configuration)");
+      slices.push_back(*slice);
+    }
+    const at::Tensor flat = at::cat(slices);
+    std::int64_t offset = 0;
+    for (auto& param : module->parameters(/*recurse=*/true)) {
+      EDIT_CHECK(offset + param.numel() <= flat.numel(), "unit ", unit, " of ", checkpoint_dir, " holds ",
+                 flat.numel(), " values, fewer than the model's parameters need; check the model configuration");
+      param.copy_(flat.narrow(0, offset, param.numel()).view(param.sizes()));
+      offset += param.numel();
+    }
+    EDIT_CHECK(flat.numel() - offset < shard_size, "unit ", unit, " of ", checkpoint_dir, " holds ", flat.numel(),
+               " values but the model's parameters use only ", offset, "; check the model configuration");
+    ++unit;
+  }
+  for (const auto& file : files) {
+    EDIT_CHECK(find(file, "unit" + std::to_string(unit) + ".shard") == nullptr, checkpoint_dir,
+               " has more units than the model (", unit, "); check the model configuration");
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> export_parameters(torch::nn::Module& model) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    std::string name = item.key();
+    for (auto at = name.find(".inner."); at != std::string::npos; at = name.find(".inner.")) name.erase(at, 6);
+    out.emplace_back(name, item.value().detach());
+  }
+  return out;
+}
+
+namespace {
+
+const char* safetensors_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return "F32";
+    case at::kDouble: return "F64";
+    case at::kHalf: return "F16";
+    case at::kBFloat16: return "BF16";
+    case at::kLong: return "I64";
+    case at::kInt: return "I32";
+    case at::kByte: return "U8";
+    default: EDIT_FAIL("safetensors export of dtype ", type, " is not supported; convert to float32 first");
+  }
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<at::Tensor> data;
+  std::uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    EDIT_CHECK(!header.contains(name), "two tensors are named '", name, "'; safetensors names must be unique");
+    at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+    const std::uint64_t bytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
+    header[name] = {{"dtype", safetensors_dtype(t.scalar_type())}, {"shape", t.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(std::move(t));
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    EDIT_CHECK(out.good(), "cannot write ", tmp, "; check that the folder exists and is writable");
+    const std::uint64_t size = text.size();  // little-endian on every platform we build for
+    out.write(reinterpret_cast<const char*>(&size), sizeof(size));
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& t : data) out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
+    EDIT_CHECK(out.good(), "writing ", tmp, " failed; is the disk full?");
+  }
+  fs::rename(tmp, path);
+}
+
+}  // namespace edit::train
