@@ -5,3 +5,14 @@
 #include "edit/core/check.h"
 #include "edit/core/log.h"
 #include "edit/core/torch_compat.h"
+
+// The layers (see docs/architecture.md). Including them all costs LibTorch's nn headers.
+#include "edit/comm/device_mesh.h"
+#include "edit/comm/link_emulator.h"
+#include "edit/data/token_dataset.h"
+#include "edit/models/gpt.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/sharded_model.h"
+#include "edit/sync/local_sgd.h"
+#include "edit/train/checkpoint.h"
+#include "edit/train/trainer.h"
