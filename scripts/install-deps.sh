@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libspdlog-dev libcli11-dev nlohmann-json3-dev
   fortunes                # demo corpus for the quickstart
   gnuplot-nox             # loss plots (runs/*/loss.png)
+  procps                  # pkill, used by the killed-save test
 )
 
 missing=()
