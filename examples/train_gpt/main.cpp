@@ -37,6 +37,7 @@ struct Config {
   std::string model = "small";
   std::string style = "gpt2";
   int vocab_size = 0, seq_len = 0, dim = 0, heads = 0, layers = 0;  // 0: the preset's
+  std::string tie_embeddings = "auto";  // auto: tied for gpt2, untied for llama
   // data
   std::vector<std::string> train_data;
   std::vector<std::string> val_data;
@@ -78,6 +79,8 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--dim", c.dim, "override the width")->group(model);
   app.add_option("--heads", c.heads, "override the attention heads")->group(model);
   app.add_option("--layers", c.layers, "override the number of blocks")->group(model);
+  app.add_option("--tie-embeddings", c.tie_embeddings, "head reuses the token embedding: auto (gpt2 yes, llama no), on, off")
+      ->group(model)->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   auto* data = "Data";
   app.add_option("--train-data", c.train_data, "token shards or text files (globs allowed)")->group(data)->required();
   app.add_option("--val-data", c.val_data, "held-out files; default: the last --val-fraction of --train-data")->group(data);
@@ -127,6 +130,7 @@ edit::models::GptConfig model_config(const Config& c) {
   if (c.dim) m.dim = c.dim;
   if (c.heads) m.heads = c.heads;
   if (c.layers) m.layers = c.layers;
+  m.tie_embeddings = c.tie_embeddings == "on" || (c.tie_embeddings == "auto" && m.style == edit::models::GptStyle::kGpt2);
   m.validate();
   return m;
 }

@@ -51,8 +51,6 @@ void GptConfig::validate() const {
   EDIT_CHECK(dim % heads == 0, "dim ", dim, " is not divisible by heads ", heads, "; pick heads that divide dim");
   EDIT_CHECK(style != GptStyle::kLlama || (dim / heads) % 2 == 0, "RoPE needs an even head size, got ", dim / heads,
              " (dim ", dim, " / heads ", heads, ")");
-  EDIT_CHECK(!tie_embeddings, "tied embeddings are not supported yet (the embedding and head are separate sharded "
-             "units); train with untied embeddings");
 }
 
 std::int64_t GptConfig::num_parameters() const {
@@ -63,10 +61,10 @@ std::int64_t GptConfig::num_parameters() const {
                                + (d * d + d)          // attention output
                                + (d * h + h)          // MLP up
                                + (h * d + d);         // MLP down
-    return v * d + std::int64_t{seq_len} * d + layers * block + 2 * d + d * v;
+    return v * d + std::int64_t{seq_len} * d + layers * block + 2 * d + (tie_embeddings ? 0 : d * v);
   }
   const std::int64_t block = 2 * d + 4 * d * d + 3 * d * h;  // two RMSNorms, q k v o, w1 w2 w3
-  return v * d + layers * block + d + d * v;
+  return v * d + layers * block + d + (tie_embeddings ? 0 : d * v);
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -201,22 +199,30 @@ struct BlockImpl : torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
+// `tied`: the token embedding's (V, C) weight, registered here too, so the output projection
+// reuses it (GPT-2); undefined: a projection of its own.
 struct HeadImpl : torch::nn::Module {
-  explicit HeadImpl(const GptConfig& c) : gpt2(c.style == GptStyle::kGpt2) {
+  HeadImpl(const GptConfig& c, const at::Tensor& tied) : gpt2(c.style == GptStyle::kGpt2) {
     if (gpt2) {
       ln = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
     } else {
       rms = register_module("norm", RmsNorm(c.dim, c.norm_eps));
     }
-    proj = register_module("proj", torch::nn::Linear(torch::nn::LinearOptions(c.dim, c.vocab_size).bias(false)));
-    at::NoGradGuard no_grad;
-    proj->weight.normal_(0.0, 0.02);
+    if (tied.defined()) {
+      weight = register_parameter("weight", tied);
+    } else {
+      weight = register_parameter("weight", at::empty({c.vocab_size, c.dim}));
+      at::NoGradGuard no_grad;
+      weight.normal_(0.0, 0.02);
+    }
   }
-  at::Tensor forward(const at::Tensor& x) { return proj->forward(gpt2 ? ln->forward(x) : rms->forward(x)); }  // -> (B, T, V)
+  at::Tensor forward(const at::Tensor& x) {  // (B, T, C) -> (B, T, V)
+    return at::linear(gpt2 ? ln->forward(x) : rms->forward(x), weight);
+  }
   bool gpt2;
   torch::nn::LayerNorm ln{nullptr};
   RmsNorm rms{nullptr};
-  torch::nn::Linear proj{nullptr};
+  at::Tensor weight;
 };
 TORCH_MODULE(Head);
 
@@ -232,7 +238,11 @@ GptImpl::GptImpl(const GptConfig& config) : config_(config) {
   for (int i = 0; i < config_.layers; ++i) {
     blocks.push_back(register_module("block" + std::to_string(i), shard::Unit(Block(config_))));
   }
-  head = register_module("head", shard::Unit(Head(config_)));
+  at::Tensor tied;
+  if (config_.tie_embeddings) {
+    tied = embed->inner().ptr()->named_parameters()["tokens.weight"];
+  }
+  head = register_module("head", shard::Unit(Head(config_, tied)));
 }
 
 at::Tensor GptImpl::forward(const at::Tensor& tokens) {

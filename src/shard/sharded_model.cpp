@@ -53,7 +53,7 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
   for (const auto& item : model_->named_parameters(/*recurse=*/true)) {
     names.emplace(item.value().unsafeGetTensorImpl(), item.key());
   }
-  std::unordered_set<const c10::TensorImpl*> owned;
+  std::unordered_map<const c10::TensorImpl*, int> owner_of;  // parameter -> the unit that holds it
 
   for (const auto& module : model_->modules(/*include_self=*/false)) {
     auto unit = std::dynamic_pointer_cast<UnitImpl>(module);
@@ -71,8 +71,18 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
     for (const auto& param : unit->parameters(/*recurse=*/true)) {
       const auto found = names.find(param.unsafeGetTensorImpl());
       const std::string name = found != names.end() ? found->second : "?";
-      EDIT_CHECK(owned.insert(param.unsafeGetTensorImpl()).second, "parameter ", name,
-                 " belongs to two units; tie weights inside one unit");
+      // A tied weight (GPT-2's embedding and head) lives in the first unit that has it; a later
+      // unit borrows that unit's full buffer for its forward and backward.
+      const auto owner = owner_of.find(param.unsafeGetTensorImpl());
+      if (owner != owner_of.end()) {
+        const int lender = owner->second;
+        if (lender != flat->index_ &&
+            std::find(flat->borrows_.begin(), flat->borrows_.end(), lender) == flat->borrows_.end()) {
+          flat->borrows_.push_back(lender);
+        }
+        continue;
+      }
+      owner_of.emplace(param.unsafeGetTensorImpl(), flat->index_);
       if (flat->params_.empty()) {
         dtype = param.scalar_type();
         flat->name_ = name.substr(0, name.find(".inner."));
@@ -90,7 +100,7 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
 
   std::string orphans;
   for (const auto& [impl, name] : names) {
-    if (!owned.count(impl)) orphans += (orphans.empty() ? "" : ", ") + name;
+    if (!owner_of.count(impl)) orphans += (orphans.empty() ? "" : ", ") + name;
   }
   EDIT_CHECK(orphans.empty(), "parameters outside every Unit: ", orphans,
              "; wrap the modules that hold them in edit::shard::Unit (embeddings and heads too)");
@@ -216,12 +226,14 @@ void ShardedModel::before_unit_forward(int index, const at::Tensor& /*input*/) {
   issue_gather(unit, /*for_forward=*/true);
   if (options_.prefetch && index + 1 < num_units()) issue_gather(*units_[static_cast<size_t>(index) + 1], true);
   ensure_gathered(unit);
+  for (int lender : unit.borrows_) ensure_gathered(*units_[static_cast<size_t>(lender)]);
 }
 
 at::Tensor ShardedModel::after_unit_forward(int index, at::Tensor output) {
   FlatUnit& unit = *units_[static_cast<size_t>(index)];
   unit.pre_gather_fired_ = false;  // the next forward gathers (and fires pre_gather) anew
   release_full(unit);
+  for (int lender : unit.borrows_) release_full(*units_[static_cast<size_t>(lender)]);
   fire(HookPoint::kPostForward, index);
   if (output.requires_grad()) {
     // pre_backward: the gradient of this unit's output is complete, its backward is next.
@@ -238,11 +250,20 @@ void ShardedModel::on_pre_backward(int index) {
   finish_pending_backward(index);
   fire(HookPoint::kPreBackward, index);
   FlatUnit& unit = *units_[static_cast<size_t>(index)];
+  start_backward(unit);
+  // A borrowed (tied) weight's gradient accumulates into its lender's flat gradient, which stays
+  // alive until the lender's own backward is done.
+  for (int lender : unit.borrows_) start_backward(*units_[static_cast<size_t>(lender)]);
+  if (group_->size() > 1 && options_.prefetch && index > 0) {
+    issue_gather(*units_[static_cast<size_t>(index) - 1], /*for_forward=*/false);
+  }
+}
+
+void ShardedModel::start_backward(FlatUnit& unit) {
+  if (group_->size() > 1) ensure_gathered(unit);
+  if (unit.in_backward_) return;  // a borrower started it: keep what has accumulated
   unit.in_backward_ = true;
   if (group_->size() == 1) return;
-  issue_gather(unit, /*for_forward=*/false);
-  if (options_.prefetch && index > 0) issue_gather(*units_[static_cast<size_t>(index) - 1], false);
-  ensure_gathered(unit);
   const auto bytes = bytes_of(unit.full_grad_);
   compat::reallocate_storage(unit.full_grad_, static_cast<size_t>(bytes));
   unit.full_grad_.zero_();
@@ -266,6 +287,7 @@ void ShardedModel::post_backward(FlatUnit& unit) {
     note("reduce_scatter", unit.index_);
     unit.scatter_work_ = group_->reduce_scatter(unit.scatter_out_, unit.full_grad_, {comm::ReduceOp::kAvg});
     release_full(unit);
+    for (int lender : unit.borrows_) release_full(*units_[static_cast<size_t>(lender)]);
     // The previous unit's scatter was issued one unit of compute ago: land it and free its full
     // gradient, so at most two full gradients are alive at any time.
     for (int later = unit.index_ + 1; later < num_units(); ++later) wait_grad(later);

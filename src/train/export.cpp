@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <unordered_set>
 
 #include "edit/core/check.h"
 #include "edit/shard/unit.h"
@@ -33,6 +34,7 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
     return nullptr;
   };
   at::NoGradGuard no_grad;
+  std::unordered_set<const c10::TensorImpl*> seen;  // a tied weight is stored once, in its first unit
   int unit = 0;
   for (const auto& module : model.modules(/*include_self=*/false)) {
     if (!std::dynamic_pointer_cast<shard::UnitImpl>(module)) continue;
@@ -48,6 +50,7 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
     const at::Tensor flat = at::cat(slices);
     std::int64_t offset = 0;
     for (auto& param : module->parameters(/*recurse=*/true)) {
+      if (!seen.insert(param.unsafeGetTensorImpl()).second) continue;
       EDIT_CHECK(offset + param.numel() <= flat.numel(), "unit ", unit, " of ", checkpoint_dir, " holds ",
                  flat.numel(), " values, fewer than the model's parameters need; check the model configuration");
       param.copy_(flat.narrow(0, offset, param.numel()).view(param.sizes()));

@@ -5,8 +5,8 @@
 //   Llama:  RoPE, RMSNorm, SwiGLU MLP (~8/3 x, rounded to 64), no biases.
 // Causal attention uses LibTorch's fused scaled-dot-product attention where the LibTorch has it
 // (2.x) and an exact fallback elsewhere (compat::causal_attention).
-// Embeddings are untied: a weight shared by the embedding and head units would have to be gathered
-// and reduced across two units, which ShardedModel does not do yet (tie_embeddings is refused).
+// With tie_embeddings (GPT-2's choice) the head projects with the token embedding's weight; the
+// ShardedModel keeps it in the embedding unit and lends it to the head unit.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -35,7 +35,7 @@ struct GptConfig {
   int mlp_hidden = 0;     // 0: 4 dim (GPT-2) or 8/3 dim rounded up to a multiple of 64 (Llama)
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;
-  bool tie_embeddings = false;
+  bool tie_embeddings = false;  // head reuses the token embedding (GPT-2 ties; edit-train-gpt's default for gpt2)
 
   // "tiny" (tests), "small" (CPU demo, ~5 M), "124m" (GPT-2 small shape), "1b" (1B class, GPUs).
   static GptConfig preset(const std::string& name);

@@ -89,6 +89,7 @@ class FlatUnit {
   bool gathered_ = false;
   bool in_backward_ = false;
   bool pre_gather_fired_ = false;  // this forward
+  std::vector<int> borrows_;       // earlier units whose (tied) parameters this unit also uses
 };
 
 struct ShardMemory {
@@ -106,7 +107,9 @@ class ShardedModel : public UnitListener {
 
   // Adopts every Unit inside `model` (in registration order = execution order) and shards it over
   // `shard_group`. Collective over the group: shard rank 0's initial weights win. Throws naming
-  // them when a parameter of `model` is in no Unit, or when Units nest.
+  // them when a parameter of `model` is in no Unit, or when Units nest. A parameter used by two
+  // units (tied weights) belongs to the first; the later one gathers it for its forward and
+  // backward, and its gradient goes into the first unit's.
   ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared_ptr<comm::Communicator> shard_group,
                ShardOptions options = {});
   ~ShardedModel() override;
@@ -152,6 +155,7 @@ class ShardedModel : public UnitListener {
   void ensure_gathered(FlatUnit& unit);
   void release_full(FlatUnit& unit);
   void on_pre_backward(int unit);
+  void start_backward(FlatUnit& unit);
   void post_backward(FlatUnit& unit);
   void finish_pending_backward(int above_unit);
 
