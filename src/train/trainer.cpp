@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -52,6 +53,8 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   strategy_.after_step(step_);
 
   metrics.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  run_seconds_ += metrics.seconds;
+  ++run_steps_;
   metrics.tokens_per_s = static_cast<double>(tokens) * mesh_.world_size() / metrics.seconds;
   metrics.bytes_shard = mesh_.shard().stats().bytes_sent - shard_before.bytes_sent;
   metrics.bytes_sync = mesh_.sync().stats().bytes_sent - sync_before.bytes_sent;
@@ -62,8 +65,12 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     for (double l : mesh_.world().all_gather_values({metrics.loss})) total += l;
     metrics.loss_world = total / mesh_.world_size();
     if (mesh_.rank() == 0) {
-      spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms", step_,
-                   options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s);
+      // Time to go from the mean step time of this run so far.
+      const double mean_step = run_seconds_ / static_cast<double>(run_steps_);
+      const double remaining = mean_step * static_cast<double>(std::max<std::int64_t>(0, options_.steps - step_ - 1));
+      spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms | {:.0f} s to go", step_,
+                   options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s,
+                   remaining);
     }
   }
   write_metrics(metrics);

@@ -4,7 +4,8 @@
 //   the schedule -> inner step -> strategy.after_step -> metrics.
 // Metrics: one JSON object per step and line (rank 0 writes): step, loss (this rank), lr,
 // grad_norm, tokens_per_s (all ranks), bytes sent per group in the step, sync wait; every
-// log_every steps also loss_world (mean over all ranks) and a readable log line.
+// log_every steps also loss_world (mean over all ranks) and a readable log line (step, loss, lr,
+// tokens/s, sync wait, time to go).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -75,6 +76,8 @@ class Trainer {
   sync::SyncStrategy& strategy_;
   TrainerOptions options_;
   std::int64_t step_ = 0;
+  double run_seconds_ = 0.0;     // steps taken by this process (for the time-to-go estimate)
+  std::int64_t run_steps_ = 0;
   std::unique_ptr<std::ofstream> metrics_;
 };
 
