@@ -40,4 +40,5 @@ fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Recommends included: LibTorch's CMake config was only ever verified with them installed.
+$sudo apt-get install -y -qq "${missing[@]}"
