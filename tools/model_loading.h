@@ -32,20 +32,11 @@ inline LoadedModel load_run(const std::string& run_dir, const std::string& check
   loaded.model = std::make_shared<models::GptImpl>(models::GptConfig::from_json(text.str()));
   loaded.checkpoint = checkpoint;
   if (checkpoint == "latest") {
-    std::string newest;
     const fs::path root = fs::path(run_dir) / "checkpoints";
-    if (fs::is_directory(root)) {
-      for (const auto& entry : fs::directory_iterator(root)) {
-        const std::string name = entry.path().filename().string();
-        if (name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
-            fs::exists(entry.path() / "manifest.json") && entry.path().string() > newest) {
-          newest = entry.path().string();
-        }
-      }
-    }
-    EDIT_CHECK(!newest.empty(), "no complete checkpoint under ", root.string(),
+    const auto newest = train::latest_checkpoint(root.string());
+    EDIT_CHECK(newest.has_value(), "no complete checkpoint under ", root.string(),
                "; train with --checkpoint-every N first, or pass --checkpoint PATH");
-    loaded.checkpoint = newest;
+    loaded.checkpoint = *newest;
   }
   train::load_unsharded(loaded.checkpoint, *loaded.model, prefer_anchor);
   return loaded;

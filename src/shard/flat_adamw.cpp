@@ -37,15 +37,22 @@ void FlatAdamW::step() {
   const double step_size = lr / bias_correction1;
   const double bias_correction2_sqrt = std::sqrt(bias_correction2);
   at::NoGradGuard no_grad;
+  if (options_.weight_decay != 0 && lr != decay_factor_lr_) {
+    // Same float factor as torch's p.mul_(1 - lr * wd), applied to the decaying elements only.
+    decay_factors_.clear();
+    for (int u = 0; u < model_.num_units(); ++u) {
+      const at::Tensor& shard = model_.unit(u).shard();
+      decay_factors_.push_back(at::where(decays_[static_cast<size_t>(u)],
+                                         at::scalar_tensor(1.0 - lr * options_.weight_decay, shard.options()),
+                                         at::scalar_tensor(1.0, shard.options())));
+    }
+    decay_factor_lr_ = lr;
+  }
   for (int u = 0; u < model_.num_units(); ++u) {
     FlatUnit& unit = model_.unit(u);
     at::Tensor& param = unit.shard();
     const at::Tensor& grad = unit.grad_shard();
-    if (options_.weight_decay != 0) {
-      // Same float factor as torch's p.mul_(1 - lr * wd), applied to the decaying elements only.
-      param.mul_(at::where(decays_[static_cast<size_t>(u)], at::scalar_tensor(1.0 - lr * options_.weight_decay, param.options()),
-                           at::scalar_tensor(1.0, param.options())));
-    }
+    if (options_.weight_decay != 0) param.mul_(decay_factors_[static_cast<size_t>(u)]);
     at::Tensor& m = exp_avg_[static_cast<size_t>(u)];
     at::Tensor& v = exp_avg_sq_[static_cast<size_t>(u)];
     m.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);

@@ -308,11 +308,13 @@ std::string Checkpointer::save(std::int64_t step, const RankState& state) {
   return final_dir.string();
 }
 
-std::optional<std::string> Checkpointer::latest() const {
-  const auto all = complete_checkpoints(root_);
+std::optional<std::string> latest_checkpoint(const std::string& root) {
+  const auto all = complete_checkpoints(root);
   if (all.empty()) return std::nullopt;
   return all.back().string();
 }
+
+std::optional<std::string> Checkpointer::latest() const { return latest_checkpoint(root_); }
 
 std::int64_t Checkpointer::load(const std::string& path, RankState& state) {
   std::string dir = path;

@@ -73,6 +73,9 @@ class FlatAdamW : public FlatOptimizer {
   std::vector<at::Tensor> exp_avg_;
   std::vector<at::Tensor> exp_avg_sq_;
   std::vector<at::Tensor> decays_;  // bool mask per unit shard
+  // Per unit: 1 - lr * weight_decay where the element decays, else 1; rebuilt when lr changes.
+  std::vector<at::Tensor> decay_factors_;
+  double decay_factor_lr_ = -1.0;
 };
 
 }  // namespace edit::shard

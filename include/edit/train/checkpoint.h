@@ -47,6 +47,10 @@ struct RankFile {
 RankFile read_rank_file(const std::string& path, std::optional<std::uint64_t> expected_bytes = std::nullopt,
                         std::optional<std::uint32_t> expected_crc = std::nullopt);
 
+// The newest complete checkpoint folder under `root` (a .tmp folder is a save that never
+// finished and is ignored), if any. Needs no running job.
+std::optional<std::string> latest_checkpoint(const std::string& root);
+
 class Checkpointer {
  public:
   Checkpointer(comm::DeviceMesh& mesh, std::string root, int keep = 3);
