@@ -59,6 +59,7 @@ struct Config {
   bool no_penalty = false;
   double penalty_clip = 10.0, penalty_z = 3.0;
   int penalty_warmup = 3;
+  int check_replicas_every = 0;
   int shard_size = 1;
   // evaluation, logging, checkpoints
   int eval_every = 100, eval_batches = 8, log_every = 10;
@@ -108,7 +109,9 @@ void add_options(CLI::App& app, Config& c) {
   app.add_flag("--no-penalty", c.no_penalty, "EDiT without the pseudo-gradient penalty")->group(sync);
   app.add_option("--penalty-clip", c.penalty_clip, "max norm of a unit's aggregate pseudo-gradient")->group(sync)->capture_default_str();
   app.add_option("--penalty-z", c.penalty_z, "anomaly z-score threshold")->group(sync)->capture_default_str();
-  app.add_option("--penalty-warmup", c.penalty_warmup, "syncs before anomaly tests start")->group(sync)->capture_default_str();
+  app.add_option("--penalty-warmup", c.penalty_warmup, "syncs before anomaly tests start (>= 1)")->group(sync)->capture_default_str();
+  app.add_option("--check-replicas-every", c.check_replicas_every,
+                 "compare a checksum of the replicas' anchors every N syncs (0: only at the start)")->group(sync)->capture_default_str();
   app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")->group(sync)->capture_default_str();
   auto* run = "Evaluation, logging and checkpoints";
   app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")->group(run)->capture_default_str();
@@ -188,16 +191,12 @@ int main(int argc, char** argv) {
     local.penalty.clip_norm = c.penalty_clip;
     local.penalty.z_threshold = c.penalty_z;
     local.penalty.warmup_syncs = c.penalty_warmup;
+    local.check_replicas_every = c.check_replicas_every;
     std::unique_ptr<edit::sync::SyncStrategy> strategy;
-    edit::sync::PseudoGradientSync* local_sgd = nullptr;
     if (c.strategy == "edit") {
-      auto edit_strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
-      local_sgd = &edit_strategy->core();
-      strategy = std::move(edit_strategy);
+      strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
     } else if (c.strategy == "diloco") {
-      auto diloco = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
-      local_sgd = &diloco->core();
-      strategy = std::move(diloco);
+      strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
     } else if (c.strategy == "ddp") {
       strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
     } else {
@@ -213,21 +212,17 @@ int main(int argc, char** argv) {
     options.log_every = c.log_every;
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);
 
-    // Checkpoints carry the data cursor as two scalars next to the training state.
+    // Every stateful component saves and loads itself; a pending EDiT sync is saved as pending.
     edit::train::Checkpointer checkpointer(mesh, (fs::path(c.out_dir) / "checkpoints").string(), c.keep_checkpoints);
-    const auto state_now = [&] {
-      auto state = edit::train::collect_state(model, &adamw, local_sgd, trainer.current_step());
-      state.scalars["data.epoch"] = static_cast<double>(train.cursor().epoch);
-      state.scalars["data.position"] = static_cast<double>(train.cursor().position);
-      return state;
-    };
+    edit::train::CpuRngState rng;
+    checkpointer.track("model", model);
+    checkpointer.track("inner", adamw);
+    checkpointer.track("strategy", *strategy);
+    checkpointer.track("data", train);
+    checkpointer.track("rng", rng);
+    checkpointer.track("trainer", trainer);
     if (c.resume != "none" && !(c.resume == "auto" && !checkpointer.latest())) {
-      auto state = state_now();
-      const auto step = checkpointer.load(c.resume, state);
-      edit::train::apply_scalars(state, &adamw, local_sgd);
-      train.set_cursor({static_cast<std::int64_t>(state.scalars.at("data.epoch")),
-                        static_cast<std::int64_t>(state.scalars.at("data.position"))});
-      trainer.set_step(step);
+      const auto step = checkpointer.load(c.resume);
       if (mesh.rank() == 0) spdlog::info("resumed from step {} ({})", step, c.resume);
     }
 
@@ -236,20 +231,36 @@ int main(int argc, char** argv) {
       return edit::train::Batch{b.inputs, b.targets};
     };
     const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
+    // Evaluates the model the replicas agree on: with Local SGD the anchor, i.e. the model of the
+    // last outer sync (a pending EDiT sync is completed first); with ddp the live model; with none
+    // each rank's own model. The val loss is the mean over all ranks' val batches.
     const auto evaluate = [&] {
-      at::NoGradGuard no_grad;
-      val.set_cursor({});  // the same val batches every time
       double loss = 0.0;
-      for (int i = 0; i < c.eval_batches; ++i) {
-        const auto b = val.next_batch(c.batch_size, gpt.seq_len);
-        loss += module->loss(b.inputs, b.targets).item<double>() / c.eval_batches;
-      }
+      strategy->with_global_model([&] {
+        at::NoGradGuard no_grad;
+        val.set_cursor({});  // the same val batches every time
+        for (int i = 0; i < c.eval_batches; ++i) {
+          const auto b = val.next_batch(c.batch_size, gpt.seq_len);
+          loss += module->loss(b.inputs, b.targets).item<double>() / c.eval_batches;
+        }
+      });
       return world_mean(mesh, loss);
     };
     std::ofstream loss_table;
     if (mesh.rank() == 0) {
-      loss_table.open(fs::path(c.out_dir) / "loss.tsv", std::ios::app);
-      if (trainer.current_step() == 0) loss_table << "# step\ttokens\ttrain_loss\tval_loss\n";
+      const fs::path table_path = fs::path(c.out_dir) / "loss.tsv";
+      // Rows after the step this run starts from came from a run that stopped after its last
+      // checkpoint; they are written anew.
+      std::vector<std::string> rows;
+      if (trainer.current_step() > 0) {
+        std::ifstream old_table(table_path);
+        for (std::string row; std::getline(old_table, row);) {
+          if (row.rfind("#", 0) == 0 || std::atoll(row.c_str()) <= trainer.current_step()) rows.push_back(row);
+        }
+      }
+      loss_table.open(table_path, std::ios::trunc);
+      if (rows.empty()) rows.push_back("# step\ttokens\ttrain_loss\tval_loss");
+      for (const auto& row : rows) loss_table << row << '\n';
     }
     if (trainer.current_step() == 0) {  // the starting point of the curves (no train loss yet)
       const double val_loss = evaluate();
@@ -270,8 +281,7 @@ int main(int argc, char** argv) {
         }
       }
       if (c.checkpoint_every > 0 && (done % c.checkpoint_every == 0 || done == c.steps)) {
-        strategy->finish();  // a pending layer-wise sync goes into the checkpoint
-        const auto path = checkpointer.save(done, state_now());
+        const auto path = checkpointer.save(done);
         if (mesh.rank() == 0) spdlog::info("checkpoint: {}", path);
       }
     }

@@ -169,6 +169,17 @@ void TokenDataset::set_cursor(const Cursor& cursor) {
   shuffle_for(cursor_.epoch);
 }
 
+StateDict TokenDataset::state_dict() {
+  StateDict state;
+  state.put("epoch", cursor_.epoch);
+  state.put("position", cursor_.position);
+  return state;
+}
+
+void TokenDataset::load_state_dict(const StateDict& state) {
+  set_cursor({state.integer("the data cursor", "epoch"), state.integer("the data cursor", "position")});
+}
+
 TokenBatch TokenDataset::next_batch(std::int64_t batch, std::int64_t seq) {
   EDIT_CHECK(batch >= 1, "batch size ", batch, " must be at least 1");
   EDIT_CHECK(seq == options_.seq_len, "next_batch asks for sequences of ", seq,

@@ -62,4 +62,22 @@ void FlatAdamW::step() {
   }
 }
 
+StateDict FlatAdamW::state_dict() {
+  StateDict state;
+  state.put("steps", steps_);
+  for (int u = 0; u < model_.num_units(); ++u) {
+    state.put("unit" + std::to_string(u) + ".exp_avg", exp_avg_[static_cast<size_t>(u)]);
+    state.put("unit" + std::to_string(u) + ".exp_avg_sq", exp_avg_sq_[static_cast<size_t>(u)]);
+  }
+  return state;
+}
+
+void FlatAdamW::load_state_dict(const StateDict& state) {
+  steps_ = state.integer("AdamW", "steps");
+  for (int u = 0; u < model_.num_units(); ++u) {
+    state.copy_into("AdamW", "unit" + std::to_string(u) + ".exp_avg", exp_avg_[static_cast<size_t>(u)]);
+    state.copy_into("AdamW", "unit" + std::to_string(u) + ".exp_avg_sq", exp_avg_sq_[static_cast<size_t>(u)]);
+  }
+}
+
 }  // namespace edit::shard

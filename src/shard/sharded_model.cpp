@@ -342,6 +342,16 @@ std::vector<std::pair<std::string, at::Tensor>> ShardedModel::gather_full_parame
   return out;
 }
 
+StateDict ShardedModel::state_dict() {
+  StateDict state;
+  for (auto& unit : units_) state.put("unit" + std::to_string(unit->index_) + ".shard", unit->shard_);
+  return state;
+}
+
+void ShardedModel::load_state_dict(const StateDict& state) {
+  for (auto& unit : units_) state.copy_into("the model", "unit" + std::to_string(unit->index_) + ".shard", unit->shard_);
+}
+
 ShardMemory ShardedModel::memory() const { return memory_; }
 
 void ShardedModel::reset_peak_memory() {

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -18,21 +21,139 @@ double seconds_since(Clock::time_point start) { return std::chrono::duration<dou
 
 void LocalSgdOptions::validate() const {
   EDIT_CHECK(sync_every >= 1, "sync every ", sync_every, " steps is not possible; use H >= 1 (--sync-every)");
-  EDIT_CHECK(!use_penalty || (penalty.temperature > 0 && penalty.z_threshold > 0 && penalty.ema_alpha > 0 &&
-                              penalty.ema_alpha <= 1 && penalty.clip_norm > 0 && penalty.warmup_syncs >= 0),
-             "penalty options out of range: temperature, z threshold and clip norm must be positive, "
-             "EMA alpha in (0, 1], warm-up syncs >= 0");
+  EDIT_CHECK(check_replicas_every >= 0, "check the replicas every ", check_replicas_every,
+             " syncs is not possible; use N >= 1, or 0 to check only at the start");
+  if (use_penalty) penalty.validate();
 }
 
 // --- PseudoGradientSync --------------------------------------------------------------------------
 
+namespace {
+
+// The sync group, checked, and the replicas made equal before the anchors copy the parameters.
+std::shared_ptr<comm::Communicator> equal_replicas(shard::ShardedModel& model,
+                                                   std::shared_ptr<comm::Communicator> sync_group,
+                                                   const LocalSgdOptions& options) {
+  EDIT_CHECK(sync_group != nullptr, "Local SGD needs the sync group (mesh.sync_ptr())");
+  options.validate();
+  make_replicas_equal(model, *sync_group);
+  return sync_group;
+}
+
+}  // namespace
+
 PseudoGradientSync::PseudoGradientSync(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
                                        const LocalSgdOptions& options)
-    : model_(model), sync_(std::move(sync_group)), outer_(model, options.outer) {
-  EDIT_CHECK(sync_ != nullptr, "Local SGD needs the sync group (mesh.sync_ptr())");
-  options.validate();
+    : model_(model),
+      sync_(equal_replicas(model, std::move(sync_group), options)),
+      options_(options),
+      outer_(model, options.outer) {
   if (options.use_penalty) penalty_ = std::make_unique<PseudoGradPenalty>(options.penalty);
   slots_.resize(static_cast<size_t>(model.num_units()));
+  check_replicas();
+}
+
+void PseudoGradientSync::check_replicas() {
+  if (sync_->size() == 1) return;
+  // Sum, sum of |x| and sum of squares of this rank's anchor shards, in double, in a fixed order.
+  // Identical anchors give identical values; a relative 1e-6 allows a few ulps of float rounding
+  // per element (an MPI reduction need not give every rank the same last bit), while replicas that
+  // really drifted apart differ by far more.
+  double sum = 0.0, sum_abs = 0.0, sum_sq = 0.0;
+  for (int u = 0; u < model_.num_units(); ++u) {
+    const at::Tensor phi = outer_.anchor(u).to(at::kDouble);
+    sum += phi.sum().item<double>();
+    sum_abs += phi.abs().sum().item<double>();
+    sum_sq += phi.pow(2).sum().item<double>();
+  }
+  const auto all = sync_->all_gather_values({sum, sum_abs, sum_sq});
+  std::string differing;
+  double worst = 0.0;
+  for (int r = 1; r < sync_->size(); ++r) {
+    const double* mine = &all[3 * static_cast<size_t>(r)];
+    const double gap = std::max(std::abs(mine[0] - all[0]) / (all[1] + 1e-30), std::abs(mine[2] - all[2]) / (all[2] + 1e-30));
+    if (gap > 1e-6) {
+      differing += (differing.empty() ? "" : ", ") + std::to_string(r);
+      worst = std::max(worst, gap);
+    }
+  }
+  EDIT_CHECK(differing.empty(), "the replicas' anchors differ on ", sync_->name(), ": replica(s) ", differing,
+             " disagree with replica 0 (relative checksum gap ", worst, ") after ", syncs_,
+             " syncs; they no longer train one model. Causes: a rank that changed its parameters outside the "
+             "strategy, non-deterministic reductions, or a bug: restart from the last checkpoint");
+}
+
+void PseudoGradientSync::end_sync() {
+  ++syncs_;
+  if (options_.check_replicas_every > 0 && syncs_ % options_.check_replicas_every == 0) check_replicas();
+}
+
+void PseudoGradientSync::with_anchors(const std::function<void()>& fn) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> local;
+  for (int u = 0; u < model_.num_units(); ++u) {
+    EDIT_CHECK(!slots_[static_cast<size_t>(u)].begun, "the sync of unit ", u,
+               " is in flight; finish it before swapping the anchors in");
+    local.push_back(model_.unit(u).shard().clone());
+    outer_.reset_to_anchor(u);
+  }
+  // The local parameters come back even when fn throws.
+  struct Restore {
+    shard::ShardedModel& model;
+    std::vector<at::Tensor>& local;
+    ~Restore() {
+      at::NoGradGuard guard;
+      for (int u = 0; u < model.num_units(); ++u) model.unit(u).shard().copy_(local[static_cast<size_t>(u)]);
+    }
+  } restore{model_, local};
+  fn();
+}
+
+StateDict PseudoGradientSync::state_dict() {
+  StateDict state;
+  state.put("syncs", syncs_);
+  state.put("penalty.dropped_workers", dropped_workers_);
+  state.put("penalty.skipped_units", skipped_units_);
+  state.put("penalty.level_shifts", level_shifts_);
+  for (int u = 0; u < model_.num_units(); ++u) {
+    const std::string prefix = "unit" + std::to_string(u) + ".";
+    EDIT_CHECK(!slots_[static_cast<size_t>(u)].begun, "the sync of unit ", u, " is in flight; finish it before saving");
+    state.put(prefix + "anchor", outer_.mutable_anchor(u));
+    state.put(prefix + "momentum", outer_.mutable_momentum(u));
+    state.put(prefix + "skipped_in_a_row", static_cast<std::int64_t>(slots_[static_cast<size_t>(u)].skipped_in_a_row));
+    if (penalty_) {
+      const auto& d = penalty_->mutable_detector(u);
+      state.put(prefix + "penalty.mean", d.mean);
+      state.put(prefix + "penalty.var", d.var);
+      state.put(prefix + "penalty.observations", d.observations);
+      state.put(prefix + "penalty.syncs", d.syncs);
+    }
+  }
+  return state;
+}
+
+void PseudoGradientSync::load_state_dict(const StateDict& state) {
+  const std::string owner = "the Local SGD sync";
+  syncs_ = state.integer(owner, "syncs");
+  dropped_workers_ = state.integer(owner, "penalty.dropped_workers");
+  skipped_units_ = state.integer(owner, "penalty.skipped_units");
+  level_shifts_ = state.integer(owner, "penalty.level_shifts");
+  for (int u = 0; u < model_.num_units(); ++u) {
+    const std::string prefix = "unit" + std::to_string(u) + ".";
+    state.copy_into(owner, prefix + "anchor", outer_.mutable_anchor(u));
+    state.copy_into(owner, prefix + "momentum", outer_.mutable_momentum(u));
+    slots_[static_cast<size_t>(u)].skipped_in_a_row = static_cast<int>(state.integer(owner, prefix + "skipped_in_a_row"));
+    EDIT_CHECK(static_cast<bool>(penalty_) == state.has_scalar(prefix + "penalty.mean"), "the checkpoint was saved ",
+               penalty_ ? "without" : "with", " the pseudo-gradient penalty but this job runs ",
+               penalty_ ? "with" : "without", " it; resume with the same strategy options (--no-penalty)");
+    if (penalty_) {
+      auto& d = penalty_->mutable_detector(u);
+      d.mean = state.scalar(owner, prefix + "penalty.mean");
+      d.var = state.scalar(owner, prefix + "penalty.var");
+      d.observations = state.integer(owner, prefix + "penalty.observations");
+      d.syncs = state.integer(owner, prefix + "penalty.syncs");
+    }
+  }
 }
 
 double PseudoGradientSync::shard_group_sum(double local) {
@@ -55,12 +176,23 @@ void PseudoGradientSync::begin(int unit) {
     // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group.
     const double norm = std::sqrt(shard_group_sum(slot.delta.to(at::kDouble).pow(2).sum().item<double>()));
     slot.decision = penalty_->decide(unit, sync_->all_gather_values({norm}));
+    dropped_workers_ += slot.decision.dropped_count();
+    level_shifts_ += slot.decision.level_shift ? 1 : 0;
   } else {
     slot.decision = PenaltyDecision{std::vector<double>(static_cast<size_t>(workers), 1.0 / workers),
                                     std::vector<bool>(static_cast<size_t>(workers), false), false};
   }
   slot.begun = true;
-  if (slot.decision.skip) return;
+  if (slot.decision.skip) {
+    ++skipped_units_;
+    if (++slot.skipped_in_a_row == 2) {
+      spdlog::warn("unit {} ({}): outer update skipped at two syncs in a row, every worker's pseudo-gradient "
+                   "was NaN/Inf or anomalous; the model is not learning there. Lower --lr, or check the data",
+                   unit, model_.unit(unit).name());
+    }
+    return;
+  }
+  slot.skipped_in_a_row = 0;
   const double weight = slot.decision.weights.at(static_cast<size_t>(sync_->rank()));
   // A dropped worker sends zeros, not weight x delta: 0 x NaN would still be NaN.
   if (weight == 0.0) slot.delta.zero_();
@@ -96,6 +228,7 @@ void DiLoCo::after_step(std::int64_t step) {
   // Every unit's exchange in flight together, then the outer steps as they land.
   for (int u = 0; u < model_.num_units(); ++u) sync_.begin(u);
   for (int u = 0; u < model_.num_units(); ++u) sync_.finish(u);
+  sync_.end_sync();
   ++stats_.syncs;
   stats_.blocked_seconds += seconds_since(start);
 }
@@ -136,6 +269,7 @@ void EDiT::on_pre_gather(int unit) {
   done_[static_cast<size_t>(unit)] = true;
   if (std::all_of(done_.begin(), done_.end(), [](bool d) { return d; })) {
     pending_ = false;
+    sync_.end_sync();
     ++stats_.syncs;
   }
   stats_.blocked_seconds += seconds_since(start);
@@ -145,5 +279,45 @@ void EDiT::finish() {
   if (!pending_) return;
   for (int u = 0; u < model_.num_units(); ++u) on_pre_gather(u);
 }
+
+void EDiT::with_global_model(const std::function<void()>& fn) {
+  finish();
+  sync_.with_anchors(fn);
+}
+
+StateDict EDiT::state_dict() {
+  // A unit whose exchange is in flight (only mid-forward) completes first; the rest stay pending.
+  for (int u = 0; u < model_.num_units(); ++u) {
+    if (sync_.begun(u)) on_pre_gather(u);
+  }
+  StateDict state = sync_.state_dict();
+  state.put("edit.pending", static_cast<std::int64_t>(pending_));
+  for (int u = 0; u < model_.num_units(); ++u) {
+    state.put("edit.unit" + std::to_string(u) + ".done", static_cast<std::int64_t>(done_[static_cast<size_t>(u)]));
+  }
+  return state;
+}
+
+void EDiT::load_state_dict(const StateDict& state) {
+  sync_.load_state_dict(state);
+  pending_ = state.integer("EDiT", "edit.pending") != 0;
+  for (int u = 0; u < model_.num_units(); ++u) {
+    done_[static_cast<size_t>(u)] = state.integer("EDiT", "edit.unit" + std::to_string(u) + ".done") != 0;
+  }
+}
+
+namespace {
+
+SyncStats with_penalty_counts(SyncStats stats, const PseudoGradientSync& sync) {
+  stats.dropped_workers = sync.dropped_workers();
+  stats.skipped_units = sync.skipped_units();
+  stats.level_shifts = sync.level_shifts();
+  return stats;
+}
+
+}  // namespace
+
+SyncStats DiLoCo::stats() const { return with_penalty_counts(stats_, sync_); }
+SyncStats EDiT::stats() const { return with_penalty_counts(stats_, sync_); }
 
 }  // namespace edit::sync

@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "edit/core/check.h"
@@ -20,6 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'E', 'D', 'I', 'T', 'C', 'K', 'P', '1'};
+constexpr const char* kFormat = kCheckpointFormat;
 
 std::array<std::uint32_t, 256> make_crc_table() {
   std::array<std::uint32_t, 256> table{};
@@ -146,60 +149,15 @@ std::uint32_t crc32(const void* data, size_t size, std::uint32_t crc) {
   return ~crc;
 }
 
-RankState collect_state(shard::ShardedModel& model, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd,
-                        std::int64_t step) {
-  RankState state;
-  state.scalars["trainer.step"] = static_cast<double>(step);
-  for (int u = 0; u < model.num_units(); ++u) {
-    const std::string prefix = "unit" + std::to_string(u) + ".";
-    state.tensors.emplace_back(prefix + "shard", model.unit(u).shard());
-    if (adamw) {
-      state.tensors.emplace_back(prefix + "adamw.exp_avg", adamw->exp_avg(u));
-      state.tensors.emplace_back(prefix + "adamw.exp_avg_sq", adamw->exp_avg_sq(u));
-    }
-    if (local_sgd) {
-      state.tensors.emplace_back(prefix + "outer.anchor", local_sgd->outer().mutable_anchor(u));
-      state.tensors.emplace_back(prefix + "outer.momentum", local_sgd->outer().mutable_momentum(u));
-      if (auto* penalty = local_sgd->penalty()) {
-        const auto& d = penalty->mutable_detector(u);
-        state.scalars[prefix + "penalty.mean"] = d.mean;
-        state.scalars[prefix + "penalty.var"] = d.var;
-        state.scalars[prefix + "penalty.observations"] = static_cast<double>(d.observations);
-        state.scalars[prefix + "penalty.syncs"] = static_cast<double>(d.syncs);
-      }
-    }
-  }
-  if (adamw) state.scalars["adamw.steps"] = static_cast<double>(adamw->steps());
-  // The CPU generator's state: loading writes into this tensor, apply_scalars() installs it.
-  state.tensors.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
+StateDict CpuRngState::state_dict() {
+  StateDict state;
+  state.put("cpu", at::detail::getDefaultCPUGenerator().get_state());
   return state;
 }
 
-void apply_scalars(const RankState& state, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd) {
-  auto scalar = [&](const std::string& name) {
-    const auto it = state.scalars.find(name);
-    EDIT_CHECK(it != state.scalars.end(), "the checkpoint has no value '", name,
-               "'; it was saved with a different strategy or optimizer");
-    return it->second;
-  };
-  if (adamw) adamw->set_steps(static_cast<std::int64_t>(scalar("adamw.steps")));
-  if (local_sgd && local_sgd->penalty()) {
-    for (int u = 0;; ++u) {
-      const std::string prefix = "unit" + std::to_string(u) + ".";
-      if (!state.scalars.count(prefix + "penalty.mean")) break;
-      auto& d = local_sgd->penalty()->mutable_detector(u);
-      d.mean = scalar(prefix + "penalty.mean");
-      d.var = scalar(prefix + "penalty.var");
-      d.observations = static_cast<std::int64_t>(scalar(prefix + "penalty.observations"));
-      d.syncs = static_cast<std::int64_t>(scalar(prefix + "penalty.syncs"));
-    }
-  }
-  for (const auto& [name, tensor] : state.tensors) {
-    if (name == "rng.cpu") {
-      at::Generator generator = at::detail::getDefaultCPUGenerator();
-      generator.set_state(tensor);
-    }
-  }
+void CpuRngState::load_state_dict(const StateDict& state) {
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(state.tensor("the CPU random generator", "cpu"));
 }
 
 RankFile read_rank_file(const std::string& name, std::optional<std::uint64_t> expected_bytes,
@@ -248,7 +206,25 @@ Checkpointer::Checkpointer(comm::DeviceMesh& mesh, std::string root, int keep)
   EDIT_CHECK(keep_ >= 1, "keep at least one checkpoint (--keep-checkpoints >= 1), got ", keep_);
 }
 
-std::string Checkpointer::save(std::int64_t step, const RankState& state) {
+void Checkpointer::track(const std::string& name, Stateful& component) {
+  EDIT_CHECK(!name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+               return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+             }),
+             "checkpoint component name '", name, "' is not allowed; use letters, digits, '_', '-' and '.'");
+  for (const auto& [known, unused] : components_) {
+    EDIT_CHECK(known != name, "a checkpoint component named '", name, "' is tracked already; give each a unique name");
+  }
+  components_.emplace_back(name, &component);
+}
+
+std::string Checkpointer::save(std::int64_t step) {
+  EDIT_CHECK(!components_.empty(), "nothing to checkpoint: track() the model, optimizer and strategy first");
+  StateDict state;
+  for (const auto& [component, stateful] : components_) {
+    StateDict part = stateful->state_dict();
+    for (auto& [key, tensor] : part.tensors) state.put(component + "/" + key, std::move(tensor));
+    for (const auto& [key, value] : part.scalars) state.put(component + "/" + key, value);
+  }
   const fs::path root(root_);
   const fs::path final_dir = root / step_name(step);
   const fs::path tmp_dir = root / (step_name(step) + ".tmp");
@@ -281,8 +257,11 @@ std::string Checkpointer::save(std::int64_t step, const RankState& state) {
   // Sizes and checksums of every rank go into the manifest (doubles hold them exactly).
   const auto files = mesh_.world().all_gather_values({static_cast<double>(size), static_cast<double>(crc)});
   if (mesh_.rank() == 0) {
-    nlohmann::json manifest = {{"format", "edit-checkpoint-1"},
+    nlohmann::json names = nlohmann::json::array();
+    for (const auto& [component, unused] : components_) names.push_back(component);
+    nlohmann::json manifest = {{"format", kFormat},
                                {"step", step},
+                               {"components", names},
                                {"world_size", mesh_.world_size()},
                                {"shard_size", mesh_.shard_size()},
                                {"ranks", nlohmann::json::array()}};
@@ -316,7 +295,7 @@ std::optional<std::string> latest_checkpoint(const std::string& root) {
 
 std::optional<std::string> Checkpointer::latest() const { return latest_checkpoint(root_); }
 
-std::int64_t Checkpointer::load(const std::string& path, RankState& state) {
+std::int64_t Checkpointer::load(const std::string& path) {
   std::string dir = path;
   if (path == "auto") {
     const auto found = latest();
@@ -332,6 +311,9 @@ std::int64_t Checkpointer::load(const std::string& path, RankState& state) {
   } catch (const std::exception& e) {
     EDIT_FAIL(manifest_path.string(), " is not valid JSON (", e.what(), "); load an older checkpoint");
   }
+  EDIT_CHECK(manifest.value("format", std::string()) == kFormat, dir, " has format '",
+             manifest.value("format", std::string("?")), "' but this libedit reads '", kFormat,
+             "'; resume it with the libedit version that wrote it, or start a new run");
   EDIT_CHECK(manifest.value("world_size", -1) == mesh_.world_size() && manifest.value("shard_size", -1) == mesh_.shard_size(),
              dir, " was saved by ", manifest.value("world_size", -1), " ranks with shard size ",
              manifest.value("shard_size", -1), ", but this job has ", mesh_.world_size(), " ranks with shard size ",
@@ -341,24 +323,36 @@ std::int64_t Checkpointer::load(const std::string& path, RankState& state) {
   const std::string name = file.string();
   RankFile saved = read_rank_file(name, entry["bytes"].get<std::uint64_t>(), entry["crc32"].get<std::uint32_t>());
 
-  std::map<std::string, at::Tensor*> wanted;
-  for (auto& [key, tensor] : state.tensors) wanted[key] = &tensor;
-  for (const auto& [key, stored] : saved.tensors) {
-    const auto it = wanted.find(key);
-    EDIT_CHECK(it != wanted.end(), name, " holds '", key, "' which this job does not have; the model or strategy ",
-               "differs from the one that saved it");
-    at::Tensor& live = *it->second;
-    EDIT_CHECK(live.scalar_type() == stored.scalar_type() && live.sizes() == stored.sizes(), name, ": '", key, "' is ",
-               stored.scalar_type(), stored.sizes(), " but this job expects ", live.scalar_type(), live.sizes(),
-               "; resume with the same model configuration and mesh");
-    at::NoGradGuard no_grad;
-    live.copy_(stored);
-    wanted.erase(it);
+  // Every tracked component must have been saved, and the file must hold nothing else.
+  std::set<std::string> saved_components;
+  std::string saved_list;
+  for (const auto& component : manifest.value("components", nlohmann::json::array())) {
+    saved_components.insert(component.get<std::string>());
+    saved_list += (saved_list.empty() ? "" : ", ") + component.get<std::string>();
   }
-  std::string missing;
-  for (const auto& [key, unused] : wanted) missing += (missing.empty() ? "" : ", ") + key;
-  EDIT_CHECK(missing.empty(), name, " lacks ", missing, "; it was saved with a different model or strategy");
-  for (const auto& [key, value] : saved.scalars) state.scalars[key] = value;
+  for (const auto& [component, unused] : components_) {
+    EDIT_CHECK(saved_components.count(component), dir, " has no state for '", component,
+               "' (it holds: ", saved_list, "); it was saved by a program that did not track it");
+  }
+  std::map<std::string, StateDict> parts;
+  for (const auto& [component, unused] : components_) parts[component];
+  const auto owner_of = [&](const std::string& key) -> StateDict& {
+    const auto slash = key.find('/');
+    const std::string component = key.substr(0, slash);
+    const auto it = parts.find(component);
+    EDIT_CHECK(slash != std::string::npos && it != parts.end(), name, " holds '", key, "' of component '", component,
+               "', which this job does not track; the checkpoint was written by a different program or strategy");
+    return it->second;
+  };
+  for (auto& [key, tensor] : saved.tensors) owner_of(key).put(key.substr(key.find('/') + 1), std::move(tensor));
+  for (const auto& [key, value] : saved.scalars) owner_of(key).put(key.substr(key.find('/') + 1), value);
+  for (const auto& [component, stateful] : components_) {
+    try {
+      stateful->load_state_dict(parts[component]);
+    } catch (const Error& e) {
+      EDIT_FAIL("loading ", component, " from ", name, ": ", e.what());
+    }
+  }
   return manifest["step"].get<std::int64_t>();
 }
 

@@ -19,6 +19,9 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
   EDIT_CHECK(fs::exists(manifest_path), manifest_path.string(), " does not exist; pass a checkpoint folder "
              "(<out-dir>/checkpoints/step_XXXXXXXX)");
   const auto manifest = nlohmann::json::parse(std::ifstream(manifest_path));
+  EDIT_CHECK(manifest.value("format", std::string()) == kCheckpointFormat, checkpoint_dir, " has format '",
+             manifest.value("format", std::string("?")), "' but this libedit reads '", kCheckpointFormat,
+             "'; use the libedit version that wrote it");
   const int shard_size = manifest.at("shard_size").get<int>();
   // Replica 0 is world ranks 0..S-1; rank s holds slice s of every unit.
   std::vector<RankFile> files;
@@ -33,16 +36,19 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
     }
     return nullptr;
   };
+  // The keys edit-train-gpt's components save under: the model's shards ("model/") and the Local
+  // SGD anchors ("strategy/").
+  const auto shard_key = [](int unit) { return "model/unit" + std::to_string(unit) + ".shard"; };
+  const auto anchor_key = [](int unit) { return "strategy/unit" + std::to_string(unit) + ".anchor"; };
   at::NoGradGuard no_grad;
   std::unordered_set<const c10::TensorImpl*> seen;  // a tied weight is stored once, in its first unit
   int unit = 0;
   for (const auto& module : model.modules(/*include_self=*/false)) {
     if (!std::dynamic_pointer_cast<shard::UnitImpl>(module)) continue;
-    const std::string prefix = "unit" + std::to_string(unit) + ".";
-    const bool anchor = prefer_anchor && find(files[0], prefix + "outer.anchor") != nullptr;
+    const bool anchor = prefer_anchor && find(files[0], anchor_key(unit)) != nullptr;
     std::vector<at::Tensor> slices;
     for (const auto& file : files) {
-      const at::Tensor* slice = find(file, prefix + (anchor ? "outer.anchor" : "shard"));
+      const at::Tensor* slice = find(file, anchor ? anchor_key(unit) : shard_key(unit));
       EDIT_CHECK(slice != nullptr, checkpoint_dir, " has no weights for unit ", unit,
                  "; the model has more units than the one that was trained (check the model configuration)");
       slices.push_back(*slice);
@@ -61,7 +67,7 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
     ++unit;
   }
   for (const auto& file : files) {
-    EDIT_CHECK(find(file, "unit" + std::to_string(unit) + ".shard") == nullptr, checkpoint_dir,
+    EDIT_CHECK(find(file, shard_key(unit)) == nullptr, checkpoint_dir,
                " has more units than the model (", unit, "); check the model configuration");
   }
 }

@@ -21,10 +21,40 @@ Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::Flat
   EDIT_CHECK(options_.clip_norm >= 0, "clip norm must be >= 0 (0 turns clipping off), got ", options_.clip_norm);
   options_.schedule.validate();
   if (!options_.metrics_path.empty() && mesh_.rank() == 0) {
-    metrics_ = std::make_unique<std::ofstream>(options_.metrics_path, std::ios::app);
-    EDIT_CHECK(metrics_->good(), "cannot open the metrics file ", options_.metrics_path,
+    // Fail now, not at the first step, when the file cannot be written.
+    std::ofstream probe(options_.metrics_path, std::ios::app);
+    EDIT_CHECK(probe.good(), "cannot open the metrics file ", options_.metrics_path,
                "; check that its folder exists and is writable");
   }
+}
+
+StateDict Trainer::state_dict() {
+  StateDict state;
+  state.put("step", step_);
+  return state;
+}
+
+void Trainer::load_state_dict(const StateDict& state) { set_step(state.integer("the trainer", "step")); }
+
+void Trainer::open_metrics() {
+  // Lines of steps at or after the one this process starts with were written by a run that
+  // stopped later than its last checkpoint: this run writes them anew.
+  std::vector<std::string> kept;
+  {
+    std::ifstream in(options_.metrics_path);
+    for (std::string line; std::getline(in, line);) {
+      const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      // A torn last line (killed mid-write) or foreign text is dropped as well.
+      if (parsed.is_object() && parsed.contains("step") && parsed["step"].is_number_integer() &&
+          parsed["step"].get<std::int64_t>() < step_) {
+        kept.push_back(line);
+      }
+    }
+  }
+  metrics_ = std::make_unique<std::ofstream>(options_.metrics_path, std::ios::trunc);
+  for (const auto& line : kept) *metrics_ << line << '\n';
+  EDIT_CHECK(metrics_->good(), "cannot write the metrics file ", options_.metrics_path,
+             "; check that its folder is writable and the disk is not full");
 }
 
 StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
@@ -32,7 +62,11 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   const auto start = Clock::now();
   const auto shard_before = mesh_.shard().stats();
   const auto sync_before = mesh_.sync().stats();
-  const double blocked_before = strategy_.stats().blocked_seconds;
+  const sync::SyncStats sync_stats_before = strategy_.stats();
+  if (run_steps_ == 0) {  // counters restored from a checkpoint are not news
+    logged_dropped_ = sync_stats_before.dropped_workers;
+    logged_skipped_ = sync_stats_before.skipped_units;
+  }
 
   StepMetrics metrics;
   metrics.step = step_;
@@ -58,7 +92,11 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   metrics.tokens_per_s = static_cast<double>(tokens) * mesh_.world_size() / metrics.seconds;
   metrics.bytes_shard = mesh_.shard().stats().bytes_sent - shard_before.bytes_sent;
   metrics.bytes_sync = mesh_.sync().stats().bytes_sent - sync_before.bytes_sent;
-  metrics.sync_wait_s = strategy_.stats().blocked_seconds - blocked_before;
+  const sync::SyncStats sync_stats = strategy_.stats();
+  metrics.sync_wait_s = sync_stats.blocked_seconds - sync_stats_before.blocked_seconds;
+  metrics.dropped_workers = sync_stats.dropped_workers - sync_stats_before.dropped_workers;
+  metrics.skipped_units = sync_stats.skipped_units - sync_stats_before.skipped_units;
+  metrics.level_shifts = sync_stats.level_shifts - sync_stats_before.level_shifts;
   const bool log_step = options_.log_every > 0 && (step_ % options_.log_every == 0 || step_ + 1 == options_.steps);
   if (log_step) {
     double total = 0.0;
@@ -68,10 +106,19 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
       // Time to go from the mean step time of this run so far.
       const double mean_step = run_seconds_ / static_cast<double>(run_steps_);
       const double remaining = mean_step * static_cast<double>(std::max<std::int64_t>(0, options_.steps - step_ - 1));
-      spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms | {:.0f} s to go", step_,
-                   options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s,
-                   remaining);
+      // Penalty drops and skips since the last line: a unit skipped again and again means a part
+      // of the model has stopped learning.
+      std::string penalty;
+      if (sync_stats.dropped_workers != logged_dropped_ || sync_stats.skipped_units != logged_skipped_) {
+        penalty = fmt::format(" | dropped {} skipped {}", sync_stats.dropped_workers - logged_dropped_,
+                              sync_stats.skipped_units - logged_skipped_);
+      }
+      spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{} | {:.0f} s to go",
+                   step_, options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s,
+                   1e3 * metrics.sync_wait_s, penalty, remaining);
     }
+    logged_dropped_ = sync_stats.dropped_workers;
+    logged_skipped_ = sync_stats.skipped_units;
   }
   write_metrics(metrics);
   ++step_;
@@ -86,7 +133,8 @@ StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {
 }
 
 void Trainer::write_metrics(const StepMetrics& m) {
-  if (!metrics_) return;
+  if (options_.metrics_path.empty() || mesh_.rank() != 0) return;
+  if (!metrics_) open_metrics();
   nlohmann::json line = {{"step", m.step},
                          {"loss", m.loss},
                          {"lr", m.lr},
@@ -96,6 +144,9 @@ void Trainer::write_metrics(const StepMetrics& m) {
                          {"bytes_shard", m.bytes_shard},
                          {"bytes_sync", m.bytes_sync},
                          {"sync_wait_s", m.sync_wait_s},
+                         {"dropped_workers", m.dropped_workers},
+                         {"skipped_units", m.skipped_units},
+                         {"level_shifts", m.level_shifts},
                          {"strategy", strategy_.name()}};
   if (std::isfinite(m.loss_world)) line["loss_world"] = m.loss_world;
   *metrics_ << line.dump() << '\n';

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "edit/comm/device_mesh.h"
+#include "edit/core/check.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/shard/sharded_model.h"
 #include "edit/sync/local_sgd.h"
@@ -33,8 +34,8 @@ struct Worker {
   std::unique_ptr<edit::shard::FlatOptimizer> inner;
   std::unique_ptr<edit::sync::SyncStrategy> strategy;
 
-  explicit Worker(edit::comm::DeviceMesh& mesh) {
-    at::manual_seed(0);
+  explicit Worker(edit::comm::DeviceMesh& mesh, int seed = 0) {
+    at::manual_seed(static_cast<std::uint64_t>(seed));
     module = std::make_shared<TinyTransformer>(config);
     model = std::make_unique<ShardedModel>(module, mesh.shard_ptr());
   }
@@ -96,6 +97,72 @@ TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
   EXPECT_EQ(edit->stats().syncs, 4);
   const double difference = (bulk.flat_params() - layerwise.flat_params()).abs().max().item<double>();
   EXPECT_LT(difference, 1e-5);
+}
+
+// A checksum of this rank's anchors (or parameters), the same on every replica when they agree.
+double sum_of(const std::vector<at::Tensor>& parts) {
+  double total = 0.0;
+  for (const auto& t : parts) total += t.to(at::kDouble).sum().item<double>() + t.to(at::kDouble).pow(2).sum().item<double>();
+  return total;
+}
+
+std::vector<double> per_replica(edit::comm::DeviceMesh& mesh, double mine) { return mesh.sync().all_gather_values({mine}); }
+
+// Ranks that build their model from different seeds train one model once a strategy is built.
+TEST(LocalSgd, ReplicasSeededDifferentlyStartAndStayEqual) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  for (const std::string kind : {"ddp", "diloco", "edit"}) {
+    Worker worker(mesh, 100 + mesh.rank());  // every rank its own initial weights
+    std::vector<at::Tensor> before;
+    for (int u = 0; u < worker.model->num_units(); ++u) before.push_back(worker.model->unit(u).shard().clone());
+    ASSERT_NE(per_replica(mesh, sum_of(before)).front(), per_replica(mesh, sum_of(before)).back())
+        << "the seeds should have given the replicas different weights";
+    worker.inner = std::make_unique<edit::shard::FlatAdamW>(*worker.model, edit::shard::AdamWOptions{1e-2});
+    LocalSgdOptions options = edit::sync::EDiT::default_options();
+    options.sync_every = 2;
+    options.check_replicas_every = 1;
+    if (kind == "ddp") worker.strategy = std::make_unique<edit::sync::Ddp>(*worker.model, mesh.sync_ptr());
+    if (kind == "diloco") worker.strategy = std::make_unique<edit::sync::DiLoCo>(*worker.model, mesh.sync_ptr(), options);
+    if (kind == "edit") worker.strategy = std::make_unique<edit::sync::EDiT>(*worker.model, mesh.sync_ptr(), options);
+    // Replica 0's weights everywhere, before any step.
+    std::vector<at::Tensor> start;
+    for (int u = 0; u < worker.model->num_units(); ++u) start.push_back(worker.model->unit(u).shard());
+    const auto start_sums = per_replica(mesh, sum_of(start));
+    for (double other : start_sums) EXPECT_EQ(other, start_sums.front()) << kind;
+    if (mesh.sync().rank() == 0) {
+      EXPECT_EQ(sum_of(start), sum_of(before)) << kind << ": replica 0 keeps its own weights";
+    }
+    for (int s = 0; s < 6; ++s) worker.step(mesh, s);
+    worker.strategy->finish();
+    std::vector<at::Tensor> end;
+    for (int u = 0; u < worker.model->num_units(); ++u) {
+      if (kind == "ddp") {
+        end.push_back(worker.model->unit(u).shard());
+      } else if (kind == "diloco") {
+        end.push_back(static_cast<edit::sync::DiLoCo&>(*worker.strategy).core().outer().anchor(u));
+      } else {
+        end.push_back(static_cast<edit::sync::EDiT&>(*worker.strategy).core().outer().anchor(u));
+      }
+    }
+    const auto end_sums = per_replica(mesh, sum_of(end));
+    for (double other : end_sums) EXPECT_EQ(other, end_sums.front()) << kind;
+  }
+}
+
+TEST(LocalSgd, ReplicaCheckNamesTheReplicaThatDrifted) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker worker(mesh);
+  LocalSgdOptions options;
+  options.sync_every = 2;
+  auto diloco = std::make_unique<edit::sync::DiLoCo>(*worker.model, mesh.sync_ptr(), options);
+  diloco->core().check_replicas();  // equal: no error
+  if (mesh.sync().rank() == 1) diloco->core().outer().mutable_anchor(0).add_(1e-3);
+  try {
+    diloco->core().check_replicas();
+    ADD_FAILURE() << "a drifted replica went unnoticed";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("replica(s) 1 disagree with replica 0"), std::string::npos) << e.what();
+  }
 }
 
 // Trains R workers a few normal syncs, then worker 1 blows up (params x 100, or a NaN) right

@@ -79,7 +79,8 @@ TEST(Penalty, WarmupEwmaZScoreAndSoftmaxWeightsByHand) {
   // Sync 2 (still warm-up): x=2 twice -> mean 2, var 0.25 then 0.125.
   penalty.decide(0, {2.0, 2.0});
   EXPECT_DOUBLE_EQ(penalty.detector(0).var, 0.125);
-  // Sync 3: z(10) = 8 / sqrt(0.125) = 22.6 > 3: dropped; the other keeps all the weight.
+  // Sync 3: 4 observations, bias-corrected variance 0.125 / (1 - 0.5^3) = 0.1429;
+  // z(10) = 8 / sqrt(0.1429) = 21.2 > 3: dropped; the other keeps all the weight.
   d = penalty.decide(0, {2.0, 10.0});
   EXPECT_FALSE(d.dropped[0]);
   EXPECT_TRUE(d.dropped[1]);
@@ -100,6 +101,95 @@ TEST(Penalty, NonFiniteNormsAreAlwaysDroppedAndAllDroppedSkips) {
   EXPECT_DOUBLE_EQ(d.weights[2], 0.5);
   d = penalty.decide(0, {INFINITY, NAN});
   EXPECT_TRUE(d.skip);
+}
+
+// An LR warm-up over 10 syncs, then a constant LR: the common norm level of every worker rises
+// 10x and then holds. A detector fed only with kept workers froze here (every later sync skipped).
+TEST(Penalty, RisingCommonNormNeverLeavesAUnitSkipped) {
+  PseudoGradPenalty penalty;  // the defaults: z 3, alpha 0.02, warm-up 3
+  int skips = 0, drops = 0;
+  for (int sync = 1; sync <= 60; ++sync) {
+    const double level = 0.1 * std::min(sync, 10);
+    // Workers differ by a few percent, as with different data per rank.
+    const std::vector<double> norms = {level * (1.0 + 0.02 * (sync % 3)), level * (1.0 - 0.01 * (sync % 5))};
+    const auto d = penalty.decide(0, norms);
+    skips += d.skip;
+    drops += d.dropped_count();
+    EXPECT_FALSE(d.skip) << "sync " << sync;
+    if (sync > 30) {  // long after the rise the detector has caught up: ordinary z-tests pass
+      EXPECT_FALSE(d.level_shift) << "sync " << sync;
+    }
+  }
+  EXPECT_EQ(skips, 0);
+  EXPECT_EQ(drops, 0);
+  // The detector follows the level (an EWMA with alpha 0.02 lags it by a few percent here).
+  EXPECT_GT(penalty.detector(0).mean, 0.85);
+}
+
+TEST(Penalty, ATenfoldSpikeOfOneWorkerIsDroppedWhileTheOthersGoThrough) {
+  PseudoGradPenalty penalty;
+  for (int sync = 0; sync < 20; ++sync) {
+    const auto d = penalty.decide(0, {1.0 + 0.01 * (sync % 4), 1.02 - 0.01 * (sync % 3), 0.99, 1.01 + 0.01 * (sync % 2)});
+    ASSERT_EQ(d.dropped_count(), 0) << "sync " << sync;
+  }
+  const auto d = penalty.decide(0, {1.0, 1.01, 10.0, 0.98});
+  EXPECT_FALSE(d.skip);
+  EXPECT_FALSE(d.level_shift);
+  EXPECT_EQ(d.dropped, (std::vector<bool>{false, false, true, false}));
+  EXPECT_DOUBLE_EQ(d.weights[2], 0.0);
+  EXPECT_NEAR(d.weights[0] + d.weights[1] + d.weights[3], 1.0, 1e-12);
+  // The dropped norm did not move the detector (mean stays near 1): the next spike is dropped too.
+  EXPECT_LT(penalty.detector(0).mean, 1.05);
+  EXPECT_TRUE(penalty.decide(0, {1.0, 1.0, 1.0, 10.0}).dropped[3]);
+}
+
+TEST(Penalty, ASpikeDuringALevelShiftIsStillDropped) {
+  PenaltyOptions options;
+  options.warmup_syncs = 1;
+  PseudoGradPenalty penalty(options);
+  penalty.decide(0, {0.1, 0.1});
+  // The level jumped 4x (both fail the z-test) and worker 1 spiked another 10x on top.
+  const auto d = penalty.decide(0, {0.4, 4.0});
+  EXPECT_TRUE(d.level_shift);
+  EXPECT_EQ(d.dropped, (std::vector<bool>{false, true}));
+  EXPECT_DOUBLE_EQ(d.weights[0], 1.0);
+}
+
+TEST(Penalty, WarmupOfZeroSyncsIsRefused) {
+  PenaltyOptions options;
+  options.warmup_syncs = 0;
+  try {
+    PseudoGradPenalty penalty(options);
+    FAIL() << "no error";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--penalty-warmup >= 1"), std::string::npos) << e.what();
+  }
+}
+
+// A unit whose aggregate pseudo-gradient exceeds the clip norm moves by exactly clip / ||Delta||
+// of it: one worker, plain averaging (lr 1, momentum 0), so phi_new = phi - scale * Delta.
+TEST(Penalty, ClipScalesTheAggregateOfAUnit) {
+  OuterFixture f;  // one unit: Linear(1, 1), weight and bias = 1
+  edit::sync::LocalSgdOptions options;
+  options.use_penalty = true;
+  options.outer.method = OuterMethod::kAverage;
+  options.penalty.clip_norm = 1.0;
+  edit::sync::PseudoGradientSync sync(f.model, std::make_shared<LoopbackCommunicator>(), options);
+  // theta = (4, -2): Delta = phi - theta = (-3, 3), ||Delta|| = 3 sqrt(2) = 4.243 > 1.
+  f.model.unit(0).shard().copy_(at::tensor({4.0f, -2.0f}));
+  sync.begin(0);
+  sync.finish(0);
+  const double scale = 1.0 / (3.0 * std::sqrt(2.0) + 1e-6);
+  EXPECT_NEAR(sync.outer().anchor(0)[0].item<double>(), 1.0 + 3.0 * scale, 1e-6);
+  EXPECT_NEAR(sync.outer().anchor(0)[1].item<double>(), 1.0 - 3.0 * scale, 1e-6);
+  // Below the clip norm nothing is scaled: theta = (1.3, 1.4), Delta = phi - theta.
+  const at::Tensor phi = sync.outer().anchor(0).clone();
+  f.model.unit(0).shard().copy_(phi + at::tensor({0.3f, 0.4f}));
+  sync.begin(0);
+  sync.finish(0);
+  EXPECT_NEAR(sync.outer().anchor(0)[0].item<double>(), phi[0].item<double>() + 0.3, 1e-6);
+  EXPECT_NEAR(sync.outer().anchor(0)[1].item<double>(), phi[1].item<double>() + 0.4, 1e-6);
+  EXPECT_EQ(sync.skipped_units(), 0);
 }
 
 TEST(Penalty, ClipScale) {

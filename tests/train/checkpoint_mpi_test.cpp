@@ -1,7 +1,10 @@
 // Checkpoints on real ranks: an interrupted and resumed EDiT run follows the uninterrupted one
-// exactly; damaged files, unfinished saves and a different mesh are reported, never loaded.
+// exactly, also when it was saved with a layer-wise sync still pending; damaged files, unfinished
+// saves, a different mesh and a missing component are reported, never loaded.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -39,6 +42,7 @@ struct TrainingRun {
   std::unique_ptr<edit::shard::FlatAdamW> adamw;
   std::unique_ptr<edit::sync::EDiT> strategy;
   std::unique_ptr<edit::train::Trainer> trainer;
+  edit::train::CpuRngState rng;
 
   explicit TrainingRun(edit::comm::DeviceMesh& mesh, int seed) {
     at::manual_seed(seed);  // a resumed run must not depend on its own initialisation
@@ -62,8 +66,12 @@ struct TrainingRun {
     };
     return trainer->step(batch, [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); }).loss;
   }
-  edit::train::RankState state() {
-    return edit::train::collect_state(*model, adamw.get(), &strategy->core(), trainer->current_step());
+  void track(edit::train::Checkpointer& checkpointer) {
+    checkpointer.track("model", *model);
+    checkpointer.track("inner", *adamw);
+    checkpointer.track("strategy", *strategy);
+    checkpointer.track("rng", rng);
+    checkpointer.track("trainer", *trainer);
   }
 };
 
@@ -78,17 +86,49 @@ TEST(Checkpoint, ResumedEditRunFollowsTheUninterruptedOne) {
   {
     TrainingRun first_half(mesh, 0);
     for (int s = 0; s < 4; ++s) first_half.step(mesh);
-    first_half.strategy->finish();  // the sync requested at step 3 goes into the checkpoint
-    edit::train::Checkpointer(mesh, root).save(4, first_half.state());
+    // The sync requested at step 3 runs inside step 4's forward: it is saved as pending.
+    ASSERT_TRUE(first_half.strategy->sync_pending());
+    edit::train::Checkpointer checkpointer(mesh, root);
+    first_half.track(checkpointer);
+    checkpointer.save(4);
+    ASSERT_TRUE(first_half.strategy->sync_pending()) << "saving must not complete the sync";
   }
   TrainingRun resumed(mesh, 1234);
   edit::train::Checkpointer checkpointer(mesh, root);
-  auto state = resumed.state();
-  const auto step = checkpointer.load("auto", state);
-  edit::train::apply_scalars(state, resumed.adamw.get(), &resumed.strategy->core());
-  ASSERT_EQ(step, 4);
-  resumed.trainer->set_step(step);
+  resumed.track(checkpointer);
+  ASSERT_EQ(checkpointer.load("auto"), 4);
+  EXPECT_EQ(resumed.trainer->current_step(), 4);
+  EXPECT_TRUE(resumed.strategy->sync_pending());
   for (int s = 4; s < 8; ++s) EXPECT_NEAR(resumed.step(mesh), straight[static_cast<size_t>(s)], 1e-9) << "step " << s;
+}
+
+TEST(Checkpoint, ALostPendingSyncChangesTheRun) {
+  // The converse of the test above, to show it can fail: a run resumed from a checkpoint whose
+  // pending sync was dropped (the anchors of step 4, but no sync pending) leaves the straight path.
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
+  const std::string root = fresh_root(mesh, "ckpt_lost");
+  std::vector<double> straight;
+  {
+    TrainingRun run(mesh, 0);
+    for (int s = 0; s < 8; ++s) straight.push_back(run.step(mesh));
+  }
+  {
+    TrainingRun first_half(mesh, 0);
+    for (int s = 0; s < 4; ++s) first_half.step(mesh);
+    edit::train::Checkpointer checkpointer(mesh, root);
+    first_half.track(checkpointer);
+    checkpointer.save(4);
+  }
+  TrainingRun resumed(mesh, 0);
+  edit::train::Checkpointer checkpointer(mesh, root);
+  resumed.track(checkpointer);
+  checkpointer.load("auto");
+  auto dropped = resumed.strategy->state_dict();
+  dropped.put("edit.pending", std::int64_t{0});
+  resumed.strategy->load_state_dict(dropped);
+  double largest = 0.0;
+  for (int s = 4; s < 8; ++s) largest = std::max(largest, std::abs(resumed.step(mesh) - straight[static_cast<size_t>(s)]));
+  EXPECT_GT(largest, 1e-4);
 }
 
 TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
@@ -96,7 +136,8 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
   const std::string root = fresh_root(mesh, "ckpt_damage");
   TrainingRun run(mesh, 0);
   edit::train::Checkpointer checkpointer(mesh, root, /*keep=*/2);
-  for (int s = 1; s <= 3; ++s) checkpointer.save(s, run.state());
+  run.track(checkpointer);
+  for (int s = 1; s <= 3; ++s) checkpointer.save(s);
   // keep = 2: step 1 is gone; an unfinished save (a .tmp folder) is never "latest".
   if (mesh.rank() == 0) fs::create_directories(fs::path(root) / "step_00000009.tmp");
   mesh.world().barrier()->wait();
@@ -105,9 +146,8 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
   EXPECT_EQ(fs::path(*checkpointer.latest()).filename(), "step_00000003");
 
   const auto message_of = [&](const std::string& path) {
-    auto state = run.state();
     try {
-      checkpointer.load(path, state);
+      checkpointer.load(path);
     } catch (const edit::Error& e) {
       return std::string(e.what());
     }
@@ -136,6 +176,19 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
   EXPECT_EQ(message_of((fs::path(root) / "step_00000002").string()), "<loaded>");
   EXPECT_NE(message_of((fs::path(root) / "step_00000009.tmp").string()).find("not a complete checkpoint"),
             std::string::npos);
+  // A job that tracks a component the checkpoint does not have.
+  {
+    edit::train::CpuRngState extra;
+    edit::train::Checkpointer wider(mesh, root);
+    run.track(wider);
+    wider.track("extra", extra);
+    try {
+      wider.load((fs::path(root) / "step_00000002").string());
+      ADD_FAILURE() << "loaded a checkpoint without the component 'extra'";
+    } catch (const edit::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("has no state for 'extra'"), std::string::npos) << e.what();
+    }
+  }
   // A checkpoint from another mesh.
   mesh.world().barrier()->wait();
   if (mesh.rank() == 0) {

@@ -37,7 +37,10 @@ TEST(Export, ShardedCheckpointBecomesOneSafetensorsFile) {
     model.backward(module->loss(data.narrow(1, 0, 16), data.narrow(1, 1, 16)));
     adamw.step();
   }
-  const std::string dir = edit::train::Checkpointer(mesh, root).save(2, edit::train::collect_state(model, &adamw, nullptr, 2));
+  edit::train::Checkpointer checkpointer(mesh, root);
+  checkpointer.track("model", model);
+  checkpointer.track("inner", adamw);
+  const std::string dir = checkpointer.save(2);
   const auto full = model.gather_full_parameters();
   if (mesh.rank() != 0) return;
 

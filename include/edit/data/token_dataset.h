@@ -23,6 +23,8 @@
 #include <utility>
 #include <vector>
 
+#include "edit/core/state.h"
+
 namespace edit::data {
 
 struct TokenDatasetOptions {
@@ -50,7 +52,8 @@ struct TokenBatch {
   at::Tensor targets;  // (batch, seq) kLong: inputs shifted left by one token
 };
 
-class TokenDataset {
+// Stateful: the cursor ("epoch", "position").
+class TokenDataset : public Stateful {
  public:
   // `patterns`: file paths or glob(3) patterns; a pattern that matches nothing is an error.
   TokenDataset(const std::vector<std::string>& patterns, TokenDatasetOptions options);
@@ -64,6 +67,8 @@ class TokenDataset {
   Cursor cursor() const { return cursor_; }
   // Resumes at `cursor` (from cursor() of a dataset with the same files, options and rank).
   void set_cursor(const Cursor& cursor);
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
 
   const TokenDatasetOptions& options() const { return options_; }
   const std::vector<std::string>& files() const { return files_; }

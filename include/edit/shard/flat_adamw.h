@@ -25,7 +25,7 @@ struct AdamWOptions {
 };
 
 // An inner optimizer that steps on a ShardedModel's flat shards from their grad_shard().
-class FlatOptimizer {
+class FlatOptimizer : public Stateful {
  public:
   virtual ~FlatOptimizer() = default;
   virtual void step() = 0;
@@ -41,6 +41,8 @@ class FlatSgd : public FlatOptimizer {
   void step() override;
   void set_lr(double lr) override { lr_ = lr; }
   double lr() const override { return lr_; }
+  StateDict state_dict() override { return {}; }  // stateless
+  void load_state_dict(const StateDict& /*state*/) override {}
 
  private:
   ShardedModel& model_;
@@ -65,6 +67,9 @@ class FlatAdamW : public FlatOptimizer {
   at::Tensor& exp_avg(int unit) { return exp_avg_.at(static_cast<size_t>(unit)); }
   at::Tensor& exp_avg_sq(int unit) { return exp_avg_sq_.at(static_cast<size_t>(unit)); }
   void set_steps(std::int64_t steps) { steps_ = steps; }
+  // Stateful: the step count and both moments of every unit shard.
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
 
  private:
   ShardedModel& model_;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "edit/comm/communicator.h"
+#include "edit/core/state.h"
 #include "edit/shard/unit.h"
 
 namespace edit::shard {
@@ -101,7 +102,7 @@ struct ShardMemory {
   std::int64_t model_param_bytes = 0;        // the unsharded model, for comparison
 };
 
-class ShardedModel : public UnitListener {
+class ShardedModel : public UnitListener, public Stateful {
  public:
   using Hook = std::function<void(int unit)>;
 
@@ -142,6 +143,10 @@ class ShardedModel : public UnitListener {
   void reset_peak_memory();
   const std::vector<std::string>& trace() const { return trace_; }
   void clear_trace() { trace_.clear(); }
+
+  // Stateful: this rank's parameter shard of every unit ("unit<i>.shard").
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
 
   // UnitListener (called by Unit::forward).
   void before_unit_forward(int unit, const at::Tensor& input) override;

@@ -6,6 +6,7 @@
 // clipped (penalty), the OuterOptimizer moves the anchor phi, and every worker restarts from it.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -20,6 +21,9 @@ struct LocalSgdOptions {
   OuterOptions outer;          // Nesterov, lr 0.7, momentum 0.9
   bool use_penalty = false;    // PseudoGradPenalty (DiLoCo: off; EDiT turns it on)
   PenaltyOptions penalty;
+  // Compare a checksum of every replica's anchors every N syncs (0: only when the strategy is
+  // built): a guard against replicas drifting apart silently, e.g. from non-deterministic kernels.
+  int check_replicas_every = 0;
 
   void validate() const;
 };
@@ -28,7 +32,10 @@ struct LocalSgdOptions {
 // weights and issues the weighted all_reduce; finish() waits for it, clips, steps the outer
 // optimizer and resets the worker to the new anchor. Units are independent, so callers choose
 // the order and how many are in flight.
-class PseudoGradientSync {
+//
+// Building one makes the replicas equal (replica 0's parameters, make_replicas_equal) and checks
+// that every replica's anchors agree. Stateful: anchors, outer momenta, penalty detectors.
+class PseudoGradientSync : public Stateful {
  public:
   PseudoGradientSync(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
                      const LocalSgdOptions& options);
@@ -36,6 +43,23 @@ class PseudoGradientSync {
   void begin(int unit);
   void finish(int unit);
   bool begun(int unit) const { return slots_.at(static_cast<size_t>(unit)).begun; }
+  // Call once all units of a sync are finished: counts it, and checks the replicas every
+  // check_replicas_every syncs.
+  void end_sync();
+  // Collective over the sync group: throws naming the replicas whose anchors differ from replica
+  // 0's (beyond float rounding of the sum).
+  void check_replicas();
+  // Runs fn with the anchors in place of the local parameters, then puts those back.
+  void with_anchors(const std::function<void()>& fn);
+
+  // Penalty counters, summed over units and syncs.
+  std::int64_t dropped_workers() const { return dropped_workers_; }
+  std::int64_t skipped_units() const { return skipped_units_; }
+  std::int64_t level_shifts() const { return level_shifts_; }
+  std::int64_t syncs() const { return syncs_; }
+
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
 
   OuterOptimizer& outer() { return outer_; }
   PseudoGradPenalty* penalty() { return penalty_.get(); }
@@ -52,12 +76,18 @@ class PseudoGradientSync {
     comm::WorkPtr work;
     PenaltyDecision decision;
     bool begun = false;
+    int skipped_in_a_row = 0;
   };
   shard::ShardedModel& model_;
   std::shared_ptr<comm::Communicator> sync_;
+  LocalSgdOptions options_;
   OuterOptimizer outer_;
   std::unique_ptr<PseudoGradPenalty> penalty_;
   std::vector<Slot> slots_;
+  std::int64_t syncs_ = 0;
+  std::int64_t dropped_workers_ = 0;
+  std::int64_t skipped_units_ = 0;
+  std::int64_t level_shifts_ = 0;
 };
 
 class DiLoCo : public SyncStrategy {
@@ -65,6 +95,10 @@ class DiLoCo : public SyncStrategy {
   DiLoCo(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group, LocalSgdOptions options);
   std::string name() const override { return "diloco"; }
   void after_step(std::int64_t step) override;
+  SyncStats stats() const override;
+  void with_global_model(const std::function<void()>& fn) override { sync_.with_anchors(fn); }
+  StateDict state_dict() override { return sync_.state_dict(); }
+  void load_state_dict(const StateDict& state) override { sync_.load_state_dict(state); }
   PseudoGradientSync& core() { return sync_; }
 
  private:
@@ -85,6 +119,12 @@ class EDiT : public SyncStrategy {
   std::string name() const override { return "edit"; }
   void after_step(std::int64_t step) override;
   void finish() override;
+  SyncStats stats() const override;
+  void with_global_model(const std::function<void()>& fn) override;
+  // A sync in flight is saved as pending (with the units already done), not completed, so a
+  // resumed run takes exactly the path of an uninterrupted one.
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
   bool sync_pending() const { return pending_; }
   PseudoGradientSync& core() { return sync_; }
 

@@ -6,10 +6,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "edit/comm/communicator.h"
+#include "edit/core/state.h"
 #include "edit/shard/sharded_model.h"
 
 namespace edit::sync {
@@ -17,9 +19,20 @@ namespace edit::sync {
 struct SyncStats {
   std::int64_t syncs = 0;         // outer syncs (or gradient reductions for Ddp) completed
   double blocked_seconds = 0.0;   // time the training thread spent inside the strategy
+  // Pseudo-gradient penalty, summed over units and syncs (Local SGD with the penalty only):
+  std::int64_t dropped_workers = 0;  // (unit, worker) pairs left out of an average
+  std::int64_t skipped_units = 0;    // unit syncs whose outer update was skipped (no worker left)
+  std::int64_t level_shifts = 0;     // unit syncs where every finite worker failed the z-test
 };
 
-class SyncStrategy {
+// Makes every replica hold replica 0's parameters: broadcasts each unit's shard over the sync
+// group (collective over it). Strategies call it when they are built, so replicas start equal
+// even when ranks built their models from different seeds.
+void make_replicas_equal(shard::ShardedModel& model, comm::Communicator& sync_group);
+
+// Stateful: the default has no state (NoSync, Ddp); Local SGD strategies save their anchors,
+// outer momenta, penalty detectors and a sync in flight.
+class SyncStrategy : public Stateful {
  public:
   virtual ~SyncStrategy() = default;
   virtual std::string name() const = 0;
@@ -30,6 +43,13 @@ class SyncStrategy {
   // Complete whatever is pending (e.g. a layer-wise sync waiting for the next forward).
   virtual void finish() {}
   virtual SyncStats stats() const { return stats_; }
+  // Runs `fn` (evaluation, export) on the model the replicas agree on. Local SGD strategies
+  // complete a pending sync and swap the anchor (the model of the last sync) into the shards for
+  // the duration; the others run `fn` on the live model. Collective over the sync group.
+  virtual void with_global_model(const std::function<void()>& fn) { fn(); }
+
+  StateDict state_dict() override { return {}; }
+  void load_state_dict(const StateDict& /*state*/) override {}
 
  protected:
   SyncStats stats_;

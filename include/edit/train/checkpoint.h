@@ -1,7 +1,10 @@
 // Checkpoints: every rank writes its own shard file, rank 0 a manifest (DESIGN.md section 7).
 //
-//   <root>/step_00000120/manifest.json      world size, shard size, step, per-rank size + CRC32
+//   <root>/step_00000120/manifest.json      world size, shard size, step, components, per-rank size + CRC32
 //   <root>/step_00000120/rank_00003.bin     this rank's named tensors and scalars, CRC32 at the end
+// What goes in is what the tracked components hand over (Stateful): each one's keys are stored as
+// "<component>/<key>", and the checkpointer knows none of them. edit-train-gpt tracks "model"
+// (parameter shards), "inner" (the optimizer), "strategy", "data", "rng" and "trainer".
 // A save writes into step_XXXXXXXX.tmp, fsyncs every file, then rank 0 renames the folder: a save
 // killed half-way leaves only a .tmp folder, which loading ignores, so the previous checkpoint
 // stays the latest. Loading verifies sizes and checksums and names the file and the entry that is
@@ -18,24 +21,19 @@
 #include <vector>
 
 #include "edit/comm/device_mesh.h"
-#include "edit/shard/flat_adamw.h"
-#include "edit/shard/sharded_model.h"
-#include "edit/sync/local_sgd.h"
+#include "edit/core/state.h"
 
 namespace edit::train {
 
-// What one rank saves and restores. Tensors are referenced, so load() writes into the live ones.
-struct RankState {
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  std::map<std::string, double> scalars;  // step counts, EMA statistics, data cursors, ...
-};
+// The manifest's "format"; 2: keys are "<component>/<key>".
+inline constexpr char kCheckpointFormat[] = "edit-checkpoint-2";
 
-// The training state of this rank: parameter shards, AdamW moments and step count, Local SGD
-// anchors, momenta and penalty detectors (when given), the CPU RNG. `step` is the next step.
-RankState collect_state(shard::ShardedModel& model, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd,
-                        std::int64_t step);
-// Writes the scalars of a loaded RankState back into the objects collect_state() read them from.
-void apply_scalars(const RankState& state, shard::FlatAdamW* adamw, sync::PseudoGradientSync* local_sgd);
+// The CPU random generator (dropout, sampling) as a checkpointed component.
+class CpuRngState : public Stateful {
+ public:
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
+};
 
 // One rank's file as saved: tensors in save order, and scalars. Verifies the trailing CRC32 (and
 // size and checksum against the manifest's, when given). For tools that read checkpoints without
@@ -55,18 +53,24 @@ class Checkpointer {
  public:
   Checkpointer(comm::DeviceMesh& mesh, std::string root, int keep = 3);
 
-  // Collective: writes `state` for `step` atomically; returns the checkpoint's folder.
-  std::string save(std::int64_t step, const RankState& state);
+  // Saves and loads `component` under `name` (unique; letters, digits, '_', '-', '.'). The
+  // component must outlive the checkpointer.
+  void track(const std::string& name, Stateful& component);
+
+  // Collective: writes every tracked component's state for `step` atomically; returns the folder.
+  std::string save(std::int64_t step);
   // The newest complete checkpoint under root (ignoring .tmp folders), if any.
   std::optional<std::string> latest() const;
-  // Collective: reads `path` (a checkpoint folder, or "auto" for latest()) into `state`'s tensors
-  // and scalars; returns the saved step. Throws naming the file and entry on any mismatch.
-  std::int64_t load(const std::string& path, RankState& state);
+  // Collective: reads `path` (a checkpoint folder, or "auto" for latest()) and hands every tracked
+  // component its state; returns the saved step. Throws naming the file and the entry or
+  // component that does not fit (a job whose load failed must not train on).
+  std::int64_t load(const std::string& path);
 
  private:
   comm::DeviceMesh& mesh_;
   std::string root_;
   int keep_;
+  std::vector<std::pair<std::string, Stateful*>> components_;
 };
 
 // CRC-32 (IEEE), exposed for tests.

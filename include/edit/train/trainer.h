@@ -3,9 +3,12 @@
 //   syncs inside the first forward after a sync step) -> strategy.before_step -> clip -> lr from
 //   the schedule -> inner step -> strategy.after_step -> metrics.
 // Metrics: one JSON object per step and line (rank 0 writes): step, loss (this rank), lr,
-// grad_norm, tokens_per_s (all ranks), bytes sent per group in the step, sync wait; every
-// log_every steps also loss_world (mean over all ranks) and a readable log line (step, loss, lr,
-// tokens/s, sync wait, time to go).
+// grad_norm, tokens_per_s (all ranks), bytes sent per group in the step, sync wait, and the
+// pseudo-gradient penalty's dropped workers, skipped units and level shifts in the step (with the
+// penalty on); every log_every steps also loss_world (mean over all ranks) and a readable log line
+// (step, loss, lr, tokens/s, sync wait, drops and skips since the last line, time to go).
+// Resuming at step s drops the lines of steps >= s from the metrics file first, so a step never
+// appears twice.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -51,9 +54,13 @@ struct StepMetrics {
   std::int64_t bytes_shard = 0;    // sent by this rank in the step, per group
   std::int64_t bytes_sync = 0;
   double sync_wait_s = 0.0;        // time this rank was blocked in the strategy
+  std::int64_t dropped_workers = 0;  // penalty, in this step (summed over units)
+  std::int64_t skipped_units = 0;
+  std::int64_t level_shifts = 0;
 };
 
-class Trainer {
+// Stateful: the next step ("step").
+class Trainer : public Stateful {
  public:
   Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::FlatOptimizer& inner,
           sync::SyncStrategy& strategy, TrainerOptions options);
@@ -66,9 +73,12 @@ class Trainer {
   // Continue from `step` (after loading a checkpoint saved at that step).
   void set_step(std::int64_t step) { step_ = step; }
   const TrainerOptions& options() const { return options_; }
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
 
  private:
   void write_metrics(const StepMetrics& metrics);
+  void open_metrics();
 
   comm::DeviceMesh& mesh_;
   shard::ShardedModel& model_;
@@ -78,6 +88,8 @@ class Trainer {
   std::int64_t step_ = 0;
   double run_seconds_ = 0.0;     // steps taken by this process (for the time-to-go estimate)
   std::int64_t run_steps_ = 0;
+  std::int64_t logged_dropped_ = 0;  // penalty counters at the last log line
+  std::int64_t logged_skipped_ = 0;
   std::unique_ptr<std::ofstream> metrics_;
 };
 
