@@ -2,7 +2,7 @@
 # killed_save_test.sh MPIEXEC... -- PREPARE TRAIN WORK
 # Trains with a checkpoint after every step and kills every rank with SIGKILL at an arbitrary
 # moment (often in the middle of a save). Whatever was on disk then, the newest complete
-# checkpoint must load and training must continue from it.
+# checkpoint must load, training must continue from it, and no step is in the metrics twice.
 set -euo pipefail
 mpiexec=()
 while [[ $1 != "--" ]]; do mpiexec+=("$1"); shift; done
@@ -34,5 +34,11 @@ step=$((10#${latest##*step_}))
 "${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps $((step + 2)) --resume auto > "$work/second.log" 2>&1 \
   || { cat "$work/second.log"; echo "resuming from $latest failed"; exit 1; }
 grep -q "\"step\":$((step + 1))" "$work/run/metrics.jsonl" || { echo "no step $((step + 1)) after resuming"; exit 1; }
+# The killed run may have logged steps after its last complete checkpoint: the resumed run
+# replaces them, so every step 0 .. step+1 is there exactly once.
+steps=$(grep -o '"step":[0-9]*' "$work/run/metrics.jsonl" | cut -d: -f2)
+twice=$(echo "$steps" | sort -n | uniq -d | head -n 1)
+[[ -z $twice ]] || { echo "metrics.jsonl holds step $twice twice after resuming"; exit 1; }
+[[ $(echo "$steps" | wc -l) -eq $((step + 2)) ]] || { echo "metrics.jsonl has $(echo "$steps" | wc -l) steps, expected $((step + 2))"; exit 1; }
 echo "resumed from $latest and continued"
 rm -rf "$work"
