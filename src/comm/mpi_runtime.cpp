@@ -5,9 +5,13 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 
 #include "edit/core/check.h"
+#include "mpi_process.h"
 
 namespace edit::comm {
 namespace {
@@ -18,6 +22,18 @@ void sum16(void* in, void* inout, int* len, MPI_Datatype* /*type*/) {
   const T* a = static_cast<const T*>(in);
   T* b = static_cast<T*>(inout);
   for (int i = 0; i < *len; ++i) b[i] = static_cast<T>(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+// What MPI itself makes process-global. Deliberately never destroyed: MPI outlives every object
+// of the program, and exit handlers and late static destructors still take the lock.
+struct MpiProcess {
+  std::mutex lock;
+  std::atomic<bool> broken{false};
+};
+
+MpiProcess& process() {
+  static MpiProcess* const state = std::make_unique<MpiProcess>().release();
+  return *state;
 }
 
 // The one runtime of the process (MPI itself is process-global); weak so it dies with its users.
@@ -32,6 +48,20 @@ std::mutex& acquire_mutex() {
 
 }  // namespace
 
+namespace detail {
+
+std::mutex& mpi_lock() { return process().lock; }
+
+std::string mpi_error_string(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  std::lock_guard<std::mutex> guard(mpi_lock());
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error code " + std::to_string(code);
+  return std::string(text, static_cast<size_t>(length));
+}
+
+}  // namespace detail
+
 std::shared_ptr<MpiRuntime> MpiRuntime::acquire() {
   std::lock_guard<std::mutex> guard(acquire_mutex());
   if (auto existing = current_runtime().lock()) return existing;
@@ -41,6 +71,7 @@ std::shared_ptr<MpiRuntime> MpiRuntime::acquire() {
 }
 
 MpiRuntime::MpiRuntime() {
+  std::lock_guard<std::mutex> guard(process().lock);
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
@@ -67,7 +98,8 @@ MpiRuntime::MpiRuntime() {
 }
 
 MpiRuntime::~MpiRuntime() {
-  if (broken_) return;  // finalize would block on the dead peer; exit and let the launcher see it
+  if (broken()) return;  // finalize would block on the dead peer; exit and let the launcher see it
+  std::lock_guard<std::mutex> guard(process().lock);
   MPI_Op bf16 = static_cast<MPI_Op>(bf16_sum_);
   MPI_Op fp16 = static_cast<MPI_Op>(fp16_sum_);
   MPI_Op_free(&bf16);
@@ -75,10 +107,24 @@ MpiRuntime::~MpiRuntime() {
   if (owns_mpi_) MPI_Finalize();
 }
 
+std::mutex& MpiRuntime::lock() { return process().lock; }
+void MpiRuntime::mark_broken() { process().broken = true; }
+bool MpiRuntime::broken() const { return process().broken; }
+
 void MpiRuntime::abort_job(int exit_code) {
+  // The lock keeps the abort from racing a communication thread's MPI call. A thread stuck inside
+  // a blocking call (a split with a dead peer) may never let go of it, and ending the job is what
+  // matters then, so after a short wait the abort goes ahead without the lock.
+  std::unique_lock<std::mutex> guard(process().lock, std::defer_lock);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!guard.try_lock() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  // Exit handlers and static destructors may take the lock again.
+  if (guard.owns_lock()) guard.unlock();
   std::exit(exit_code);
 }
 

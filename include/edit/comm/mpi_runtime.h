@@ -5,7 +5,6 @@
 // call, which is exactly what SERIALIZED requires and keeps us off MPI_THREAD_MULTIPLE paths.
 #pragma once
 
-#include <atomic>
 #include <memory>
 #include <mutex>
 
@@ -23,12 +22,13 @@ class MpiRuntime {
 
   int world_rank() const { return world_rank_; }
   int world_size() const { return world_size_; }
-  std::mutex& lock() { return mutex_; }
+  // The process-wide lock around every MPI call libedit makes (one for all runtimes, as MPI is one).
+  std::mutex& lock();
 
   // A collective failed or timed out: MPI can no longer be finalized cleanly (finalize would wait
   // for the dead peer), so the destructor skips it and the launcher sees an abnormal exit.
-  void mark_broken() { broken_ = true; }
-  bool broken() const { return broken_; }
+  void mark_broken();
+  bool broken() const;
 
   // Ends every rank of the job (MPI_Abort): for a rank that must not leave its peers waiting.
   [[noreturn]] static void abort_job(int exit_code);
@@ -42,8 +42,6 @@ class MpiRuntime {
   int world_rank_ = 0;
   int world_size_ = 1;
   bool owns_mpi_ = false;
-  std::atomic<bool> broken_{false};
-  std::mutex mutex_;
   void* bf16_sum_ = nullptr;
   void* fp16_sum_ = nullptr;
 };
