@@ -46,6 +46,14 @@ std::mutex& acquire_mutex() {
   return mutex;
 }
 
+const char* thread_level_name(int level) {
+  if (level == MPI_THREAD_SINGLE) return "MPI_THREAD_SINGLE";
+  if (level == MPI_THREAD_FUNNELED) return "MPI_THREAD_FUNNELED";
+  if (level == MPI_THREAD_SERIALIZED) return "MPI_THREAD_SERIALIZED";
+  if (level == MPI_THREAD_MULTIPLE) return "MPI_THREAD_MULTIPLE";
+  return "an unknown thread level";
+}
+
 }  // namespace
 
 namespace detail {
@@ -82,8 +90,18 @@ MpiRuntime::MpiRuntime() {
     int provided = 0;
     MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
     owns_mpi_ = true;
-    EDIT_CHECK(provided >= MPI_THREAD_SERIALIZED, "the MPI library provides thread level ", provided,
+    EDIT_CHECK(provided >= MPI_THREAD_SERIALIZED, "the MPI library provides only ", thread_level_name(provided),
                " but libedit needs MPI_THREAD_SERIALIZED; use an MPI built with thread support");
+  } else {
+    // The program started MPI itself. libedit's communication threads call MPI (one at a time,
+    // under lock()), which MPI allows only from MPI_THREAD_SERIALIZED up; below that MPI may
+    // misbehave in ways that look like anything but a thread-level problem.
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&provided);
+    EDIT_CHECK(provided >= MPI_THREAD_SERIALIZED, "the program initialized MPI with ", thread_level_name(provided),
+               " but libedit needs at least MPI_THREAD_SERIALIZED (its communication threads call MPI, one at a "
+               "time); initialize MPI with MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided) "
+               "instead of MPI_Init, or leave MPI_Init to libedit");
   }
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size_);

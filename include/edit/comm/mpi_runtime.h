@@ -13,7 +13,9 @@ namespace edit::comm {
 class MpiRuntime {
  public:
   // Initializes MPI on first use; later calls return the same runtime while anyone holds it.
-  // If the program already called MPI_Init itself, libedit uses MPI and never finalizes it.
+  // If the program already called MPI_Init_thread itself, libedit uses MPI and never finalizes it;
+  // the program must then have asked for at least MPI_THREAD_SERIALIZED (plain MPI_Init gives
+  // MPI_THREAD_SINGLE, which is refused with an edit::Error).
   static std::shared_ptr<MpiRuntime> acquire();
 
   ~MpiRuntime();
