@@ -307,10 +307,12 @@ MpiCommunicator::~MpiCommunicator() {
   }
   impl_->queue_cv.notify_all();
   impl_->thread.join();
-  if (!impl_->runtime->broken()) {
-    std::lock_guard<std::mutex> guard(impl_->runtime->lock());
-    MPI_Comm_free(&impl_->comm);
-  }
+  if (impl_->runtime->broken()) return;  // freeing may wait on the dead peer
+  std::lock_guard<std::mutex> guard(impl_->runtime->lock());
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  // A communicator kept in a static can outlive MPI (finalized at exit, or by the program).
+  if (!finalized) MPI_Comm_free(&impl_->comm);
 }
 
 std::shared_ptr<MpiCommunicator> MpiCommunicator::world(std::shared_ptr<MpiRuntime> runtime,

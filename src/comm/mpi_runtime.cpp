@@ -29,6 +29,7 @@ void sum16(void* in, void* inout, int* len, MPI_Datatype* /*type*/) {
 struct MpiProcess {
   std::mutex lock;
   std::atomic<bool> broken{false};
+  bool started_by_libedit = false;  // guarded by `lock`
 };
 
 MpiProcess& process() {
@@ -44,6 +45,16 @@ std::weak_ptr<MpiRuntime>& current_runtime() {
 std::mutex& acquire_mutex() {
   static std::mutex mutex;
   return mutex;
+}
+
+// Exit handler: MPI_Finalize when libedit started MPI, once the program is done with it.
+void finalize_at_exit() {
+  MpiProcess& state = process();
+  std::lock_guard<std::mutex> guard(state.lock);
+  if (state.broken) return;  // finalize would block on the dead peer; exit and let the launcher see it
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
 }
 
 const char* thread_level_name(int level) {
@@ -79,20 +90,24 @@ std::shared_ptr<MpiRuntime> MpiRuntime::acquire() {
 }
 
 MpiRuntime::MpiRuntime() {
-  std::lock_guard<std::mutex> guard(process().lock);
+  MpiProcess& state = process();
+  std::lock_guard<std::mutex> guard(state.lock);
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    EDIT_CHECK(!finalized, "MPI was already finalized in this process and cannot be started again; "
-               "keep one DeviceMesh (or MpiRuntime) alive for the whole program");
+    EDIT_CHECK(!finalized, "MPI was already finalized in this process (the program called MPI_Finalize) and "
+               "cannot be started again; call MPI_Finalize only after the program's last use of libedit");
     int provided = 0;
     MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
-    owns_mpi_ = true;
+    state.started_by_libedit = true;
+    // Finalized at exit, not with the last runtime (see the header): MPI must still be up when a
+    // program's error handler calls abort_job after unwinding its DeviceMesh.
+    std::atexit(finalize_at_exit);
     EDIT_CHECK(provided >= MPI_THREAD_SERIALIZED, "the MPI library provides only ", thread_level_name(provided),
                " but libedit needs MPI_THREAD_SERIALIZED; use an MPI built with thread support");
-  } else {
+  } else if (!state.started_by_libedit) {
     // The program started MPI itself. libedit's communication threads call MPI (one at a time,
     // under lock()), which MPI allows only from MPI_THREAD_SERIALIZED up; below that MPI may
     // misbehave in ways that look like anything but a thread-level problem.
@@ -116,13 +131,15 @@ MpiRuntime::MpiRuntime() {
 }
 
 MpiRuntime::~MpiRuntime() {
-  if (broken()) return;  // finalize would block on the dead peer; exit and let the launcher see it
+  if (broken()) return;  // MPI is left as the failure left it, for the launcher to clean up
   std::lock_guard<std::mutex> guard(process().lock);
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;  // the program finalized its own MPI first: the ops are gone with it
   MPI_Op bf16 = static_cast<MPI_Op>(bf16_sum_);
   MPI_Op fp16 = static_cast<MPI_Op>(fp16_sum_);
   MPI_Op_free(&bf16);
   MPI_Op_free(&fp16);
-  if (owns_mpi_) MPI_Finalize();
 }
 
 std::mutex& MpiRuntime::lock() { return process().lock; }
@@ -139,8 +156,12 @@ void MpiRuntime::abort_job(int exit_code) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   int initialized = 0;
+  int finalized = 0;
   MPI_Initialized(&initialized);
-  if (initialized) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  MPI_Finalized(&finalized);
+  // MPI_Abort is valid only between init and finalize. Outside that there is no job left for MPI to
+  // end (never started, or the program finalized it), and exiting with the code is all there is.
+  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, exit_code);
   // Exit handlers and static destructors may take the lock again.
   if (guard.owns_lock()) guard.unlock();
   std::exit(exit_code);

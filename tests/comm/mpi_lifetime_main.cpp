@@ -5,11 +5,13 @@
 #include <ATen/ATen.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
 
+#include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_communicator.h"
 #include "edit/core/check.h"
 
@@ -67,12 +69,63 @@ int thread_serialized() {
   return 0;
 }
 
+// A program whose main() catches an error and ends the job, as edit-train-gpt does: rank 0 fails
+// right after building its mesh while the other ranks wait for it inside a collective. By the time
+// the handler runs, rank 0's mesh has been unwound; abort_job must still end every rank at once
+// (not print that MPI_Abort came after MPI_Finalize, nor leave the peers to their timeout).
+int abort_after_error() {
+  int rank = -1;
+  try {
+    edit::comm::MeshOptions options;
+    options.comm.timeout = std::chrono::seconds(30);
+    edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(options);
+    rank = mesh.rank();
+    EDIT_CHECK(rank != 0, "rank 0 refuses its input");
+    at::Tensor one = at::ones({1});
+    mesh.world().all_reduce(one)->wait();
+    report("abort-after-error", false, "rank " + std::to_string(rank) + " finished a collective rank 0 never joined");
+    return 0;
+  } catch (const edit::Error& e) {
+    if (rank == 0) {
+      std::printf("abort-after-error: rank 0 ends the job after: %s\n", e.what());
+      std::fflush(stdout);
+      edit::comm::MpiRuntime::abort_job(3);
+    }
+    report("abort-after-error", false, "rank " + std::to_string(rank) + " was not ended by rank 0's abort: " + e.what());
+    return 1;
+  }
+}
+
+// The program finalized MPI itself before ending the job with an error code.
+int abort_after_finalize() {
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+  {
+    auto runtime = edit::comm::MpiRuntime::acquire();
+    if (!world_sums(runtime)) report("abort-after-finalize", false, "all_reduce gave a wrong sum");
+  }
+  MPI_Finalize();
+  std::printf("abort-after-finalize: ending the job\n");
+  std::fflush(stdout);
+  edit::comm::MpiRuntime::abort_job(5);
+}
+
+// A program that fails before it ever used MPI (bad command line).
+int abort_without_mpi() {
+  std::printf("abort-without-mpi: ending the job\n");
+  std::fflush(stdout);
+  edit::comm::MpiRuntime::abort_job(4);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<int()>> cases = {
       {"thread-single", thread_single},
       {"thread-serialized", thread_serialized},
+      {"abort-after-error", abort_after_error},
+      {"abort-after-finalize", abort_after_finalize},
+      {"abort-without-mpi", abort_without_mpi},
   };
   const auto found = argc > 1 ? cases.find(argv[1]) : cases.end();
   if (found == cases.end()) {

@@ -3,6 +3,11 @@
 // MPI is initialized once per process with MPI_THREAD_SERIALIZED. Each communicator runs its own
 // communication thread, so several threads do call MPI; they take this runtime's lock around every
 // call, which is exactly what SERIALIZED requires and keeps us off MPI_THREAD_MULTIPLE paths.
+//
+// Lifetime: MPI stays initialized from the first acquire() until the process exits (libedit
+// finalizes it in an exit handler), not only while an MpiRuntime is held. A program that catches an
+// error in main() has by then unwound its DeviceMesh, and abort_job() must still be able to end the
+// peers' ranks; finalizing with the last holder would leave it nothing to abort with.
 #pragma once
 
 #include <memory>
@@ -28,11 +33,13 @@ class MpiRuntime {
   std::mutex& lock();
 
   // A collective failed or timed out: MPI can no longer be finalized cleanly (finalize would wait
-  // for the dead peer), so the destructor skips it and the launcher sees an abnormal exit.
+  // for the dead peer), so it is never finalized and the launcher sees an abnormal exit.
   void mark_broken();
   bool broken() const;
 
   // Ends every rank of the job (MPI_Abort): for a rank that must not leave its peers waiting.
+  // Safe in any state: where MPI was never started or is already finalized there is nothing to
+  // abort, and it just exits with `exit_code`.
   [[noreturn]] static void abort_job(int exit_code);
 
   // Custom reduction ops for 16-bit floats (MPI has no bf16/fp16 types); MPI_Op as void*.
@@ -43,7 +50,6 @@ class MpiRuntime {
   MpiRuntime();
   int world_rank_ = 0;
   int world_size_ = 1;
-  bool owns_mpi_ = false;
   void* bf16_sum_ = nullptr;
   void* fp16_sum_ = nullptr;
 };
