@@ -11,6 +11,7 @@
 #include <limits>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "edit/core/check.h"
 #include "mpi_process.h"
@@ -137,6 +138,9 @@ struct MpiCommunicator::Impl {
     // Comm thread, under the MPI lock: starts the nonblocking collective and returns MPI's code
     // (the error message is built after the lock is released, as it calls MPI too).
     std::function<int(MPI_Comm, MPI_Request*)> start;
+    // Every tensor MPI reads or writes while the op is in flight; `start` uses their memory, and
+    // an op abandoned in flight hands them to detail::park_abandoned.
+    std::vector<at::Tensor> buffers;
     std::function<void()> after;  // comm thread, after success (no MPI calls)
     std::shared_ptr<MpiWork> work;
     std::int64_t bytes = 0;
@@ -221,8 +225,8 @@ struct MpiCommunicator::Impl {
         continue;
       }
       const auto start = Clock::now();
+      MPI_Request request = MPI_REQUEST_NULL;
       try {
-        MPI_Request request = MPI_REQUEST_NULL;
         int code = MPI_SUCCESS;
         {
           std::lock_guard<std::mutex> guard(runtime->lock());
@@ -239,6 +243,10 @@ struct MpiCommunicator::Impl {
           broken_reason = e.what();
         }
         runtime->mark_broken();
+        // Still in flight (a timeout, or destroyed under it): MPI may write into the buffers
+        // whenever a late peer joins, long after the caller has seen the error and freed its
+        // tensors.
+        if (request != MPI_REQUEST_NULL) detail::park_abandoned(request, std::move(op.buffers));
         spdlog::error("{}", e.what());
         op.work->complete(std::current_exception());
       }
@@ -368,9 +376,10 @@ WorkPtr MpiCommunicator::all_reduce(at::Tensor tensor, AllReduceOptions options)
   op.what = describe("all_reduce", tensor, to_string(options.op));
   op.bytes = ring_bytes_all_reduce(tensor.numel() * tensor.element_size(), impl.size);
   at::Tensor host = buffer.host;
+  op.buffers = {host};
   op.call = "MPI_Iallreduce";
-  op.start = [host, count, mpi_type, mpi_op](MPI_Comm comm, MPI_Request* request) {
-    return MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count, mpi_type, mpi_op, comm, request);
+  op.start = [data = host.data_ptr(), count, mpi_type, mpi_op](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Iallreduce(MPI_IN_PLACE, data, count, mpi_type, mpi_op, comm, request);
   };
   if (options.op == ReduceOp::kAvg) {
     const int size = impl.size;
@@ -398,12 +407,11 @@ WorkPtr MpiCommunicator::all_gather(at::Tensor output, at::Tensor input) {
   Impl::Op op;
   op.what = describe("all_gather", output);
   op.bytes = ring_bytes_all_gather(output.numel() * output.element_size(), impl.size);
-  at::Tensor in_host = in.host;
-  at::Tensor out_host = out.host;
+  op.buffers = {in.host, out.host};
   op.call = "MPI_Iallgather";
-  op.start = [in_host, out_host, count, in_place](MPI_Comm comm, MPI_Request* request) {
-    const void* send = in_place ? MPI_IN_PLACE : in_host.data_ptr();
-    return MPI_Iallgather(send, count, MPI_BYTE, out_host.data_ptr(), count, MPI_BYTE, comm, request);
+  const void* send = in_place ? MPI_IN_PLACE : in.host.data_ptr();
+  op.start = [send, recv = out.host.data_ptr(), count](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Iallgather(send, count, MPI_BYTE, recv, count, MPI_BYTE, comm, request);
   };
   op.work = impl.new_work(out.staged ? std::function<void()>([out] { out.user.copy_(out.host); })
                                      : std::function<void()>());
@@ -427,12 +435,12 @@ WorkPtr MpiCommunicator::reduce_scatter(at::Tensor output, at::Tensor input, Red
   Impl::Op op;
   op.what = describe("reduce_scatter", input, to_string(options.op));
   op.bytes = ring_bytes_all_gather(input.numel() * input.element_size(), impl.size);
-  at::Tensor in_host = in.host;
   at::Tensor out_host = out.host;
+  op.buffers = {in.host, out_host};
   op.call = "MPI_Ireduce_scatter_block";
-  op.start = [in_host, out_host, count, mpi_type, mpi_op](MPI_Comm comm, MPI_Request* request) {
-    return MPI_Ireduce_scatter_block(in_host.data_ptr(), out_host.data_ptr(), count, mpi_type, mpi_op, comm,
-                                     request);
+  op.start = [send = in.host.data_ptr(), recv = out_host.data_ptr(), count, mpi_type, mpi_op](
+                 MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ireduce_scatter_block(send, recv, count, mpi_type, mpi_op, comm, request);
   };
   if (options.op == ReduceOp::kAvg) {
     const int size = impl.size;
@@ -453,10 +461,10 @@ WorkPtr MpiCommunicator::broadcast(at::Tensor tensor, int root) {
   Impl::Op op;
   op.what = describe("broadcast", tensor, ("root " + std::to_string(root)).c_str());
   op.bytes = (impl.rank == root && impl.size > 1) ? bytes : 0;
-  at::Tensor host = buffer.host;
+  op.buffers = {buffer.host};
   op.call = "MPI_Ibcast";
-  op.start = [host, count, root](MPI_Comm comm, MPI_Request* request) {
-    return MPI_Ibcast(host.data_ptr(), count, MPI_BYTE, root, comm, request);
+  op.start = [data = buffer.host.data_ptr(), count, root](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ibcast(data, count, MPI_BYTE, root, comm, request);
   };
   op.work = impl.new_work(buffer.staged ? std::function<void()>([buffer] { buffer.user.copy_(buffer.host); })
                                         : std::function<void()>());

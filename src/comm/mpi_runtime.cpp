@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include "edit/core/check.h"
 #include "mpi_process.h"
@@ -27,9 +28,14 @@ void sum16(void* in, void* inout, int* len, MPI_Datatype* /*type*/) {
 // What MPI itself makes process-global. Deliberately never destroyed: MPI outlives every object
 // of the program, and exit handlers and late static destructors still take the lock.
 struct MpiProcess {
+  struct Abandoned {
+    MPI_Request request;
+    std::vector<at::Tensor> buffers;
+  };
   std::mutex lock;
   std::atomic<bool> broken{false};
   bool started_by_libedit = false;  // guarded by `lock`
+  std::vector<Abandoned> graveyard;  // guarded by `lock`; see detail::park_abandoned
 };
 
 MpiProcess& process() {
@@ -77,6 +83,12 @@ std::string mpi_error_string(int code) {
   std::lock_guard<std::mutex> guard(mpi_lock());
   if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return "MPI error code " + std::to_string(code);
   return std::string(text, static_cast<size_t>(length));
+}
+
+void park_abandoned(MPI_Request request, std::vector<at::Tensor> buffers) {
+  MpiProcess& state = process();
+  std::lock_guard<std::mutex> guard(state.lock);
+  state.graveyard.push_back({request, std::move(buffers)});
 }
 
 }  // namespace detail

@@ -5,11 +5,14 @@
 #include <ATen/ATen.h>
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_communicator.h"
@@ -17,8 +20,10 @@
 
 namespace {
 
+// `why` is printed with a failure only.
 void report(const std::string& which, bool ok, const std::string& why = "") {
-  std::printf("%s: %s%s%s\n", which.c_str(), ok ? "PASS" : "FAIL", why.empty() ? "" : " ", why.c_str());
+  std::printf("%s: %s%s%s\n", which.c_str(), ok ? "PASS" : "FAIL", ok || why.empty() ? "" : " ",
+              ok ? "" : why.c_str());
   std::fflush(stdout);
 }
 
@@ -117,6 +122,48 @@ int abort_without_mpi() {
   edit::comm::MpiRuntime::abort_job(4);
 }
 
+// Rank 0's all_reduce times out because rank 1 joins late (alive, just slow). MPI cannot cancel the
+// started collective and may still write into the tensor when rank 1 joins, so the memory must
+// stay allocated after the error even when the caller drops every handle on it.
+std::atomic<bool> late_write_freed{false};
+
+int late_write() {
+  auto runtime = edit::comm::MpiRuntime::acquire();
+  edit::comm::CommOptions options;
+  options.timeout = std::chrono::seconds(1);
+  auto world = edit::comm::MpiCommunicator::world(runtime, options);
+  world->barrier()->wait();
+  if (world->rank() == 0) {
+    static std::vector<float> memory(4096, 1.f);
+    at::Tensor tensor =
+        at::from_blob(memory.data(), {4096}, [](void*) { late_write_freed = true; }, at::kFloat);
+    auto work = world->all_reduce(tensor);
+    bool timed_out = false;
+    try {
+      work->wait();
+    } catch (const edit::Error&) {
+      timed_out = true;
+    }
+    work.reset();
+    tensor.reset();
+    // The communication thread has long finished with the op (it failed it before wait returned).
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (!timed_out) {
+      report("late-write", false, "rank 0's all_reduce did not time out");
+    } else {
+      report("late-write", !late_write_freed, "the tensor was freed while MPI could still write into it");
+    }
+  } else {
+    std::this_thread::sleep_for(std::chrono::seconds(3));  // well past rank 0's timeout
+    at::Tensor tensor = at::ones({4096});
+    try {
+      world->all_reduce(tensor)->wait();
+    } catch (const edit::Error&) {
+    }
+  }
+  return 0;  // without MPI_Finalize (the runtime is broken): the job ends non-zero
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -126,6 +173,7 @@ int main(int argc, char** argv) {
       {"abort-after-error", abort_after_error},
       {"abort-after-finalize", abort_after_finalize},
       {"abort-without-mpi", abort_without_mpi},
+      {"late-write", late_write},
   };
   const auto found = argc > 1 ? cases.find(argv[1]) : cases.end();
   if (found == cases.end()) {
