@@ -59,9 +59,14 @@ std::string LinkModel::to_string() const {
   return out.str();
 }
 
-double LinkModel::delay_s(std::int64_t bytes) const {
-  return latency_s + static_cast<double>(bytes) / bandwidth_bytes_per_s;
+double LinkModel::delay_s(std::int64_t bytes) const { return delay_s(bytes, 1); }
+
+double LinkModel::delay_s(std::int64_t bytes, int latency_steps) const {
+  return latency_steps * latency_s + static_cast<double>(bytes) / bandwidth_bytes_per_s;
 }
+
+int ring_steps_all_reduce(int group_size) { return group_size <= 1 ? 0 : 2 * (group_size - 1); }
+int ring_steps_all_gather(int group_size) { return group_size <= 1 ? 0 : group_size - 1; }
 
 struct LinkEmulator::State {
   std::mutex mutex;
@@ -100,8 +105,9 @@ LinkEmulator::LinkEmulator(std::shared_ptr<Communicator> inner, LinkModel link)
   EDIT_CHECK(inner_ != nullptr, "LinkEmulator needs a communicator to wrap");
 }
 
-LinkEmulator::Clock::time_point LinkEmulator::reserve(std::int64_t bytes_sent, std::int64_t bytes_on_wire) {
-  const double delay = size() > 1 ? link_.delay_s(bytes_on_wire) : 0.0;
+LinkEmulator::Clock::time_point LinkEmulator::reserve(std::int64_t bytes_sent, std::int64_t bytes_on_wire,
+                                                      int latency_steps) {
+  const double delay = size() > 1 ? link_.delay_s(bytes_on_wire, latency_steps) : 0.0;
   std::lock_guard<std::mutex> guard(state_->mutex);
   // One op on the link at a time: a transfer starts when the previous one has left the wire.
   const auto start = std::max(Clock::now(), state_->link_free_at);
@@ -113,38 +119,40 @@ LinkEmulator::Clock::time_point LinkEmulator::reserve(std::int64_t bytes_sent, s
   return ready;
 }
 
-WorkPtr LinkEmulator::delayed(WorkPtr inner, std::int64_t bytes_sent, std::int64_t bytes_on_wire) {
-  const auto ready = reserve(bytes_sent, bytes_on_wire);
+WorkPtr LinkEmulator::delayed(WorkPtr inner, std::int64_t bytes_sent, std::int64_t bytes_on_wire,
+                              int latency_steps) {
+  const auto ready = reserve(bytes_sent, bytes_on_wire, latency_steps);
   return std::make_shared<DelayedWork>(std::move(inner), ready, state_);
 }
 
 WorkPtr LinkEmulator::all_reduce(at::Tensor tensor, AllReduceOptions options) {
   const auto bytes = ring_bytes_all_reduce(tensor.numel() * tensor.element_size(), size());
-  return delayed(inner_->all_reduce(tensor, options), bytes, bytes);
+  return delayed(inner_->all_reduce(tensor, options), bytes, bytes, ring_steps_all_reduce(size()));
 }
 
 WorkPtr LinkEmulator::all_gather(at::Tensor output, at::Tensor input) {
   const auto bytes = ring_bytes_all_gather(output.numel() * output.element_size(), size());
-  return delayed(inner_->all_gather(output, input), bytes, bytes);
+  return delayed(inner_->all_gather(output, input), bytes, bytes, ring_steps_all_gather(size()));
 }
 
 WorkPtr LinkEmulator::reduce_scatter(at::Tensor output, at::Tensor input, ReduceScatterOptions options) {
   const auto bytes = ring_bytes_all_gather(input.numel() * input.element_size(), size());
-  return delayed(inner_->reduce_scatter(output, input, options), bytes, bytes);
+  return delayed(inner_->reduce_scatter(output, input, options), bytes, bytes, ring_steps_all_gather(size()));
 }
 
 WorkPtr LinkEmulator::broadcast(at::Tensor tensor, int root) {
   const auto bytes = tensor.numel() * tensor.element_size();
   // Only the root sends, but every rank waits for the data to cross the link.
-  return delayed(inner_->broadcast(tensor, root), rank() == root ? bytes : 0, bytes);
+  return delayed(inner_->broadcast(tensor, root), rank() == root ? bytes : 0, bytes,
+                 ring_steps_all_gather(size()));
 }
 
-WorkPtr LinkEmulator::barrier() { return delayed(inner_->barrier(), 0, 0); }
+WorkPtr LinkEmulator::barrier() { return delayed(inner_->barrier(), 0, 0, ring_steps_all_gather(size())); }
 
 std::vector<double> LinkEmulator::all_gather_values(const std::vector<double>& mine) {
   const auto bytes = ring_bytes_all_gather(static_cast<std::int64_t>(mine.size() * sizeof(double)) * size(), size());
   const auto start = Clock::now();
-  const auto ready = reserve(bytes, bytes);
+  const auto ready = reserve(bytes, bytes, ring_steps_all_gather(size()));
   auto values = inner_->all_gather_values(mine);
   std::this_thread::sleep_until(ready);
   std::lock_guard<std::mutex> guard(state_->mutex);

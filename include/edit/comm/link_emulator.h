@@ -1,10 +1,15 @@
 // LinkEmulator: a communicator that behaves as if its group were behind a slower link.
 //
 // Each op is handed to the wrapped communicator at once, but its Work completes no earlier than
-// latency + bytes_sent / bandwidth after the link is free (one op on the link at a time), where
-// bytes_sent is the ring-model count of CommStats. The delay is waited out, not computed, so it
-// overlaps with compute exactly like a real slow transfer. This is how benchmarks show a fast
-// shard group inside a node next to a slow sync group between nodes, on one machine.
+//   steps x latency + bytes_sent / bandwidth
+// after the link is free (one op on the link at a time), where bytes_sent is the ring-model count
+// of CommStats and steps the ring's latency terms for a group of R ranks: 2(R-1) for all_reduce
+// (reduce-scatter, then all-gather), R-1 for all_gather, reduce_scatter and all_gather_values, R-1
+// for broadcast (the data crosses R-1 hops of the ring, pipelined) and for barrier (a ring barrier
+// is a zero-byte all_gather: after R-1 steps every rank has heard from every other). The delay is
+// waited out, not computed, so it overlaps with compute exactly like a real slow transfer. This is
+// how benchmarks show a fast shard group inside a node next to a slow sync group between nodes, on
+// one machine.
 #pragma once
 
 #include <limits>
@@ -24,9 +29,15 @@ struct LinkModel {
   // byte/s (KB, MB, GB, decimal), then '@' and a latency in s, ms or us. Throws naming the format.
   static LinkModel parse(const std::string& text);
   std::string to_string() const;
-  // Seconds the link needs for `bytes`.
+  // Seconds the link needs for `bytes` in one message.
   double delay_s(std::int64_t bytes) const;
+  // Seconds for `bytes` sent in `latency_steps` dependent messages (the steps of a ring).
+  double delay_s(std::int64_t bytes, int latency_steps) const;
 };
+
+// Latency terms of one collective on a ring of `group_size` ranks (see the header comment).
+int ring_steps_all_reduce(int group_size);  // 2
+int ring_steps_all_gather(int group_size);  // also reduce_scatter, broadcast and barrier
 
 class LinkEmulator : public Communicator {
  public:
@@ -55,8 +66,8 @@ class LinkEmulator : public Communicator {
 
  private:
   // Books the link for one op and returns when that op may complete.
-  Clock::time_point reserve(std::int64_t bytes_sent, std::int64_t bytes_on_wire);
-  WorkPtr delayed(WorkPtr inner, std::int64_t bytes_sent, std::int64_t bytes_on_wire);
+  Clock::time_point reserve(std::int64_t bytes_sent, std::int64_t bytes_on_wire, int latency_steps);
+  WorkPtr delayed(WorkPtr inner, std::int64_t bytes_sent, std::int64_t bytes_on_wire, int latency_steps);
 
   std::shared_ptr<Communicator> inner_;
   LinkModel link_;
