@@ -5,6 +5,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -110,6 +111,36 @@ TEST(LinkEmulator, LatencyIsPaidOncePerRingStep) {
     const double took_s = seconds_since(start);
     EXPECT_NEAR(slow.stats().busy_seconds, steps * 0.020, 1e-9) << name << " on " << n << " ranks";
     EXPECT_GE(took_s, steps * 0.020 * 0.999) << name << " finished before its latency terms passed";
+  }
+}
+
+// A straggler's late issue is time spent waiting for a peer, not link time: the transfer starts
+// when the last rank has issued the op, so every rank finishes at about the straggler's issue + the
+// transfer (not at the straggler's issue alone, nor with the transfer counted twice), and
+// busy_seconds holds the transfer only.
+TEST(LinkEmulator, AStragglerDelaysTheTransferStartNotTheLinkClock) {
+  const auto link = edit::comm::LinkModel::parse("inf@100ms");
+  edit::comm::LinkEmulator slow(world(), link);
+  const int n = slow.size();
+  if (n < 2) GTEST_SKIP() << "needs a peer to wait for";
+  const double transfer_s = link.delay_s(0, edit::comm::ring_steps_all_reduce(n));  // 2(n-1) x 100 ms
+  const double straggle_s = 0.6;
+  const bool straggler = slow.rank() == n - 1;
+  at::Tensor tensor = at::ones({16});
+  world()->barrier()->wait();
+  const auto start = Clock::now();
+  if (straggler) std::this_thread::sleep_for(std::chrono::duration<double>(straggle_s));
+  const auto issued = Clock::now();
+  slow.all_reduce(tensor)->wait();
+  const double total_s = seconds_since(start);
+  const double after_issue_s = seconds_since(issued);
+  EXPECT_TRUE(at::all(tensor == static_cast<float>(n)).item<bool>());
+  EXPECT_NEAR(slow.stats().busy_seconds, transfer_s, 1e-9) << "link time must not include the wait";
+  EXPECT_GE(total_s, straggle_s + transfer_s * 0.999) << "the link ran before the straggler issued";
+  // Generous bounds for a loaded machine; counting the transfer twice would exceed them.
+  EXPECT_LT(total_s, straggle_s + transfer_s + 0.5 * transfer_s) << "the transfer was counted more than once";
+  if (straggler) {
+    EXPECT_GE(after_issue_s, transfer_s * 0.999);
   }
 }
 
