@@ -2,9 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <exception>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "edit/core/check.h"
 
@@ -59,96 +64,207 @@ std::string LinkModel::to_string() const {
   return out.str();
 }
 
-double LinkModel::delay_s(std::int64_t bytes) const {
-  return latency_s + static_cast<double>(bytes) / bandwidth_bytes_per_s;
+double LinkModel::delay_s(std::int64_t bytes) const { return delay_s(bytes, 1); }
+
+double LinkModel::delay_s(std::int64_t bytes, int latency_steps) const {
+  return latency_steps * latency_s + static_cast<double>(bytes) / bandwidth_bytes_per_s;
 }
+
+int ring_steps_all_reduce(int group_size) { return group_size <= 1 ? 0 : 2 * (group_size - 1); }
+int ring_steps_all_gather(int group_size) { return group_size <= 1 ? 0 : group_size - 1; }
+
+namespace {
+
+class DelayedWork;
+
+}  // namespace
 
 struct LinkEmulator::State {
   std::mutex mutex;
-  Clock::time_point link_free_at = Clock::now();
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<DelayedWork>> pending;  // issued, not yet booked on the link
+  bool stopping = false;
   CommStats stats;
 };
 
 namespace {
 
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// One op on the emulated link: complete once the wrapped op is and the link thread's booking has
+// passed.
 class DelayedWork final : public Work {
  public:
-  DelayedWork(WorkPtr inner, Clock::time_point ready_at, std::shared_ptr<LinkEmulator::State> state)
-      : inner_(std::move(inner)), ready_at_(ready_at), state_(std::move(state)) {}
+  DelayedWork(WorkPtr join, WorkPtr inner, double delay_s, std::shared_ptr<LinkEmulator::State> state)
+      : join_(std::move(join)), inner_(std::move(inner)), delay_s_(delay_s), state_(std::move(state)) {}
 
-  void wait() override;
-  bool is_completed() override { return Clock::now() >= ready_at_ && inner_->is_completed(); }
+  // Link thread: the barrier issued before the op, or null in a group of one.
+  const WorkPtr& join() const { return join_; }
+  double delay_s() const { return delay_s_; }
+  // Link thread: the transfer ends at `ready_at`, or the join barrier failed with `join_error`.
+  void book(Clock::time_point ready_at, std::exception_ptr join_error) {
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      booked_ = true;
+      ready_at_ = ready_at;
+      join_error_ = std::move(join_error);
+    }
+    booked_cv_.notify_all();
+  }
+
+  void wait() override {
+    const auto start = Clock::now();
+    Clock::time_point ready_at;
+    std::exception_ptr join_error;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      booked_cv_.wait(lock, [this] { return booked_; });
+      ready_at = ready_at_;
+      join_error = join_error_;
+    }
+    // The op's own error names it; the join barrier's would only say that the group broke first.
+    if (inner_) inner_->wait();
+    if (join_error) std::rethrow_exception(join_error);
+    std::this_thread::sleep_until(ready_at);
+    std::lock_guard<std::mutex> guard(state_->mutex);
+    state_->stats.wait_seconds += seconds_since(start);
+  }
+
+  bool is_completed() override {
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      if (!booked_ || (!join_error_ && Clock::now() < ready_at_)) return false;
+    }
+    return !inner_ || inner_->is_completed();
+  }
 
  private:
-  WorkPtr inner_;
-  Clock::time_point ready_at_;
+  WorkPtr join_;
+  WorkPtr inner_;  // null for all_gather_values, which the caller ran blocking
+  double delay_s_;
   std::shared_ptr<LinkEmulator::State> state_;
+  std::mutex mutex_;
+  std::condition_variable booked_cv_;
+  bool booked_ = false;
+  Clock::time_point ready_at_;
+  std::exception_ptr join_error_;
 };
 
-}  // namespace
-
-void DelayedWork::wait() {
-  const auto start = Clock::now();
-  inner_->wait();
-  std::this_thread::sleep_until(ready_at_);
-  std::lock_guard<std::mutex> guard(state_->mutex);
-  state_->stats.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+// The link thread: books the ops in issue order, each as soon as its last rank has issued it.
+void run_link(LinkEmulator::State& state) {
+  auto link_free_at = Clock::now();
+  while (true) {
+    std::shared_ptr<DelayedWork> op;
+    {
+      std::unique_lock<std::mutex> lock(state.mutex);
+      state.cv.wait(lock, [&state] { return state.stopping || !state.pending.empty(); });
+      if (state.pending.empty()) return;
+      op = std::move(state.pending.front());
+      state.pending.pop_front();
+    }
+    std::exception_ptr error;
+    if (op->join()) {
+      try {
+        op->join()->wait();  // returns when the last rank has issued the op
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    // One op on the link at a time: a transfer starts when the previous one has left the wire.
+    const auto start = std::max(Clock::now(), link_free_at);
+    const auto ready =
+        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(op->delay_s()));
+    if (!error) link_free_at = ready;
+    op->book(ready, std::move(error));
+  }
 }
+
+}  // namespace
 
 LinkEmulator::LinkEmulator(std::shared_ptr<Communicator> inner, LinkModel link)
     : inner_(std::move(inner)), link_(link), state_(std::make_shared<State>()) {
   EDIT_CHECK(inner_ != nullptr, "LinkEmulator needs a communicator to wrap");
+  thread_ = std::thread([state = state_] { run_link(*state); });
 }
 
-LinkEmulator::Clock::time_point LinkEmulator::reserve(std::int64_t bytes_sent, std::int64_t bytes_on_wire) {
-  const double delay = size() > 1 ? link_.delay_s(bytes_on_wire) : 0.0;
-  std::lock_guard<std::mutex> guard(state_->mutex);
-  // One op on the link at a time: a transfer starts when the previous one has left the wire.
-  const auto start = std::max(Clock::now(), state_->link_free_at);
-  const auto ready = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(delay));
-  state_->link_free_at = ready;
-  state_->stats.ops += 1;
-  state_->stats.bytes_sent += bytes_sent;
-  state_->stats.busy_seconds += delay;
-  return ready;
+LinkEmulator::~LinkEmulator() {
+  {
+    std::lock_guard<std::mutex> guard(state_->mutex);
+    state_->stopping = true;
+  }
+  state_->cv.notify_all();
+  // The thread books every pending op before it ends (their join barriers complete, or fail within
+  // the wrapped group's timeout), so no Work handed out waits forever.
+  thread_.join();
 }
 
-WorkPtr LinkEmulator::delayed(WorkPtr inner, std::int64_t bytes_sent, std::int64_t bytes_on_wire) {
-  const auto ready = reserve(bytes_sent, bytes_on_wire);
-  return std::make_shared<DelayedWork>(std::move(inner), ready, state_);
+WorkPtr LinkEmulator::delayed(const std::function<WorkPtr()>& issue, std::int64_t bytes_sent,
+                              std::int64_t bytes_on_wire, int latency_steps) {
+  const double delay = size() > 1 ? link_.delay_s(bytes_on_wire, latency_steps) : 0.0;
+  std::shared_ptr<DelayedWork> work;
+  {
+    std::lock_guard<std::mutex> issue_guard(issue_mutex_);
+    WorkPtr join = size() > 1 ? inner_->barrier() : nullptr;  // a group of one waits for nobody
+    WorkPtr inner = issue();
+    work = std::make_shared<DelayedWork>(std::move(join), std::move(inner), delay, state_);
+  }
+  {
+    std::lock_guard<std::mutex> guard(state_->mutex);
+    state_->stats.ops += 1;
+    state_->stats.bytes_sent += bytes_sent;
+    state_->stats.busy_seconds += delay;
+    state_->pending.push_back(work);
+  }
+  state_->cv.notify_one();
+  return work;
 }
 
 WorkPtr LinkEmulator::all_reduce(at::Tensor tensor, AllReduceOptions options) {
   const auto bytes = ring_bytes_all_reduce(tensor.numel() * tensor.element_size(), size());
-  return delayed(inner_->all_reduce(tensor, options), bytes, bytes);
+  return delayed([&] { return inner_->all_reduce(tensor, options); }, bytes, bytes,
+                 ring_steps_all_reduce(size()));
 }
 
 WorkPtr LinkEmulator::all_gather(at::Tensor output, at::Tensor input) {
   const auto bytes = ring_bytes_all_gather(output.numel() * output.element_size(), size());
-  return delayed(inner_->all_gather(output, input), bytes, bytes);
+  return delayed([&] { return inner_->all_gather(output, input); }, bytes, bytes,
+                 ring_steps_all_gather(size()));
 }
 
 WorkPtr LinkEmulator::reduce_scatter(at::Tensor output, at::Tensor input, ReduceScatterOptions options) {
   const auto bytes = ring_bytes_all_gather(input.numel() * input.element_size(), size());
-  return delayed(inner_->reduce_scatter(output, input, options), bytes, bytes);
+  return delayed([&] { return inner_->reduce_scatter(output, input, options); }, bytes, bytes,
+                 ring_steps_all_gather(size()));
 }
 
 WorkPtr LinkEmulator::broadcast(at::Tensor tensor, int root) {
   const auto bytes = tensor.numel() * tensor.element_size();
   // Only the root sends, but every rank waits for the data to cross the link.
-  return delayed(inner_->broadcast(tensor, root), rank() == root ? bytes : 0, bytes);
+  return delayed([&] { return inner_->broadcast(tensor, root); }, rank() == root ? bytes : 0, bytes,
+                 ring_steps_all_gather(size()));
 }
 
-WorkPtr LinkEmulator::barrier() { return delayed(inner_->barrier(), 0, 0); }
+WorkPtr LinkEmulator::barrier() {
+  return delayed([&] { return inner_->barrier(); }, 0, 0, ring_steps_all_gather(size()));
+}
 
 std::vector<double> LinkEmulator::all_gather_values(const std::vector<double>& mine) {
   const auto bytes = ring_bytes_all_gather(static_cast<std::int64_t>(mine.size() * sizeof(double)) * size(), size());
   const auto start = Clock::now();
-  const auto ready = reserve(bytes, bytes);
-  auto values = inner_->all_gather_values(mine);
-  std::this_thread::sleep_until(ready);
+  std::vector<double> values;
+  // Blocking on the wrapped group too; issued right after its join barrier like any other op.
+  const WorkPtr work = delayed(
+      [&] {
+        values = inner_->all_gather_values(mine);
+        return WorkPtr();
+      },
+      bytes, bytes, ring_steps_all_gather(size()));
+  const double blocked_s = seconds_since(start);
+  work->wait();  // counts the rest of the wait
   std::lock_guard<std::mutex> guard(state_->mutex);
-  state_->stats.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+  state_->stats.wait_seconds += blocked_s;
   return values;
 }
 

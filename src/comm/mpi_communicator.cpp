@@ -11,8 +11,10 @@
 #include <limits>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "edit/core/check.h"
+#include "mpi_process.h"
 
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -27,12 +29,7 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-std::string mpi_error_string(int code) {
-  char text[MPI_MAX_ERROR_STRING];
-  int length = 0;
-  MPI_Error_string(code, text, &length);
-  return std::string(text, static_cast<size_t>(length));
-}
+using detail::mpi_error_string;
 
 // Counters shared by a communicator and the Work handles it gave out (which may outlive it).
 struct StatsCell {
@@ -137,8 +134,14 @@ std::string describe(const char* op, const at::Tensor& tensor, const char* extra
 struct MpiCommunicator::Impl {
   struct Op {
     std::string what;
-    std::function<MPI_Request(MPI_Comm)> start;  // comm thread, under the MPI lock
-    std::function<void()> after;                 // comm thread, after success (no MPI calls)
+    const char* call = "";  // the MPI function `start` calls, for error messages
+    // Comm thread, under the MPI lock: starts the nonblocking collective and returns MPI's code
+    // (the error message is built after the lock is released, as it calls MPI too).
+    std::function<int(MPI_Comm, MPI_Request*)> start;
+    // Every tensor MPI reads or writes while the op is in flight; `start` uses their memory, and
+    // an op abandoned in flight hands them to detail::park_abandoned.
+    std::vector<at::Tensor> buffers;
+    std::function<void()> after;  // comm thread, after success (no MPI calls)
     std::shared_ptr<MpiWork> work;
     std::int64_t bytes = 0;
   };
@@ -222,12 +225,14 @@ struct MpiCommunicator::Impl {
         continue;
       }
       const auto start = Clock::now();
+      MPI_Request request = MPI_REQUEST_NULL;
       try {
-        MPI_Request request = MPI_REQUEST_NULL;
+        int code = MPI_SUCCESS;
         {
           std::lock_guard<std::mutex> guard(runtime->lock());
-          request = op.start(comm);
+          code = op.start(comm, &request);
         }
+        EDIT_CHECK(code == MPI_SUCCESS, op.call, " for ", op.what, " on ", group(), " failed: ", mpi_error_string(code));
         poll(request, op, start);
         if (op.after) op.after();
         stats->add_op(op.bytes, seconds_since(start));
@@ -238,6 +243,10 @@ struct MpiCommunicator::Impl {
           broken_reason = e.what();
         }
         runtime->mark_broken();
+        // Still in flight (a timeout, or destroyed under it): MPI may write into the buffers
+        // whenever a late peer joins, long after the caller has seen the error and freed its
+        // tensors.
+        if (request != MPI_REQUEST_NULL) detail::park_abandoned(request, std::move(op.buffers));
         spdlog::error("{}", e.what());
         op.work->complete(std::current_exception());
       }
@@ -282,9 +291,12 @@ struct MpiCommunicator::Impl {
 // --- MpiCommunicator ----------------------------------------------------------------------------
 
 MpiCommunicator::MpiCommunicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
-  MPI_Comm_rank(impl_->comm, &impl_->rank);
-  MPI_Comm_size(impl_->comm, &impl_->size);
-  MPI_Comm_set_errhandler(impl_->comm, MPI_ERRORS_RETURN);
+  {
+    std::lock_guard<std::mutex> guard(impl_->runtime->lock());
+    MPI_Comm_rank(impl_->comm, &impl_->rank);
+    MPI_Comm_size(impl_->comm, &impl_->size);
+    MPI_Comm_set_errhandler(impl_->comm, MPI_ERRORS_RETURN);
+  }
   Impl* raw = impl_.get();
   impl_->thread = std::thread([raw] {
 #ifdef __linux__
@@ -303,20 +315,24 @@ MpiCommunicator::~MpiCommunicator() {
   }
   impl_->queue_cv.notify_all();
   impl_->thread.join();
-  if (!impl_->runtime->broken()) {
-    std::lock_guard<std::mutex> guard(impl_->runtime->lock());
-    MPI_Comm_free(&impl_->comm);
-  }
+  if (impl_->runtime->broken()) return;  // freeing may wait on the dead peer
+  std::lock_guard<std::mutex> guard(impl_->runtime->lock());
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  // A communicator kept in a static can outlive MPI (finalized at exit, or by the program).
+  if (!finalized) MPI_Comm_free(&impl_->comm);
 }
 
 std::shared_ptr<MpiCommunicator> MpiCommunicator::world(std::shared_ptr<MpiRuntime> runtime,
                                                         CommOptions options, std::string name) {
   auto impl = std::make_unique<Impl>();
+  int code = MPI_SUCCESS;
   {
     std::lock_guard<std::mutex> guard(runtime->lock());
     // Our own copy of the world, so the program's MPI traffic never matches ours.
-    MPI_Comm_dup(MPI_COMM_WORLD, &impl->comm);
+    code = MPI_Comm_dup(MPI_COMM_WORLD, &impl->comm);
   }
+  EDIT_CHECK(code == MPI_SUCCESS, "duplicating MPI_COMM_WORLD for group '", name, "' failed: ", mpi_error_string(code));
   impl->runtime = std::move(runtime);
   impl->options = options;
   impl->name = std::move(name);
@@ -360,11 +376,10 @@ WorkPtr MpiCommunicator::all_reduce(at::Tensor tensor, AllReduceOptions options)
   op.what = describe("all_reduce", tensor, to_string(options.op));
   op.bytes = ring_bytes_all_reduce(tensor.numel() * tensor.element_size(), impl.size);
   at::Tensor host = buffer.host;
-  op.start = [host, count, mpi_type, mpi_op, &impl](MPI_Comm comm) {
-    MPI_Request request = MPI_REQUEST_NULL;
-    const int code = MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), count, mpi_type, mpi_op, comm, &request);
-    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Iallreduce on ", impl.group(), " failed: ", mpi_error_string(code));
-    return request;
+  op.buffers = {host};
+  op.call = "MPI_Iallreduce";
+  op.start = [data = host.data_ptr(), count, mpi_type, mpi_op](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Iallreduce(MPI_IN_PLACE, data, count, mpi_type, mpi_op, comm, request);
   };
   if (options.op == ReduceOp::kAvg) {
     const int size = impl.size;
@@ -392,14 +407,11 @@ WorkPtr MpiCommunicator::all_gather(at::Tensor output, at::Tensor input) {
   Impl::Op op;
   op.what = describe("all_gather", output);
   op.bytes = ring_bytes_all_gather(output.numel() * output.element_size(), impl.size);
-  at::Tensor in_host = in.host;
-  at::Tensor out_host = out.host;
-  op.start = [in_host, out_host, count, in_place, &impl](MPI_Comm comm) {
-    MPI_Request request = MPI_REQUEST_NULL;
-    const void* send = in_place ? MPI_IN_PLACE : in_host.data_ptr();
-    const int code = MPI_Iallgather(send, count, MPI_BYTE, out_host.data_ptr(), count, MPI_BYTE, comm, &request);
-    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Iallgather on ", impl.group(), " failed: ", mpi_error_string(code));
-    return request;
+  op.buffers = {in.host, out.host};
+  op.call = "MPI_Iallgather";
+  const void* send = in_place ? MPI_IN_PLACE : in.host.data_ptr();
+  op.start = [send, recv = out.host.data_ptr(), count](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Iallgather(send, count, MPI_BYTE, recv, count, MPI_BYTE, comm, request);
   };
   op.work = impl.new_work(out.staged ? std::function<void()>([out] { out.user.copy_(out.host); })
                                      : std::function<void()>());
@@ -423,14 +435,12 @@ WorkPtr MpiCommunicator::reduce_scatter(at::Tensor output, at::Tensor input, Red
   Impl::Op op;
   op.what = describe("reduce_scatter", input, to_string(options.op));
   op.bytes = ring_bytes_all_gather(input.numel() * input.element_size(), impl.size);
-  at::Tensor in_host = in.host;
   at::Tensor out_host = out.host;
-  op.start = [in_host, out_host, count, mpi_type, mpi_op, &impl](MPI_Comm comm) {
-    MPI_Request request = MPI_REQUEST_NULL;
-    const int code = MPI_Ireduce_scatter_block(in_host.data_ptr(), out_host.data_ptr(), count, mpi_type, mpi_op,
-                                               comm, &request);
-    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Ireduce_scatter_block on ", impl.group(), " failed: ", mpi_error_string(code));
-    return request;
+  op.buffers = {in.host, out_host};
+  op.call = "MPI_Ireduce_scatter_block";
+  op.start = [send = in.host.data_ptr(), recv = out_host.data_ptr(), count, mpi_type, mpi_op](
+                 MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ireduce_scatter_block(send, recv, count, mpi_type, mpi_op, comm, request);
   };
   if (options.op == ReduceOp::kAvg) {
     const int size = impl.size;
@@ -451,12 +461,10 @@ WorkPtr MpiCommunicator::broadcast(at::Tensor tensor, int root) {
   Impl::Op op;
   op.what = describe("broadcast", tensor, ("root " + std::to_string(root)).c_str());
   op.bytes = (impl.rank == root && impl.size > 1) ? bytes : 0;
-  at::Tensor host = buffer.host;
-  op.start = [host, count, root, &impl](MPI_Comm comm) {
-    MPI_Request request = MPI_REQUEST_NULL;
-    const int code = MPI_Ibcast(host.data_ptr(), count, MPI_BYTE, root, comm, &request);
-    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Ibcast on ", impl.group(), " failed: ", mpi_error_string(code));
-    return request;
+  op.buffers = {buffer.host};
+  op.call = "MPI_Ibcast";
+  op.start = [data = buffer.host.data_ptr(), count, root](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ibcast(data, count, MPI_BYTE, root, comm, request);
   };
   op.work = impl.new_work(buffer.staged ? std::function<void()>([buffer] { buffer.user.copy_(buffer.host); })
                                         : std::function<void()>());
@@ -467,11 +475,9 @@ WorkPtr MpiCommunicator::barrier() {
   Impl& impl = *impl_;
   Impl::Op op;
   op.what = "barrier()";
-  op.start = [&impl](MPI_Comm comm) {
-    MPI_Request request = MPI_REQUEST_NULL;
-    const int code = MPI_Ibarrier(comm, &request);
-    EDIT_CHECK(code == MPI_SUCCESS, "MPI_Ibarrier on ", impl.group(), " failed: ", mpi_error_string(code));
-    return request;
+  op.call = "MPI_Ibarrier";
+  op.start = [](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ibarrier(comm, request);
   };
   op.work = impl.new_work();
   return impl.enqueue(std::move(op));

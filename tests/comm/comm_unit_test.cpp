@@ -88,6 +88,17 @@ TEST(Link, ParsesBitsBytesAndLatencyUnits) {
   EXPECT_DOUBLE_EQ(LinkModel::parse("inf@0").delay_s(1 << 30), 0.0);
 }
 
+TEST(Link, LatencyIsPaidOncePerRingStep) {
+  const LinkModel link = LinkModel::parse("1Gbit@1ms");
+  EXPECT_DOUBLE_EQ(link.delay_s(125'000'000, 6), 1.006);
+  EXPECT_DOUBLE_EQ(link.delay_s(0, 0), 0.0);
+  EXPECT_EQ(edit::comm::ring_steps_all_reduce(1), 0);
+  EXPECT_EQ(edit::comm::ring_steps_all_reduce(2), 2);
+  EXPECT_EQ(edit::comm::ring_steps_all_reduce(4), 6);
+  EXPECT_EQ(edit::comm::ring_steps_all_gather(1), 0);
+  EXPECT_EQ(edit::comm::ring_steps_all_gather(4), 3);
+}
+
 TEST(Link, MalformedLinksExplainTheFormat) {
   for (const char* bad : {"1Gbit", "fast@1ms", "1Gbit@soon", "1Tbit@1ms", "0MB@1ms", "-1MB@1ms"}) {
     try {

@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/link_emulator.h"
@@ -70,7 +74,8 @@ TEST(LinkEmulator, LatencyAndBandwidthDelayTheWorkNotTheCaller) {
   const bool done_at_once = work->is_completed();
   work->wait();
   const double total_s = seconds_since(start);
-  const double expected_s = link.delay_s(edit::comm::ring_bytes_all_reduce(4 << 20, n));
+  const double expected_s =
+      link.delay_s(edit::comm::ring_bytes_all_reduce(4 << 20, n), edit::comm::ring_steps_all_reduce(n));
   EXPECT_LT(issue_s, 0.05) << "issuing blocked the caller";
   if (n > 1) {
     EXPECT_FALSE(done_at_once);
@@ -79,6 +84,64 @@ TEST(LinkEmulator, LatencyAndBandwidthDelayTheWorkNotTheCaller) {
   EXPECT_TRUE(at::all(tensor == static_cast<float>(n)).item<bool>());
   EXPECT_EQ(slow.stats().ops, 1);
   EXPECT_NEAR(slow.stats().busy_seconds, n > 1 ? expected_s : 0.0, 1e-9);
+}
+
+// A ring collective waits for one message per step, so the latency is paid once per step: 2(R-1)
+// times for all_reduce, R-1 times for the others.
+TEST(LinkEmulator, LatencyIsPaidOncePerRingStep) {
+  const auto link = edit::comm::LinkModel::parse("inf@20ms");
+  edit::comm::LinkEmulator slow(world(), link);
+  const int n = slow.size();
+  at::Tensor tensor = at::ones({8 * n});
+  at::Tensor chunk = at::ones({8});
+  const std::vector<std::pair<std::string, std::function<void()>>> ops = {
+      {"all_reduce", [&] { slow.all_reduce(tensor)->wait(); }},
+      {"all_gather", [&] { slow.all_gather(tensor, chunk)->wait(); }},
+      {"reduce_scatter", [&] { slow.reduce_scatter(chunk, tensor)->wait(); }},
+      {"broadcast", [&] { slow.broadcast(tensor, 0)->wait(); }},
+      {"barrier", [&] { slow.barrier()->wait(); }},
+      {"all_gather_values", [&] { slow.all_gather_values({1.0}); }},
+  };
+  for (const auto& [name, run] : ops) {
+    const int steps = name == "all_reduce" ? 2 * (n - 1) : n - 1;
+    slow.reset_stats();
+    world()->barrier()->wait();
+    const auto start = Clock::now();
+    run();
+    const double took_s = seconds_since(start);
+    EXPECT_NEAR(slow.stats().busy_seconds, steps * 0.020, 1e-9) << name << " on " << n << " ranks";
+    EXPECT_GE(took_s, steps * 0.020 * 0.999) << name << " finished before its latency terms passed";
+  }
+}
+
+// A straggler's late issue is time spent waiting for a peer, not link time: the transfer starts
+// when the last rank has issued the op, so every rank finishes at about the straggler's issue + the
+// transfer (not at the straggler's issue alone, nor with the transfer counted twice), and
+// busy_seconds holds the transfer only.
+TEST(LinkEmulator, AStragglerDelaysTheTransferStartNotTheLinkClock) {
+  const auto link = edit::comm::LinkModel::parse("inf@100ms");
+  edit::comm::LinkEmulator slow(world(), link);
+  const int n = slow.size();
+  if (n < 2) GTEST_SKIP() << "needs a peer to wait for";
+  const double transfer_s = link.delay_s(0, edit::comm::ring_steps_all_reduce(n));  // 2(n-1) x 100 ms
+  const double straggle_s = 0.6;
+  const bool straggler = slow.rank() == n - 1;
+  at::Tensor tensor = at::ones({16});
+  world()->barrier()->wait();
+  const auto start = Clock::now();
+  if (straggler) std::this_thread::sleep_for(std::chrono::duration<double>(straggle_s));
+  const auto issued = Clock::now();
+  slow.all_reduce(tensor)->wait();
+  const double total_s = seconds_since(start);
+  const double after_issue_s = seconds_since(issued);
+  EXPECT_TRUE(at::all(tensor == static_cast<float>(n)).item<bool>());
+  EXPECT_NEAR(slow.stats().busy_seconds, transfer_s, 1e-9) << "link time must not include the wait";
+  EXPECT_GE(total_s, straggle_s + transfer_s * 0.999) << "the link ran before the straggler issued";
+  // Generous bounds for a loaded machine; counting the transfer twice would exceed them.
+  EXPECT_LT(total_s, straggle_s + transfer_s + 0.5 * transfer_s) << "the transfer was counted more than once";
+  if (straggler) {
+    EXPECT_GE(after_issue_s, transfer_s * 0.999);
+  }
 }
 
 // Compute for about `seconds` with matrix products (what a training step does).
@@ -103,7 +166,8 @@ int calibrate_iterations(double seconds) {
 // A collective on a slow link and a long compute, issued together, take about the longer of the
 // two rather than their sum: the Work handle really is asynchronous. Ratios, not wall-clock limits.
 TEST(Overlap, SlowLinkCollectiveHidesBehindCompute) {
-  edit::comm::LinkEmulator slow(world(), edit::comm::LinkModel::parse("inf@300ms"));
+  // 2 latency terms per all_reduce on 2 ranks: 300 ms of link time.
+  edit::comm::LinkEmulator slow(world(), edit::comm::LinkModel::parse("inf@150ms"));
   const int iterations = calibrate_iterations(0.3);
   at::Tensor tensor = at::ones({4096});
   world()->barrier()->wait();
