@@ -258,9 +258,14 @@ int main(int argc, char** argv) {
           if (row.rfind("#", 0) == 0 || std::atoll(row.c_str()) <= trainer.current_step()) rows.push_back(row);
         }
       }
-      loss_table.open(table_path, std::ios::trunc);
       if (rows.empty()) rows.push_back("# step\ttokens\ttrain_loss\tval_loss");
-      for (const auto& row : rows) loss_table << row << '\n';
+      {  // written beside the table and renamed over it: a crash now loses none of the kept rows
+        std::ofstream rewritten(table_path.string() + ".tmp", std::ios::trunc);
+        for (const auto& row : rows) rewritten << row << '\n';
+        EDIT_CHECK(rewritten.flush().good(), "cannot write ", table_path.string(), ".tmp; is the disk full?");
+      }
+      fs::rename(table_path.string() + ".tmp", table_path);
+      loss_table.open(table_path, std::ios::app);
     }
     if (trainer.current_step() == 0) {  // the starting point of the curves (no train loss yet)
       const double val_loss = evaluate();

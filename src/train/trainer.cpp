@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 
 #include "edit/core/check.h"
 
@@ -51,10 +52,17 @@ void Trainer::open_metrics() {
       }
     }
   }
-  metrics_ = std::make_unique<std::ofstream>(options_.metrics_path, std::ios::trunc);
-  for (const auto& line : kept) *metrics_ << line << '\n';
-  EDIT_CHECK(metrics_->good(), "cannot write the metrics file ", options_.metrics_path,
-             "; check that its folder is writable and the disk is not full");
+  // Rewritten beside the file and renamed over it, so a crash now loses none of the kept lines.
+  const std::string rewritten = options_.metrics_path + ".tmp";
+  {
+    std::ofstream out(rewritten, std::ios::trunc);
+    for (const auto& line : kept) out << line << '\n';
+    out.flush();
+    EDIT_CHECK(out.good(), "cannot write ", rewritten, "; check that the folder is writable and the disk is not full");
+  }
+  std::filesystem::rename(rewritten, options_.metrics_path);
+  metrics_ = std::make_unique<std::ofstream>(options_.metrics_path, std::ios::app);
+  EDIT_CHECK(metrics_->good(), "cannot open the metrics file ", options_.metrics_path, " for appending");
 }
 
 StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
