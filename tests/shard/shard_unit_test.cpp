@@ -60,6 +60,31 @@ TEST(FlatAdamW, OneStepInClosedForm) {
   EXPECT_NEAR(model->layer->inner().ptr()->parameters()[0].item<float>(), 0.89f, 1e-6);
 }
 
+TEST(FlatAdamW, FrozenElementsKeepTheirValuesAndMoments) {
+  auto model = std::make_shared<OneLinear>();
+  model->layer->inner().ptr()->named_parameters()["weight"].set_requires_grad(false);
+  ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>());
+  edit::shard::FlatUnit& unit = sharded.unit(0);
+  unit.shard().fill_(1.0);
+  // A gradient and moments for the frozen weight too (left by a strategy, or by a checkpoint taken
+  // before it was frozen): the optimizers must not read them.
+  unit.grad_shard().fill_(0.5);
+  edit::shard::FlatAdamW adamw(sharded, {0.1, 0.9, 0.95, 1e-8, 0.1});
+  adamw.exp_avg(0).fill_(0.25);
+  adamw.exp_avg_sq(0).fill_(0.5);
+  adamw.step();
+  EXPECT_EQ(unit.shard()[0].item<float>(), 1.0f) << "frozen weight updated or decayed";
+  EXPECT_EQ(adamw.exp_avg(0)[0].item<float>(), 0.25f);
+  EXPECT_EQ(adamw.exp_avg_sq(0)[0].item<float>(), 0.5f);
+  // The bias trains: m = 0.275, v = 0.4875, step_size = 0.1 / (1 - 0.9) = 1, no decay.
+  EXPECT_NEAR(unit.shard()[1].item<float>(), 1.0 - 0.275 / (std::sqrt(0.4875 / 0.05) + 1e-8), 1e-6);
+  const float bias = unit.shard()[1].item<float>();
+  edit::shard::FlatSgd sgd(sharded, 0.1);
+  sgd.step();
+  EXPECT_EQ(unit.shard()[0].item<float>(), 1.0f) << "frozen weight moved by SGD";
+  EXPECT_NEAR(unit.shard()[1].item<float>(), bias - 0.05f, 1e-6);
+}
+
 TEST(LrSchedule, WarmupThenCosineToTheFloor) {
   edit::shard::WarmupCosine schedule{1.0, 10, 110, 0.1};
   schedule.validate();

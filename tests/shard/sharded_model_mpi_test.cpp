@@ -196,6 +196,57 @@ TEST(ShardedTied, TiedEmbeddingsMatchTheUnshardedModel) {
   EXPECT_LT(worst, kParamBound) << "largest parameter difference after 6 steps, S=" << S;
 }
 
+// A frozen parameter (requires_grad false) stays bit-identical under FlatAdamW: no update and no
+// weight decay (it is a matrix, so it would decay), while every other parameter trains as
+// torch::optim::AdamW trains it on the unsharded model with the same parameter frozen (torch
+// skips a parameter that has no gradient). The frozen weight's elements straddle shards for S > 1.
+TEST(ShardedFrozen, FrozenParameterStaysPutAndTheOthersMatchAdamW) {
+  const auto comm = world();
+  const int S = comm->size();
+  TinyConfig config;
+  auto [model, reference] = model_and_reference<TinyTransformer>(config);
+  const std::string frozen = "block0.inner.qkv.weight";
+  model->named_parameters()[frozen].set_requires_grad(false);
+  reference->named_parameters()[frozen].set_requires_grad(false);
+  const at::Tensor initial = model->named_parameters()[frozen].detach().clone();
+  ShardedModel sharded(model, comm);
+  FlatAdamW optimizer(sharded, {kLr, 0.9, 0.95, 1e-8, 0.1});
+  auto ref_optimizer = reference_optimizer(*reference);
+  double loss_error = 0.0;
+  for (int step = 0; step < 6; ++step) {
+    sharded.zero_grad();
+    auto [x, y] = tiny_batch(config, step, comm->rank(), kBatch);
+    at::Tensor loss = model->loss(x, y);
+    sharded.backward(loss);
+    optimizer.step();
+    const auto losses = comm->all_gather_values({loss.item<double>()});
+    std::vector<at::Tensor> xs, ys;
+    for (int r = 0; r < S; ++r) {
+      auto [rx, ry] = tiny_batch(config, step, r, kBatch);
+      xs.push_back(rx);
+      ys.push_back(ry);
+    }
+    ref_optimizer.zero_grad();
+    at::Tensor ref_loss = reference->loss(at::cat(xs), at::cat(ys));
+    ref_loss.backward();
+    ref_optimizer.step();
+    const double mean_loss = std::accumulate(losses.begin(), losses.end(), 0.0) / S;
+    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss.item<double>()));
+  }
+  bool found = false;
+  for (const auto& [name, full] : sharded.gather_full_parameters()) {
+    if (name != frozen) continue;
+    found = true;
+    EXPECT_TRUE(at::equal(full, initial))
+        << "frozen " << name << " moved by up to " << (full - initial).abs().max().item<double>();
+  }
+  EXPECT_TRUE(found) << frozen;
+  const double worst = largest_difference(sharded, *reference);
+  report("frozen parameter", S, loss_error, worst);
+  EXPECT_LT(loss_error, kLossBound * std::log(double(config.vocab)));
+  EXPECT_LT(worst, kParamBound) << "largest parameter difference after 6 steps, S=" << S;
+}
+
 TEST(ShardedMemory, AboutOneUnitPlusOneSthOfTheModel) {
   const auto comm = world();
   const int S = comm->size();
