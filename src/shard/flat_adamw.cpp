@@ -8,15 +8,52 @@
 
 namespace edit::shard {
 
+FrozenElements::FrozenElements(ShardedModel& model) {
+  const auto frozen = [](const std::string&, const at::Tensor& param) { return !param.requires_grad(); };
+  const auto trainable = [](const std::string&, const at::Tensor& param) { return param.requires_grad(); };
+  for (int u = 0; u < model.num_units(); ++u) {
+    const FlatUnit& unit = model.unit(u);
+    // Padding belongs to no parameter: it is in neither mask and stays zero by itself (zero
+    // gradient, zero moments), so only a unit with frozen elements pays for keeping them.
+    const at::Tensor positions = unit.shard_mask(frozen).nonzero().reshape({-1});
+    positions_.push_back(positions.numel() > 0 ? positions : at::Tensor());
+    whole_unit_.push_back(unit.shard_mask(trainable).sum().item<double>() == 0.0);
+  }
+}
+
+std::vector<at::Tensor> FrozenElements::keep(int unit, std::initializer_list<at::Tensor> tensors) const {
+  std::vector<at::Tensor> kept;
+  const at::Tensor& positions = positions_.at(static_cast<size_t>(unit));
+  if (!positions.defined()) return kept;
+  for (const at::Tensor& t : tensors) kept.push_back(t.index_select(0, positions));
+  return kept;
+}
+
+void FrozenElements::put_back(int unit, std::initializer_list<at::Tensor> tensors,
+                              const std::vector<at::Tensor>& kept) const {
+  if (kept.empty()) return;
+  const at::Tensor& positions = positions_.at(static_cast<size_t>(unit));
+  size_t i = 0;
+  for (at::Tensor t : tensors) t.index_copy_(0, positions, kept.at(i++));
+}
+
+FlatSgd::FlatSgd(ShardedModel& model, double lr) : model_(model), lr_(lr), frozen_(model) {}
+
 void FlatSgd::step() {
   at::NoGradGuard no_grad;
-  for (int u = 0; u < model_.num_units(); ++u) model_.unit(u).shard().add_(model_.unit(u).grad_shard(), -lr_);
+  for (int u = 0; u < model_.num_units(); ++u) {
+    if (frozen_.whole_unit(u)) continue;
+    at::Tensor& shard = model_.unit(u).shard();
+    const auto kept = frozen_.keep(u, {shard});
+    shard.add_(model_.unit(u).grad_shard(), -lr_);
+    frozen_.put_back(u, {shard}, kept);
+  }
 }
 
 bool decay_matrices_only(const std::string& /*name*/, const at::Tensor& param) { return param.dim() >= 2; }
 
 FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate decay)
-    : model_(model), options_(options) {
+    : model_(model), options_(options), frozen_(model) {
   EDIT_CHECK(options_.lr >= 0 && options_.eps > 0 && options_.weight_decay >= 0, "AdamW options out of range (lr ",
              options_.lr, ", eps ", options_.eps, ", weight_decay ", options_.weight_decay, "); use lr >= 0, eps > 0");
   EDIT_CHECK(options_.beta1 >= 0 && options_.beta1 < 1 && options_.beta2 >= 0 && options_.beta2 < 1, "AdamW betas (",
@@ -49,16 +86,21 @@ void FlatAdamW::step() {
     decay_factor_lr_ = lr;
   }
   for (int u = 0; u < model_.num_units(); ++u) {
+    if (frozen_.whole_unit(u)) continue;
     FlatUnit& unit = model_.unit(u);
     at::Tensor& param = unit.shard();
     const at::Tensor& grad = unit.grad_shard();
-    if (options_.weight_decay != 0) param.mul_(decay_factors_[static_cast<size_t>(u)]);
     at::Tensor& m = exp_avg_[static_cast<size_t>(u)];
     at::Tensor& v = exp_avg_sq_[static_cast<size_t>(u)];
+    // One pass over the whole shard, then the frozen elements get their values back: the
+    // trainable ones see exactly torch's arithmetic, and nothing is copied when none is frozen.
+    const auto kept = frozen_.keep(u, {param, m, v});
+    if (options_.weight_decay != 0) param.mul_(decay_factors_[static_cast<size_t>(u)]);
     m.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
     v.mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
     const at::Tensor denom = (v.sqrt() / bias_correction2_sqrt).add_(options_.eps);
     param.addcdiv_(m, denom, -step_size);
+    frozen_.put_back(u, {param, m, v}, kept);
   }
 }
 

@@ -235,6 +235,7 @@ at::Tensor ShardedModel::after_unit_forward(int index, at::Tensor output) {
   release_full(unit);
   for (int lender : unit.borrows_) release_full(*units_[static_cast<size_t>(lender)]);
   fire(HookPoint::kPostForward, index);
+  unit.output_requires_grad_ = output.requires_grad();
   if (output.requires_grad()) {
     // pre_backward: the gradient of this unit's output is complete, its backward is next.
     output.register_hook([this, index](const at::Tensor&) { on_pre_backward(index); });
@@ -254,7 +255,10 @@ void ShardedModel::on_pre_backward(int index) {
   // A borrowed (tied) weight's gradient accumulates into its lender's flat gradient, which stays
   // alive until the lender's own backward is done.
   for (int lender : unit.borrows_) start_backward(*units_[static_cast<size_t>(lender)]);
-  if (group_->size() > 1 && options_.prefetch && index > 0) {
+  // The previous unit runs its backward next, unless its output needed no grad (a frozen
+  // embedding): then it has none, and a gather for it would only outlive the step.
+  if (group_->size() > 1 && options_.prefetch && index > 0 &&
+      units_[static_cast<size_t>(index) - 1]->output_requires_grad_) {
     issue_gather(*units_[static_cast<size_t>(index) - 1], /*for_forward=*/false);
   }
 }
@@ -309,6 +313,10 @@ void ShardedModel::backward(const at::Tensor& loss) {
   loss.backward();
   finish_pending_backward(-1);
   for (int u = 0; u < num_units(); ++u) wait_grad(u);
+  // A prefetch for a unit whose backward never came (its output was unused by the loss) must not
+  // survive the step: the next forward would take that gather, made before the optimizer changed
+  // the shard, for its own, read the old weights and skip pre_gather.
+  for (auto& unit : units_) release_full(*unit);
 }
 
 void ShardedModel::zero_grad() {

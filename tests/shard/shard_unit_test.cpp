@@ -21,20 +21,21 @@ using edit::testing_support::LoopbackCommunicator;
 TEST(Storage, ReleasedAndRefilledStorageKeepsAutogradExact) {
   // w is a view into a flat buffer, as a sharded parameter is; backward runs after the buffer's
   // memory was released and refilled, through tensors autograd saved in between.
-  at::Tensor flat = at::randn({12});
+  // float64, so the bound below is about autograd, not about which GEMM kernel rounded how.
+  at::Tensor flat = at::randn({12}, at::kDouble);
   at::Tensor w = flat.narrow(0, 2, 6).view({2, 3}).detach().requires_grad_(true);
-  const at::Tensor x = at::randn({3, 4});
+  const at::Tensor x = at::randn({3, 4}, at::kDouble);
   at::Tensor y = at::matmul(w, x);
   at::Tensor loss = (y * y).sum();
   const at::Tensor saved_values = flat.clone();
   edit::compat::release_storage(flat);
   EXPECT_EQ(edit::compat::storage_nbytes(flat), 0u);
-  edit::compat::reallocate_storage(flat, 12 * sizeof(float));
+  edit::compat::reallocate_storage(flat, 12 * sizeof(double));
   flat.copy_(saved_values);
   loss.backward();
   // Reference: d/dw sum((w x)^2) = 2 (w x) x^T with the original values.
   const at::Tensor w_ref = saved_values.narrow(0, 2, 6).view({2, 3});
-  EXPECT_TRUE(at::allclose(w.grad(), 2 * at::matmul(at::matmul(w_ref, x), x.t())));
+  EXPECT_TRUE(at::allclose(w.grad(), 2 * at::matmul(at::matmul(w_ref, x), x.t()), 1e-12, 1e-14));
 }
 
 struct OneLinear : torch::nn::Module {
@@ -57,6 +58,31 @@ TEST(FlatAdamW, OneStepInClosedForm) {
   EXPECT_NEAR(unit.shard()[1].item<float>(), 0.9f, 1e-6);
   // The module's parameters are views of the shard when S = 1: they moved too.
   EXPECT_NEAR(model->layer->inner().ptr()->parameters()[0].item<float>(), 0.89f, 1e-6);
+}
+
+TEST(FlatAdamW, FrozenElementsKeepTheirValuesAndMoments) {
+  auto model = std::make_shared<OneLinear>();
+  model->layer->inner().ptr()->named_parameters()["weight"].set_requires_grad(false);
+  ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>());
+  edit::shard::FlatUnit& unit = sharded.unit(0);
+  unit.shard().fill_(1.0);
+  // A gradient and moments for the frozen weight too (left by a strategy, or by a checkpoint taken
+  // before it was frozen): the optimizers must not read them.
+  unit.grad_shard().fill_(0.5);
+  edit::shard::FlatAdamW adamw(sharded, {0.1, 0.9, 0.95, 1e-8, 0.1});
+  adamw.exp_avg(0).fill_(0.25);
+  adamw.exp_avg_sq(0).fill_(0.5);
+  adamw.step();
+  EXPECT_EQ(unit.shard()[0].item<float>(), 1.0f) << "frozen weight updated or decayed";
+  EXPECT_EQ(adamw.exp_avg(0)[0].item<float>(), 0.25f);
+  EXPECT_EQ(adamw.exp_avg_sq(0)[0].item<float>(), 0.5f);
+  // The bias trains: m = 0.275, v = 0.4875, step_size = 0.1 / (1 - 0.9) = 1, no decay.
+  EXPECT_NEAR(unit.shard()[1].item<float>(), 1.0 - 0.275 / (std::sqrt(0.4875 / 0.05) + 1e-8), 1e-6);
+  const float bias = unit.shard()[1].item<float>();
+  edit::shard::FlatSgd sgd(sharded, 0.1);
+  sgd.step();
+  EXPECT_EQ(unit.shard()[0].item<float>(), 1.0f) << "frozen weight moved by SGD";
+  EXPECT_NEAR(unit.shard()[1].item<float>(), bias - 0.05f, 1e-6);
 }
 
 TEST(LrSchedule, WarmupThenCosineToTheFloor) {
@@ -114,11 +140,17 @@ TEST(ShardedWrap, NestedUnitsAndUnitlessModelsAreRejected) {
 }
 
 TEST(ShardedWrap, SingleRankGradientsLandInTheFlatShardDirectly) {
+  // float64: the two runs do the same arithmetic on the same values, but the sharded model's
+  // parameters are views into one flat buffer, so a GEMM may take another (e.g. unaligned) kernel
+  // path and round a sum differently. In float64 that is a few ulps (~1e-16 relative): 1e-12
+  // holds on any CPU and still catches a gradient landing at the wrong offset.
   edit::testing_support::TinyConfig config;
   at::manual_seed(3);
   auto model = std::make_shared<edit::testing_support::TinyTransformer>(config);
+  model->to(at::kDouble);
   at::manual_seed(3);
   auto reference = std::make_shared<edit::testing_support::TinyTransformer>(config);
+  reference->to(at::kDouble);
   ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>());
   auto [x, y] = edit::testing_support::tiny_batch(config, 0, 0, 3);
   sharded.backward(model->loss(x, y));
@@ -127,7 +159,8 @@ TEST(ShardedWrap, SingleRankGradientsLandInTheFlatShardDirectly) {
   for (const auto& p : reference->parameters()) expected.push_back(p.grad().reshape({-1}));
   std::vector<at::Tensor> actual;
   for (int u = 0; u < sharded.num_units(); ++u) actual.push_back(sharded.unit(u).grad_shard());
-  EXPECT_TRUE(at::allclose(at::cat(actual), at::cat(expected), 1e-6, 1e-7));
+  EXPECT_EQ(at::cat(actual).scalar_type(), at::kDouble);
+  EXPECT_TRUE(at::allclose(at::cat(actual), at::cat(expected), 1e-12, 1e-15));
   EXPECT_EQ(sharded.memory().peak_full_param_bytes, 0);
 }
 

@@ -3,18 +3,39 @@
 // The arithmetic is torch::optim::AdamW's, element for element, so a sharded run and an unsharded
 // run with torch::optim::AdamW agree to float rounding. Parameters for which `decay` is false
 // (by default: vectors, i.e. biases and norm gains) get no weight decay, as a second param group
-// would. State is 2 floats per element of this rank's shard only.
+// would. Elements of frozen parameters (requires_grad false) are skipped, as torch skips a
+// parameter without a gradient. State is 2 floats per element of this rank's shard only.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "edit/shard/sharded_model.h"
 
 namespace edit::shard {
+
+// The elements of every unit's shard whose parameter is frozen (requires_grad false when the
+// optimizer is built; build a new optimizer after freezing or unfreezing). An optimizer leaves
+// them and their state exactly as they were: no update, no weight decay, moments untouched.
+class FrozenElements {
+ public:
+  explicit FrozenElements(ShardedModel& model);
+  // Every real element of the unit's shard is frozen: skip the unit.
+  bool whole_unit(int unit) const { return whole_unit_.at(static_cast<size_t>(unit)); }
+  // Copies of the frozen elements of `tensors` (each shaped like the unit's shard), for put_back()
+  // after an update that ran over the whole shard; empty when none of the unit's are frozen.
+  std::vector<at::Tensor> keep(int unit, std::initializer_list<at::Tensor> tensors) const;
+  void put_back(int unit, std::initializer_list<at::Tensor> tensors,
+                const std::vector<at::Tensor>& kept) const;
+
+ private:
+  std::vector<at::Tensor> positions_;  // per unit: (k,) int64 positions in the shard; undefined if k = 0
+  std::vector<bool> whole_unit_;
+};
 
 struct AdamWOptions {
   double lr = 1e-3;             // peak learning rate (a schedule may change it per step: set_lr)
@@ -37,7 +58,7 @@ class FlatOptimizer : public Stateful {
 // averaging is exactly data-parallel SGD (the equivalence the tests check).
 class FlatSgd : public FlatOptimizer {
  public:
-  FlatSgd(ShardedModel& model, double lr) : model_(model), lr_(lr) {}
+  FlatSgd(ShardedModel& model, double lr);
   void step() override;
   void set_lr(double lr) override { lr_ = lr; }
   double lr() const override { return lr_; }
@@ -47,6 +68,7 @@ class FlatSgd : public FlatOptimizer {
  private:
   ShardedModel& model_;
   double lr_;
+  FrozenElements frozen_;
 };
 
 using DecayPredicate = std::function<bool(const std::string& name, const at::Tensor& param)>;
@@ -78,6 +100,7 @@ class FlatAdamW : public FlatOptimizer {
   std::vector<at::Tensor> exp_avg_;
   std::vector<at::Tensor> exp_avg_sq_;
   std::vector<at::Tensor> decays_;  // bool mask per unit shard
+  FrozenElements frozen_;
   // Per unit: 1 - lr * weight_decay where the element decays, else 1; rebuilt when lr changes.
   std::vector<at::Tensor> decay_factors_;
   double decay_factor_lr_ = -1.0;

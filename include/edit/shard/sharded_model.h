@@ -90,6 +90,9 @@ class FlatUnit {
   bool gathered_ = false;
   bool in_backward_ = false;
   bool pre_gather_fired_ = false;  // this forward
+  // The last forward's output required grad, i.e. this unit's backward will run. A unit whose
+  // output does not (frozen, and nothing trainable before it) is not prefetched for a backward.
+  bool output_requires_grad_ = true;
   std::vector<int> borrows_;       // earlier units whose (tied) parameters this unit also uses
 };
 
@@ -127,7 +130,8 @@ class ShardedModel : public UnitListener, public Stateful {
   void remove_hook(int id);
 
   // loss.backward(), then the reduce-scatter of every unit still pending, then waits for all of
-  // them: afterwards every grad_shard() holds this micro-batch's gradient added in.
+  // them: afterwards every grad_shard() holds this micro-batch's gradient added in, and no full
+  // parameter buffer or gather is left (memory().full_param_bytes is 0).
   void backward(const at::Tensor& loss);
   // Waits for unit u's gradient reduce-scatter and adds it into grad_shard() (idempotent).
   void wait_grad(int unit);
