@@ -81,6 +81,26 @@ void report(const char* test, int S, double loss_error, double param_error) {
   }
 }
 
+// One step of the unsharded reference on the batches of every rank of the group together (the
+// data the sharded model saw at this step); returns (mean of the ranks' `local_loss`, the
+// reference's loss). `batch_of(rank)` gives a rank's (inputs, targets).
+template <typename Model, typename Optimizer, typename BatchOf>
+std::pair<double, double> reference_step(Model& reference, Optimizer& optimizer, double local_loss, BatchOf batch_of) {
+  const auto comm = world();
+  const auto losses = comm->all_gather_values({local_loss});
+  std::vector<at::Tensor> xs, ys;
+  for (int r = 0; r < comm->size(); ++r) {
+    auto [x, y] = batch_of(r);
+    xs.push_back(x);
+    ys.push_back(y);
+  }
+  optimizer.zero_grad();
+  at::Tensor ref_loss = reference.loss(at::cat(xs), at::cat(ys));
+  ref_loss.backward();
+  optimizer.step();
+  return {std::accumulate(losses.begin(), losses.end(), 0.0) / comm->size(), ref_loss.item<double>()};
+}
+
 torch::optim::AdamW reference_optimizer(TinyTransformer& model) {
   std::vector<at::Tensor> decay, no_decay;
   for (auto& p : model.parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
@@ -176,20 +196,10 @@ TEST(ShardedTied, TiedEmbeddingsMatchTheUnshardedModel) {
     at::Tensor loss = model->loss(x, y);
     sharded.backward(loss);
     optimizer.step();
-    const auto losses = comm->all_gather_values({loss.item<double>()});
-    std::vector<at::Tensor> xs, ys;
-    for (int r = 0; r < S; ++r) {
-      auto [rx, ry] = batch(step, r);
-      xs.push_back(rx);
-      ys.push_back(ry);
-    }
-    ref_optimizer.zero_grad();
-    at::Tensor ref_loss = reference->loss(at::cat(xs), at::cat(ys));
-    ref_loss.backward();
-    ref_optimizer.step();
-    const double mean_loss = std::accumulate(losses.begin(), losses.end(), 0.0) / S;
-    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss.item<double>()));
-    EXPECT_NEAR(mean_loss, ref_loss.item<double>(), kLossBound * ref_loss.item<double>()) << "step " << step;
+    const auto [mean_loss, ref_loss] =
+        reference_step(*reference, ref_optimizer, loss.item<double>(), [&](int r) { return batch(step, r); });
+    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss));
+    EXPECT_NEAR(mean_loss, ref_loss, kLossBound * ref_loss) << "step " << step;
   }
   EXPECT_EQ(static_cast<int64_t>(sharded.gather_full_parameters().size()), static_cast<int64_t>(seen.size()))
       << "the tied weight is held once";
@@ -221,19 +231,9 @@ TEST(ShardedFrozen, FrozenParameterStaysPutAndTheOthersMatchAdamW) {
     at::Tensor loss = model->loss(x, y);
     sharded.backward(loss);
     optimizer.step();
-    const auto losses = comm->all_gather_values({loss.item<double>()});
-    std::vector<at::Tensor> xs, ys;
-    for (int r = 0; r < S; ++r) {
-      auto [rx, ry] = tiny_batch(config, step, r, kBatch);
-      xs.push_back(rx);
-      ys.push_back(ry);
-    }
-    ref_optimizer.zero_grad();
-    at::Tensor ref_loss = reference->loss(at::cat(xs), at::cat(ys));
-    ref_loss.backward();
-    ref_optimizer.step();
-    const double mean_loss = std::accumulate(losses.begin(), losses.end(), 0.0) / S;
-    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss.item<double>()));
+    const auto [mean_loss, ref_loss] = reference_step(*reference, ref_optimizer, loss.item<double>(),
+                                                      [&](int r) { return tiny_batch(config, step, r, kBatch); });
+    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss));
   }
   bool found = false;
   for (const auto& [name, full] : sharded.gather_full_parameters()) {
@@ -285,20 +285,10 @@ TEST(ShardedFrozen, FrozenFirstUnitLeavesNoGatherBehind) {
     EXPECT_EQ(std::count(trace.begin(), trace.end(), "gather 0"), S > 1 ? 1 : 0)
         << "the frozen unit is gathered for its forward only, step " << step;
     optimizer.step();
-    const auto losses = comm->all_gather_values({loss.item<double>()});
-    std::vector<at::Tensor> xs, ys;
-    for (int r = 0; r < S; ++r) {
-      auto [rx, ry] = tiny_batch(config, step, r, kBatch);
-      xs.push_back(rx);
-      ys.push_back(ry);
-    }
-    ref_optimizer.zero_grad();
-    at::Tensor ref_loss = reference->loss(at::cat(xs), at::cat(ys));
-    ref_loss.backward();
-    ref_optimizer.step();
-    const double mean_loss = std::accumulate(losses.begin(), losses.end(), 0.0) / S;
-    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss.item<double>()));
-    EXPECT_NEAR(mean_loss, ref_loss.item<double>(), kLossBound * ref_loss.item<double>()) << "step " << step;
+    const auto [mean_loss, ref_loss] = reference_step(*reference, ref_optimizer, loss.item<double>(),
+                                                      [&](int r) { return tiny_batch(config, step, r, kBatch); });
+    loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss));
+    EXPECT_NEAR(mean_loss, ref_loss, kLossBound * ref_loss) << "step " << step;
     at::NoGradGuard no_grad;
     sharded.unit(0).shard().mul_(0.5);
     for (auto& p : reference->embed->parameters()) p.mul_(0.5);

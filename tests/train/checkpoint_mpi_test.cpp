@@ -75,24 +75,31 @@ struct TrainingRun {
   }
 };
 
+// The losses of 8 steps without interruption.
+std::vector<double> straight_losses(edit::comm::DeviceMesh& mesh) {
+  TrainingRun run(mesh, 0);
+  std::vector<double> losses;
+  for (int s = 0; s < 8; ++s) losses.push_back(run.step(mesh));
+  return losses;
+}
+
+// Trains 4 steps and saves them under `root`. The sync requested at step 3 runs inside step 4's
+// forward: it is saved as pending.
+void save_after_four_steps(edit::comm::DeviceMesh& mesh, const std::string& root) {
+  TrainingRun first_half(mesh, 0);
+  for (int s = 0; s < 4; ++s) first_half.step(mesh);
+  ASSERT_TRUE(first_half.strategy->sync_pending());
+  edit::train::Checkpointer checkpointer(mesh, root);
+  first_half.track(checkpointer);
+  checkpointer.save(4);
+  ASSERT_TRUE(first_half.strategy->sync_pending()) << "saving must not complete the sync";
+}
+
 TEST(Checkpoint, ResumedEditRunFollowsTheUninterruptedOne) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
   const std::string root = fresh_root(mesh, "ckpt_resume");
-  std::vector<double> straight;
-  {
-    TrainingRun run(mesh, 0);
-    for (int s = 0; s < 8; ++s) straight.push_back(run.step(mesh));
-  }
-  {
-    TrainingRun first_half(mesh, 0);
-    for (int s = 0; s < 4; ++s) first_half.step(mesh);
-    // The sync requested at step 3 runs inside step 4's forward: it is saved as pending.
-    ASSERT_TRUE(first_half.strategy->sync_pending());
-    edit::train::Checkpointer checkpointer(mesh, root);
-    first_half.track(checkpointer);
-    checkpointer.save(4);
-    ASSERT_TRUE(first_half.strategy->sync_pending()) << "saving must not complete the sync";
-  }
+  const std::vector<double> straight = straight_losses(mesh);
+  save_after_four_steps(mesh, root);
   TrainingRun resumed(mesh, 1234);
   edit::train::Checkpointer checkpointer(mesh, root);
   resumed.track(checkpointer);
@@ -107,18 +114,8 @@ TEST(Checkpoint, ALostPendingSyncChangesTheRun) {
   // pending sync was dropped (the anchors of step 4, but no sync pending) leaves the straight path.
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
   const std::string root = fresh_root(mesh, "ckpt_lost");
-  std::vector<double> straight;
-  {
-    TrainingRun run(mesh, 0);
-    for (int s = 0; s < 8; ++s) straight.push_back(run.step(mesh));
-  }
-  {
-    TrainingRun first_half(mesh, 0);
-    for (int s = 0; s < 4; ++s) first_half.step(mesh);
-    edit::train::Checkpointer checkpointer(mesh, root);
-    first_half.track(checkpointer);
-    checkpointer.save(4);
-  }
+  const std::vector<double> straight = straight_losses(mesh);
+  save_after_four_steps(mesh, root);
   TrainingRun resumed(mesh, 0);
   edit::train::Checkpointer checkpointer(mesh, root);
   resumed.track(checkpointer);
