@@ -9,7 +9,10 @@
 #include <ATen/Parallel.h>
 #include <torch/nn/functional/loss.h>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +20,7 @@
 
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_runtime.h"
+#include "edit/core/atomic_file.h"
 #include "edit/core/check.h"
 #include "edit/core/log.h"
 #include "edit/data/byte_tokenizer.h"
@@ -49,7 +53,8 @@ struct Config {
   int grad_accum = 1;
   std::int64_t steps = 1000;
   double lr = 1e-3, min_lr = 1e-4;
-  std::int64_t warmup_steps = 50;
+  std::int64_t warmup_steps = 50;  // the default shrinks to --steps in a shorter run; a given value must fit
+  bool warmup_given = false;
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, clip = 1.0;
   // strategy and mesh
   std::string strategy = "edit";
@@ -66,8 +71,10 @@ struct Config {
   std::string out_dir = "runs/train";
   int checkpoint_every = 0, keep_checkpoints = 3;
   std::string resume = "none";
+  bool overwrite = false;
   int sample_tokens = 0;
   std::string log_level;
+  double comm_timeout = 0;  // seconds; 0: EDIT_COMM_TIMEOUT_S, else 600
 };
 
 void add_options(CLI::App& app, Config& c) {
@@ -75,34 +82,34 @@ void add_options(CLI::App& app, Config& c) {
   auto* model = "Model";
   app.add_option("--model", c.model, "size preset: tiny, small, 124m, 1b")->group(model)->capture_default_str();
   app.add_option("--style", c.style, "gpt2 or llama")->group(model)->capture_default_str();
-  app.add_option("--vocab-size", c.vocab_size, "override the preset's vocabulary")->group(model);
-  app.add_option("--seq-len", c.seq_len, "override the context length")->group(model);
-  app.add_option("--dim", c.dim, "override the width")->group(model);
-  app.add_option("--heads", c.heads, "override the attention heads")->group(model);
-  app.add_option("--layers", c.layers, "override the number of blocks")->group(model);
+  app.add_option("--vocab-size", c.vocab_size, "override the preset's vocabulary")->group(model)->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", c.seq_len, "override the context length")->group(model)->check(CLI::PositiveNumber);
+  app.add_option("--dim", c.dim, "override the width")->group(model)->check(CLI::PositiveNumber);
+  app.add_option("--heads", c.heads, "override the attention heads")->group(model)->check(CLI::PositiveNumber);
+  app.add_option("--layers", c.layers, "override the number of blocks")->group(model)->check(CLI::PositiveNumber);
   app.add_option("--tie-embeddings", c.tie_embeddings, "head reuses the token embedding: auto (gpt2 yes, llama no), on, off")
       ->group(model)->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   auto* data = "Data";
   app.add_option("--train-data", c.train_data, "token shards or text files (globs allowed)")->group(data)->required();
   app.add_option("--val-data", c.val_data, "held-out files; default: the last --val-fraction of --train-data")->group(data);
   app.add_option("--data-format", c.data_format, "tokens (llm.c .bin) or text (bytes)")->group(data)->capture_default_str();
-  app.add_option("--val-fraction", c.val_fraction, "held-out share when --val-data is absent")->group(data)->capture_default_str();
+  app.add_option("--val-fraction", c.val_fraction, "held-out share when --val-data is absent")->group(data)->check(CLI::Range(0.0, 0.5))->capture_default_str();
   app.add_option("--seed", c.seed, "data order seed (the same on every rank)")->group(data)->capture_default_str();
   auto* optim = "Optimization";
-  app.add_option("--batch-size", c.batch_size, "sequences per rank per micro-batch")->group(optim)->capture_default_str();
-  app.add_option("--grad-accum", c.grad_accum, "micro-batches per step")->group(optim)->capture_default_str();
-  app.add_option("--steps", c.steps, "inner steps")->group(optim)->capture_default_str();
-  app.add_option("--lr", c.lr, "peak learning rate (AdamW)")->group(optim)->capture_default_str();
-  app.add_option("--min-lr", c.min_lr, "learning rate at the end of the cosine")->group(optim)->capture_default_str();
-  app.add_option("--warmup-steps", c.warmup_steps, "linear warm-up steps")->group(optim)->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "sequences per rank per micro-batch")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--grad-accum", c.grad_accum, "micro-batches per step")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--steps", c.steps, "inner steps")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--lr", c.lr, "peak learning rate (AdamW)")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--min-lr", c.min_lr, "learning rate at the end of the cosine")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--warmup-steps", c.warmup_steps, "linear warm-up steps")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--weight-decay", c.weight_decay, "decoupled weight decay (matrices)")->group(optim)->capture_default_str();
   app.add_option("--beta1", c.beta1, "AdamW beta1")->group(optim)->capture_default_str();
   app.add_option("--beta2", c.beta2, "AdamW beta2")->group(optim)->capture_default_str();
-  app.add_option("--clip", c.clip, "gradient-norm clip (0: off)")->group(optim)->capture_default_str();
+  app.add_option("--clip", c.clip, "gradient-norm clip (0: off)")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
   auto* sync = "Synchronization";
   app.add_option("--strategy", c.strategy, "edit, diloco, ddp or none")->group(sync)
       ->check(CLI::IsMember({"edit", "diloco", "ddp", "none"}))->capture_default_str();
-  app.add_option("--sync-every", c.sync_every, "H: inner steps between outer syncs")->group(sync)->capture_default_str();
+  app.add_option("--sync-every", c.sync_every, "H: inner steps between outer syncs")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")->group(sync)->capture_default_str();
   app.add_option("--outer-lr", c.outer_lr, "outer learning rate")->group(sync)->capture_default_str();
   app.add_option("--outer-momentum", c.outer_momentum, "outer momentum")->group(sync)->capture_default_str();
@@ -112,16 +119,19 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--penalty-warmup", c.penalty_warmup, "syncs before anomaly tests start (>= 1)")->group(sync)->capture_default_str();
   app.add_option("--check-replicas-every", c.check_replicas_every,
                  "compare a checksum of the replicas' anchors every N syncs (0: only at the start)")->group(sync)->capture_default_str();
-  app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")->group(sync)->capture_default_str();
+  app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
   auto* run = "Evaluation, logging and checkpoints";
-  app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")->group(run)->capture_default_str();
-  app.add_option("--eval-batches", c.eval_batches, "val batches per evaluation and rank")->group(run)->capture_default_str();
-  app.add_option("--log-every", c.log_every, "readable log line every N steps")->group(run)->capture_default_str();
+  app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--eval-batches", c.eval_batches, "val batches per evaluation and rank")->group(run)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--log-every", c.log_every, "readable log line every N steps (0: none)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--out-dir", c.out_dir, "metrics, loss table and checkpoints go here")->group(run)->capture_default_str();
-  app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")->group(run)->capture_default_str();
-  app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")->group(run)->capture_default_str();
+  app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")->group(run)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--resume", c.resume, "auto (latest in out-dir), a checkpoint folder, or none")->group(run)->capture_default_str();
-  app.add_option("--sample-tokens", c.sample_tokens, "print a sample of N tokens at the end (byte tokenizer)")->group(run);
+  app.add_flag("--overwrite", c.overwrite, "start over in an --out-dir that holds a previous run (deletes its checkpoints and logs)")->group(run);
+  app.add_option("--comm-timeout", c.comm_timeout, "seconds a collective may wait for a peer before the job fails "
+                 "(default: EDIT_COMM_TIMEOUT_S, else 600)")->group(run)->check(CLI::NonNegativeNumber);
+  app.add_option("--sample-tokens", c.sample_tokens, "print a sample of N tokens at the end (byte tokenizer)")->group(run)->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")->group(run);
 }
 
@@ -138,6 +148,76 @@ edit::models::GptConfig model_config(const Config& c) {
   return m;
 }
 
+// Contradictions no single option's check can see. Every rank reaches the same verdict.
+void validate(const Config& c) {
+  EDIT_CHECK(std::isfinite(c.lr), "--lr ", c.lr, " is not a finite number");
+  EDIT_CHECK(c.min_lr <= c.lr, "--min-lr ", c.min_lr, " is above --lr ", c.lr,
+             "; the cosine decays from --lr down to --min-lr, so --min-lr must be at most --lr");
+  EDIT_CHECK(!c.warmup_given || c.warmup_steps <= c.steps, "--warmup-steps ", c.warmup_steps,
+             " is longer than the run (--steps ", c.steps, "); shorten the warm-up or train longer");
+  EDIT_CHECK(!c.no_penalty || c.strategy == "edit", "--no-penalty switches off EDiT's pseudo-gradient penalty, but "
+             "--strategy is ", c.strategy, "; drop --no-penalty or use --strategy edit");
+  EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
+             " (continue) contradict each other; pass one of them");
+  EDIT_CHECK(std::isfinite(c.outer_lr) && c.outer_lr > 0, "--outer-lr ", c.outer_lr, " must be a positive number");
+}
+
+// A rough lower bound of one step's activation memory per rank: the logits (B, T, V) with their
+// softmax and gradient, and one block's attention scores (B, heads, T, T) with their gradient.
+// A configuration far beyond the machine is an error that names the options, not an allocator
+// trace for hundreds of GB.
+void check_memory(const edit::models::GptConfig& gpt, const Config& c) {
+  const double B = c.batch_size, T = gpt.seq_len;
+  const double bytes = 4.0 * B * T * (3.0 * gpt.vocab_size + 2.0 * gpt.heads * T);
+  const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  EDIT_CHECK(ram <= 0 || bytes < ram, "--batch-size ", c.batch_size, " x --seq-len ", gpt.seq_len, " (vocabulary ",
+             gpt.vocab_size, ", ", gpt.heads, " heads) needs at least ", std::ceil(bytes / 1e9),
+             " GB per rank for logits and attention scores, more than this machine's ", std::floor(ram / 1e9),
+             " GB; lower --seq-len or --batch-size");
+}
+
+// The out-dir holds one run. Collective: rank 0 looks for a previous run, and every rank checks
+// that it can write there (each writes its own checkpoint files), before anything is trained.
+void prepare_out_dir(edit::comm::DeviceMesh& mesh, const Config& c) {
+  const fs::path dir(c.out_dir);
+  std::string previous;
+  double refused = 0.0;
+  if (mesh.rank() == 0) {
+    for (const char* name : {"checkpoints", "metrics.jsonl", "loss.tsv"}) {
+      if (fs::exists(dir / name)) previous += (previous.empty() ? "" : ", ") + std::string(name);
+    }
+    if (!previous.empty() && c.resume == "none") {
+      if (c.overwrite) {
+        for (const char* name : {"checkpoints", "metrics.jsonl", "loss.tsv", "loss.png"}) fs::remove_all(dir / name);
+        spdlog::info("--overwrite: removed the previous run's {} from {}", previous, c.out_dir);
+      } else {
+        refused = 1.0;
+      }
+    }
+  }
+  EDIT_CHECK(mesh.world().all_gather_values({refused}).front() == 0.0, "--out-dir ", c.out_dir,
+             " holds a previous run", previous.empty() ? std::string() : " (" + previous + ")",
+             "; pass --resume auto to continue it, --overwrite to start over (its checkpoints and logs are "
+             "deleted), or choose another --out-dir");
+  std::string problem;
+  try {
+    const fs::path probe = dir / "checkpoints" / (".write-test-" + std::to_string(mesh.rank()));
+    fs::create_directories(probe.parent_path());
+    std::ofstream(probe) << "ok\n";
+    EDIT_CHECK(fs::file_size(probe) == 3, "cannot write ", probe.string());
+    fs::remove(probe);
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  std::string failed;
+  const auto flags = mesh.world().all_gather_values({problem.empty() ? 0.0 : 1.0});
+  for (size_t r = 0; r < flags.size(); ++r) {
+    if (flags[r] != 0.0) failed += (failed.empty() ? "" : ", ") + std::to_string(r);
+  }
+  EDIT_CHECK(failed.empty(), "rank(s) ", failed, " cannot write into ", (dir / "checkpoints").string(),
+             problem.empty() ? std::string() : " (" + problem + ")", "; choose an --out-dir every rank can write");
+}
+
 double world_mean(edit::comm::DeviceMesh& mesh, double value) {
   double total = 0.0;
   for (double v : mesh.world().all_gather_values({value})) total += v;
@@ -151,16 +231,20 @@ int main(int argc, char** argv) {
   CLI::App app{"edit-train-gpt: GPT pretraining with DiLoCo / EDiT / DDP on MPI ranks"};
   add_options(app, c);
   CLI11_PARSE(app, argc, argv);
+  c.warmup_given = app.count("--warmup-steps") > 0;
   try {
     at::set_num_threads(1);
-    edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({c.shard_size});
-    edit::log::init(mesh.rank(), c.log_level);
-    const auto gpt = model_config(c);
-    if (mesh.rank() == 0) {
-      fs::create_directories(c.out_dir);
-      std::ofstream(fs::path(c.out_dir) / "config.json") << gpt.to_json() << "\n";  // for edit-export / edit-generate
+    edit::comm::MeshOptions mesh_options;
+    mesh_options.shard_size = c.shard_size;
+    if (c.comm_timeout > 0) {
+      mesh_options.comm.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.comm_timeout * 1000.0));
     }
-    mesh.world().barrier()->wait();
+    edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(mesh_options);
+    edit::log::init(mesh.rank(), c.log_level);
+    validate(c);
+    const auto gpt = model_config(c);
+    check_memory(gpt, c);
+    prepare_out_dir(mesh, c);
 
     // Data: each rank its own disjoint stream; val from --val-data or the tail of --train-data.
     edit::data::TokenDatasetOptions data_options;
@@ -223,8 +307,13 @@ int main(int argc, char** argv) {
     checkpointer.track("trainer", trainer);
     if (c.resume != "none" && !(c.resume == "auto" && !checkpointer.latest())) {
       const auto step = checkpointer.load(c.resume);
+      EDIT_CHECK(step <= c.steps, "the checkpoint is at step ", step, ", past --steps ", c.steps,
+                 "; pass --steps above ", step, " to train on from it");
       if (mesh.rank() == 0) spdlog::info("resumed from step {} ({})", step, c.resume);
     }
+    // The model's configuration, for edit-export and edit-generate: written once every option and
+    // the checkpoint have been checked, and atomically, so a refused start never breaks a run.
+    if (mesh.rank() == 0) edit::write_file_atomically((fs::path(c.out_dir) / "config.json").string(), gpt.to_json() + "\n");
 
     const auto next_batch = [&](std::int64_t, int) {
       auto b = train.next_batch(c.batch_size, gpt.seq_len);
@@ -269,7 +358,10 @@ int main(int argc, char** argv) {
     }
     if (trainer.current_step() == 0) {  // the starting point of the curves (no train loss yet)
       const double val_loss = evaluate();
-      if (mesh.rank() == 0) loss_table << "0\t0\tnan\t" << val_loss << std::endl;
+      if (mesh.rank() == 0) {
+        loss_table << "0\t0\tnan\t" << val_loss << std::endl;
+        EDIT_CHECK(loss_table.good(), "writing ", c.out_dir, "/loss.tsv failed; is the disk full?");
+      }
     }
     const double tokens_per_step = double(c.batch_size) * gpt.seq_len * c.grad_accum * mesh.world_size();
     while (trainer.current_step() < c.steps) {
@@ -283,6 +375,7 @@ int main(int argc, char** argv) {
           spdlog::info("eval at step {}: val loss {:.4f} (train {:.4f})", done, val_loss, train_loss);
           loss_table << done << '\t' << static_cast<std::int64_t>(done * tokens_per_step) << '\t' << train_loss << '\t'
                      << val_loss << std::endl;
+          EDIT_CHECK(loss_table.good(), "writing ", c.out_dir, "/loss.tsv failed; is the disk full?");
         }
       }
       if (c.checkpoint_every > 0 && (done % c.checkpoint_every == 0 || done == c.steps)) {

@@ -173,11 +173,21 @@ StateDict TokenDataset::state_dict() {
   StateDict state;
   state.put("epoch", cursor_.epoch);
   state.put("position", cursor_.position);
+  // What the cursor points into: a resume on other data must not continue silently.
+  state.put("corpus_tokens", num_tokens());
+  state.put("windows_per_epoch", windows_per_epoch());
   return state;
 }
 
 void TokenDataset::load_state_dict(const StateDict& state) {
-  set_cursor({state.integer("the data cursor", "epoch"), state.integer("the data cursor", "position")});
+  const std::string owner = "the data cursor";
+  const std::int64_t tokens = state.integer(owner, "corpus_tokens");
+  const std::int64_t windows = state.integer(owner, "windows_per_epoch");
+  EDIT_CHECK(tokens == num_tokens() && windows == windows_per_epoch(), "the checkpoint was trained on a corpus of ",
+             tokens, " tokens (", windows, " windows per epoch on rank ", options_.rank, "), but this job reads ",
+             num_tokens(), " tokens (", windows_per_epoch(), " windows) from ", files_.size(),
+             " file(s); resume with the same data files, split and --seq-len");
+  set_cursor({state.integer(owner, "epoch"), state.integer(owner, "position")});
 }
 
 TokenBatch TokenDataset::next_batch(std::int64_t batch, std::int64_t seq) {

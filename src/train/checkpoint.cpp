@@ -321,7 +321,23 @@ std::int64_t Checkpointer::load(const std::string& path) {
   const auto& entry = manifest["ranks"].at(static_cast<size_t>(mesh_.rank()));
   const fs::path file = fs::path(dir) / entry["file"].get<std::string>();
   const std::string name = file.string();
-  RankFile saved = read_rank_file(name, entry["bytes"].get<std::uint64_t>(), entry["crc32"].get<std::uint32_t>());
+  // Every rank verifies its own file, then all learn whether all could: one damaged file stops
+  // every rank here with the same verdict, instead of one rank failing while the others train on.
+  RankFile saved;
+  std::string problem;
+  try {
+    saved = read_rank_file(name, entry["bytes"].get<std::uint64_t>(), entry["crc32"].get<std::uint32_t>());
+  } catch (const Error& e) {
+    problem = e.what();
+  }
+  std::string damaged;
+  const auto flags = mesh_.world().all_gather_values({problem.empty() ? 0.0 : 1.0});
+  for (size_t r = 0; r < flags.size(); ++r) {
+    if (flags[r] != 0.0) damaged += (damaged.empty() ? "" : ", ") + std::to_string(r);
+  }
+  EDIT_CHECK(damaged.empty(), dir, ": the files of rank(s) ", damaged, " are damaged",
+             problem.empty() ? std::string() : " (" + problem + ")", "; nothing was loaded. Resume from an older "
+             "checkpoint (pass its folder to --resume) or delete this one");
 
   // Every tracked component must have been saved, and the file must hold nothing else.
   std::set<std::string> saved_components;

@@ -87,8 +87,19 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     metrics.loss += loss.item<double>();
     tokens += batch.targets.numel();
   }
+  // A non-finite loss stops here, before any update: the weights, the anchors and every checkpoint
+  // stay as they were.
+  EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.loss), "step ", step_, ": the loss is ",
+             metrics.loss, " on rank ", mesh_.rank(), " (lr ", options_.schedule.at(step_),
+             "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
+             "the learning rate or check the data, then resume from the last checkpoint");
   strategy_.before_step(step_);
   metrics.grad_norm = options_.clip_norm > 0 ? model_.clip_grad_norm(options_.clip_norm) : NAN;
+  // The norm is global (identical on every rank), so every rank stops together.
+  EDIT_CHECK(!options_.stop_on_nonfinite || options_.clip_norm == 0 || std::isfinite(metrics.grad_norm), "step ",
+             step_, ": the gradient norm is ", metrics.grad_norm,
+             "; training stopped before the update, so the weights and the last checkpoint are intact. Lower the "
+             "learning rate or check the data, then resume from the last checkpoint");
   metrics.lr = options_.schedule.at(step_);
   inner_.set_lr(metrics.lr);
   inner_.step();
@@ -159,6 +170,7 @@ void Trainer::write_metrics(const StepMetrics& m) {
   if (std::isfinite(m.loss_world)) line["loss_world"] = m.loss_world;
   *metrics_ << line.dump() << '\n';
   metrics_->flush();
+  EDIT_CHECK(metrics_->good(), "writing ", options_.metrics_path, " failed at step ", m.step, "; is the disk full?");
 }
 
 }  // namespace edit::train

@@ -68,7 +68,7 @@ if(NOT gen_result EQUAL 0 OR sample_length LESS 40)
 endif()
 message(STATUS "sample: ${sample}")
 # Bad input: a token id beyond the model's vocabulary is refused with the file named.
-execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 1 --vocab-size 64 --out-dir "${WORK}/bad"
+execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 5 --vocab-size 64 --out-dir "${WORK}/bad"
                 RESULT_VARIABLE bad_result OUTPUT_VARIABLE bad_out ERROR_VARIABLE bad_err)
 if(bad_result EQUAL 0 OR NOT "${bad_out}${bad_err}" MATCHES "train_000000.bin")
   message(FATAL_ERROR "a token id >= vocab was not refused with the file named:\n${bad_out}\n${bad_err}")

@@ -34,6 +34,7 @@ struct TrainerOptions {
   shard::WarmupCosine schedule;  // learning rate per step
   std::string metrics_path;     // JSONL file written by rank 0; empty: none
   int log_every = 10;           // readable line + world-mean loss every N steps; 0: never
+  bool stop_on_nonfinite = true;  // a NaN/Inf loss or gradient norm throws before the update
 };
 
 struct Batch {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# train_gpt_failures.sh MPIEXEC... -- PREPARE TRAIN WORK
+# Faults and bad input against edit-train-gpt on 2 ranks. Each case must exit non-zero within a
+# bound, print a message that names the problem, and leave what was saved before byte-identical.
+set -uo pipefail
+mpiexec=()
+while [[ $1 != "--" ]]; do mpiexec+=("$1"); shift; done
+shift
+prepare=$1 train=$2 work=$3
+rm -rf "$work" && mkdir -p "$work/text"
+for i in $(seq 1 300); do echo "line $((i % 13)) of a small corpus for the failure tests."; done > "$work/text/corpus.txt"
+"$prepare" --out "$work/data" --val-fraction 0.1 "$work/text" > /dev/null || { echo "prepare failed"; exit 1; }
+# No --strategy or --seq-len here: cases set them (an option given twice is an error of its own).
+base=(--model tiny --batch-size 4 --train-data "$work/data/train_*.bin" --val-data "$work/data/val_*.bin"
+        --sync-every 4 --eval-every 0 --log-every 0 --log-level warn)
+common=("${base[@]}" --seq-len 32)
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+snapshot() { (cd "$1" && find . -type f ! -name '*.log' | sort | xargs md5sum) 2> /dev/null; }
+
+# expect_failure NAME BOUND_S PATTERN ARGS...: non-zero exit within BOUND_S, output matching PATTERN.
+expect_failure() {
+  local name=$1 bound=$2 pattern=$3
+  shift 3
+  local start=$SECONDS
+  timeout 120 "${mpiexec[@]}" -np 2 "$train" "${common[@]}" "$@" > "$work/$name.log" 2>&1
+  local rc=$? took=$((SECONDS - start))
+  if [[ $rc -eq 0 ]]; then fail "$name: exited 0"; return; fi
+  if [[ $took -gt $bound ]]; then fail "$name: took ${took} s (bound ${bound} s)"; fi
+  grep -qE -- "$pattern" "$work/$name.log" || { fail "$name: no message matching '$pattern'"; sed 's/^/    /' "$work/$name.log" | head -20; }
+  echo "ok: $name (exit $rc, ${took} s)"
+}
+
+# A run with checkpoints to protect.
+"${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps 8 --checkpoint-every 4 --out-dir "$work/run" > "$work/first.log" 2>&1 \
+  || { cat "$work/first.log"; echo "the first run failed"; exit 1; }
+before=$(snapshot "$work/run")
+
+expect_failure reused_out_dir 30 "holds a previous run.*--resume auto.*--overwrite" --steps 8 --out-dir "$work/run"
+expect_failure other_model 30 "resume with the same model" --steps 12 --dim 32 --resume auto --out-dir "$work/run"
+expect_failure steps_below_checkpoint 30 "past --steps 4" --steps 4 --resume auto --out-dir "$work/run"
+# One flipped byte in rank 1's newest checkpoint file: every rank stops, naming rank 1.
+victim=$(ls -d "$work/run/checkpoints/step_"* | sort | tail -n 1)/rank_00001.bin
+cp "$victim" "$work/victim.bak"
+printf '\x5a' | dd of="$victim" bs=1 seek=$(($(stat -c %s "$victim") / 2)) conv=notrunc status=none
+expect_failure damaged_one_rank 30 "rank\(s\) 1 are damaged" --steps 12 --resume auto --out-dir "$work/run"
+cp "$work/victim.bak" "$victim"
+[[ "$(snapshot "$work/run")" == "$before" ]] || fail "a refused start changed the files of the run"
+
+touch "$work/a_file"
+expect_failure out_dir_under_a_file 30 "a_file" --steps 4 --out-dir "$work/a_file/run"
+expect_failure min_lr_above_lr 30 "--min-lr 0.1 is above --lr" --steps 4 --lr 0.01 --min-lr 0.1 --out-dir "$work/x1"
+expect_failure no_penalty_with_ddp 30 "--no-penalty" --steps 4 --strategy ddp --no-penalty --out-dir "$work/x2"
+expect_failure zero_heads 30 "--heads" --steps 4 --heads 0 --out-dir "$work/x3"
+common=("${base[@]}")
+expect_failure huge_seq_len 30 "lower --seq-len" --steps 4 --seq-len 1000000 --out-dir "$work/x4"
+common=("${base[@]}" --seq-len 32)
+expect_failure nan_loss 60 "(loss|gradient norm) is (nan|inf|-nan)" --steps 30 --lr 1e12 --warmup-steps 0 --clip 0 --out-dir "$work/x5"
+
+# --overwrite starts over: the old checkpoints are gone, the new run's are there.
+"${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps 2 --checkpoint-every 2 --overwrite --out-dir "$work/run" > "$work/overwrite.log" 2>&1 \
+  || fail "--overwrite failed: $(tail -n 5 "$work/overwrite.log")"
+[[ $(ls "$work/run/checkpoints") == "step_00000002" ]] || fail "--overwrite left $(ls "$work/run/checkpoints" | tr '\n' ' ')"
+[[ $(grep -c '"step"' "$work/run/metrics.jsonl") -eq 2 ]] || fail "--overwrite kept the old metrics"
+
+[[ $failures -eq 0 ]] || { echo "$failures case(s) failed"; exit 1; }
+rm -rf "$work"
