@@ -33,7 +33,7 @@ void write_all(int fd, const unsigned char* data, std::size_t size, const std::s
     const ssize_t written = ::write(fd, data, size);
     if (written < 0 && errno == EINTR) continue;
     EDIT_CHECK(written > 0, "cannot write the token file ", path, ": ", std::strerror(errno),
-               "; check free disk space and that the folder is writable");
+               "; is the disk full? (check free space and that the folder is writable)");
     data += written;
     size -= static_cast<std::size_t>(written);
   }
