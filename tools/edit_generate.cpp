@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
+#include <climits>
+#include <cmath>
 #include <iostream>
 
 #include "edit/data/byte_tokenizer.h"
@@ -20,13 +22,22 @@ int main(int argc, char** argv) {
   app.add_option("--weights", weights, "anchor or local (see edit-export)")
       ->check(CLI::IsMember({"anchor", "local"}))->capture_default_str();
   app.add_option("--prompt", prompt, "text to continue")->capture_default_str();
-  app.add_option("--tokens", tokens, "tokens to sample")->capture_default_str();
-  app.add_option("--temperature", temperature, "softmax temperature (> 0)")->capture_default_str();
-  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str();
+  app.add_option("--tokens", tokens, "tokens to sample (>= 1)")->capture_default_str();
+  app.add_option("--temperature", temperature, "softmax temperature (finite, > 0)")->capture_default_str();
+  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0 or >= the vocabulary: all)")
+      ->capture_default_str();
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
-    EDIT_CHECK(temperature > 0, "--temperature must be positive, got ", temperature);
+    // Before the checkpoint is read, so a typo fails at once. A NaN fails every comparison, so the
+    // checks are written to pass only for valid values.
+    EDIT_CHECK(tokens >= 1, "--tokens ", tokens, " is outside the valid range 1..", INT_MAX,
+               "; pass how many tokens to sample, e.g. 200");
+    EDIT_CHECK(std::isfinite(temperature) && temperature > 0, "--temperature ", temperature,
+               " is outside the valid range (0, inf): it divides the logits; pass e.g. 0.8 (lower: more",
+               " deterministic)");
+    EDIT_CHECK(top_k >= 0, "--top-k ", top_k, " is outside the valid range 0..", INT_MAX,
+               " (0: sample among all tokens); pass e.g. 40");
     at::set_num_threads(1);
     const auto loaded = edit::tools::load_run(run, checkpoint, weights == "anchor");
     const auto& config = loaded.model->config();
@@ -48,6 +59,7 @@ int main(int argc, char** argv) {
       ids.push_back(static_cast<std::uint16_t>(at::multinomial(at::softmax(logits, -1), 1).item<std::int64_t>()));
     }
     std::cout << tokenizer.decode(ids) << std::endl;
+    EDIT_CHECK(std::cout.good(), "cannot write the sample to standard output; is the disk full?");
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "edit-generate: " << e.what() << "\n";

@@ -8,11 +8,20 @@
 // the val split and the rest to train, so val covers every file's kind of text (splitting the
 // concatenation instead would hold out only the last files). Output: DIR/train_000000.bin, ...
 // and DIR/val_000000.bin, ..., at most --shard-tokens tokens each.
+//
+// A run replaces the shards of an earlier one only when it succeeds: it writes into a sibling
+// folder and swaps it in at the end (StagedOutput). A named input that is a FIFO or a device is an
+// error, found before anything is opened; such entries of a folder are skipped like symlinks.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -35,12 +44,19 @@ struct Options {
   std::vector<std::string> inputs;          // text files or folders of them
 };
 
-struct Inputs {
-  std::vector<fs::path> files;
-  std::int64_t skipped = 0;  // symlinks and binary files
+struct Skipped {
+  std::string path;
+  std::string why;  // "symbolic link", "binary", ...
 };
 
-// Files named on the command line, folders expanded to their regular files (sorted).
+struct Inputs {
+  std::vector<fs::path> files;
+  std::vector<Skipped> skipped;
+};
+
+// Files named on the command line, folders expanded to their regular files (sorted). A named
+// input that is no regular file or folder (a FIFO, a device) is an error before anything is
+// opened: reading a FIFO would block until a writer appears.
 Inputs list_inputs(const std::vector<std::string>& args) {
   Inputs inputs;
   for (const std::string& arg : args) {
@@ -49,14 +65,16 @@ Inputs list_inputs(const std::vector<std::string>& args) {
     const fs::file_status link = fs::symlink_status(path, ec);
     EDIT_CHECK(!ec && fs::exists(link), "input ", arg, " does not exist; pass text files or folders of them");
     if (fs::is_symlink(link)) {
-      ++inputs.skipped;  // fortunes' *.u8 links repeat their targets
+      inputs.skipped.push_back({arg, "symbolic link"});  // fortunes' *.u8 links repeat their targets
       continue;
     }
     if (fs::is_directory(link)) {
       std::vector<fs::path> found;
       for (const fs::directory_entry& entry : fs::directory_iterator(path)) {
-        if (entry.is_symlink() || !entry.is_regular_file()) {
-          ++inputs.skipped;
+        if (entry.is_symlink()) {
+          inputs.skipped.push_back({entry.path().string(), "symbolic link"});
+        } else if (!entry.is_regular_file()) {
+          inputs.skipped.push_back({entry.path().string(), "not a regular file"});
         } else {
           found.push_back(entry.path());
         }
@@ -64,13 +82,112 @@ Inputs list_inputs(const std::vector<std::string>& args) {
       std::sort(found.begin(), found.end());
       inputs.files.insert(inputs.files.end(), found.begin(), found.end());
     } else {
-      EDIT_CHECK(fs::is_regular_file(link), "input ", arg,
-                 " is not a regular file or folder; pass text files");
+      edit::data::check_regular_file(arg, "input");
       inputs.files.push_back(path);
     }
   }
   return inputs;
 }
+
+// "a (binary), b (symbolic link)", at most `limit` of them.
+std::string describe(const std::vector<Skipped>& skipped, std::size_t limit = 10) {
+  std::string text;
+  for (std::size_t i = 0; i < skipped.size() && i < limit; ++i) {
+    text += (i > 0 ? ", " : "") + skipped[i].path + " (" + skipped[i].why + ")";
+  }
+  if (skipped.size() > limit) text += " and " + std::to_string(skipped.size() - limit) + " more";
+  return text.empty() ? "nothing" : text;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string text;
+  for (const std::string& item : items) text += (text.empty() ? "" : ", ") + item;
+  return text;
+}
+
+// Flushes a folder's entries (renames, new files) to disk.
+void fsync_folder(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  EDIT_CHECK(fd >= 0, "cannot open the folder ", dir.string(),
+             " to flush it to disk: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  EDIT_CHECK(rc == 0, "fsync of the folder ", dir.string(), " failed: ", std::strerror(errno),
+             "; is the disk full?");
+}
+
+// Shards of a run, and the temporaries of a shard write that was killed.
+bool is_shard(const fs::path& path) {
+  static const std::regex shard_name(R"((train|val)_\d{6}\.bin(\.tmp)?)");
+  return std::regex_match(path.filename().string(), shard_name);
+}
+
+// The new shards are written into a sibling folder, <out>.tmp-<pid>, and only a run that wrote
+// and checked all of them swaps it in (commit): a failed run, a full disk or an input with no
+// text leaves the previous shards byte for byte as they were, and the staging folder is removed.
+// Files in <out> that are not shards move into the new folder, so nothing but old shards is lost.
+class StagedOutput {
+ public:
+  explicit StagedOutput(const fs::path& out) : out_(out) {
+    const std::string suffix = "-" + std::to_string(::getpid());
+    staging_ = out_.parent_path() / (out_.filename().string() + ".tmp" + suffix);
+    aside_ = out_.parent_path() / (out_.filename().string() + ".old" + suffix);
+    fs::create_directories(out_.parent_path());
+    fs::remove_all(staging_);  // a folder of an earlier process with our pid
+    fs::create_directory(staging_);
+  }
+  ~StagedOutput() {
+    std::error_code ec;
+    if (!committed_) fs::remove_all(staging_, ec);
+  }
+  StagedOutput(const StagedOutput&) = delete;
+  StagedOutput& operator=(const StagedOutput&) = delete;
+
+  const fs::path& path() const { return staging_; }
+
+  // Swaps the staging folder in; returns how many old shards it replaced.
+  int commit() {
+    int replaced = 0;
+    fsync_folder(staging_);
+    if (!fs::exists(out_)) {
+      fs::rename(staging_, out_);
+    } else {
+      std::vector<fs::path> carried;  // non-shard entries moved into the staging folder
+      try {
+        for (const fs::directory_entry& entry : fs::directory_iterator(out_)) {
+          if (is_shard(entry.path()) && !entry.is_directory()) {
+            ++replaced;
+            continue;
+          }
+          fs::rename(entry.path(), staging_ / entry.path().filename());
+          carried.push_back(entry.path().filename());
+        }
+        fs::rename(out_, aside_);
+      } catch (...) {
+        std::error_code ec;  // put the carried files back; the old folder is then as it was
+        for (const fs::path& name : carried) fs::rename(staging_ / name, out_ / name, ec);
+        throw;
+      }
+      try {
+        fs::rename(staging_, out_);
+      } catch (...) {
+        std::error_code ec;
+        fs::rename(aside_, out_, ec);
+        for (const fs::path& name : carried) fs::rename(staging_ / name, out_ / name, ec);
+        throw;
+      }
+    }
+    committed_ = true;
+    fsync_folder(out_.parent_path());
+    std::error_code ec;
+    fs::remove_all(aside_, ec);  // the old shards only; a leftover is harmless and named .old-<pid>
+    return replaced;
+  }
+
+ private:
+  fs::path out_, staging_, aside_;
+  bool committed_ = false;
+};
 
 // Collects tokens of one split and writes a shard whenever shard_tokens are buffered.
 class ShardWriter {
@@ -114,32 +231,29 @@ int run(const Options& options) {
   EDIT_CHECK(options.shard_tokens >= 1 && options.shard_tokens <= edit::data::kTokenFileMaxTokens,
              "--shard-tokens ", options.shard_tokens, " is outside 1..", edit::data::kTokenFileMaxTokens,
              " (the llm.c header stores the count in an int32)");
+  // The folder swapped in is the real one: a symbolic link --out keeps pointing at it.
+  fs::path out = fs::absolute(options.out).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "data/" names the folder "data"
+  if (fs::is_symlink(out) && fs::exists(out)) out = fs::canonical(out);
+  EDIT_CHECK(!fs::exists(out) || fs::is_directory(out), "--out ", options.out,
+             " exists and is not a folder; pass a folder for the shards (created if missing)");
   const Inputs inputs = list_inputs(options.inputs);
 
-  const fs::path out(options.out);
-  fs::create_directories(out);
-  // Shards of an earlier run would be read as part of this corpus: remove them first.
-  const std::regex shard_name(R"((train|val)_\d{6}\.bin)");
-  int removed = 0;
-  for (const fs::directory_entry& entry : fs::directory_iterator(out)) {
-    if (entry.is_regular_file() && std::regex_match(entry.path().filename().string(), shard_name)) {
-      fs::remove(entry.path());
-      ++removed;
-    }
-  }
-
+  StagedOutput staged(out);
   const edit::data::ByteTokenizer tokenizer;
-  ShardWriter train(out, "train", options.shard_tokens);
-  ShardWriter val(out, "val", options.shard_tokens);
+  ShardWriter train(staged.path(), "train", options.shard_tokens);
+  ShardWriter val(staged.path(), "val", options.shard_tokens);
   std::int64_t used = 0;
-  std::int64_t skipped = inputs.skipped;
+  std::vector<Skipped> skipped = inputs.skipped;
   for (const fs::path& file : inputs.files) {
+    edit::data::check_regular_file(file.string(), "input");  // it may have changed since the listing
     std::ifstream in(file, std::ios::binary);
-    EDIT_CHECK(in.good(), "cannot open ", file.string(), "; check its permissions");
+    EDIT_CHECK(in.good(), "cannot open ", file.string(), ": ", std::strerror(errno),
+               "; check its permissions");
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    EDIT_CHECK(!in.bad(), "cannot read ", file.string());
+    EDIT_CHECK(!in.bad(), "cannot read ", file.string(), ": ", std::strerror(errno));
     if (text.find('\0') != std::string::npos) {
-      ++skipped;  // binary, e.g. a strfile index
+      skipped.push_back({file.string(), "binary: holds a NUL byte"});  // e.g. a strfile index
       continue;
     }
     ++used;
@@ -152,20 +266,26 @@ int run(const Options& options) {
   train.flush();
   val.flush();
 
-  EDIT_CHECK(used > 0, "none of the ", inputs.files.size() + inputs.skipped,
-             " inputs is a text file (symlinks and binary files are skipped); pass text files or folders");
-  EDIT_CHECK(train.total() > 0, "the ", used, " text files hold no training tokens; pass non-empty files");
+  const std::string unchanged = fs::exists(out) ? "; " + out.string() + " is unchanged" : "";
+  EDIT_CHECK(used > 0, "no text in the inputs ", join(options.inputs), ": skipped ", describe(skipped),
+             "; pass text files or folders of them (symbolic links and binary files are skipped)", unchanged);
+  EDIT_CHECK(train.total() > 0, "the ", used, " text files in ", join(options.inputs),
+             " hold no training tokens (skipped ", describe(skipped), "); pass non-empty files", unchanged);
   EDIT_CHECK(options.val_fraction == 0.0 || val.total() > 0, "--val-fraction ", options.val_fraction,
              " of these ", train.total(), " tokens rounds to no val token in every file; pass more text or a",
-             " larger fraction (0 writes no val shard)");
+             " larger fraction (0 writes no val shard)", unchanged);
+  const int replaced = staged.commit();
   std::printf(
-      "edit-prepare-text: %lld files (%lld skipped), %lld tokens: train %lld in %d shards, val %lld in %d "
+      "edit-prepare-text: %lld files (%zu skipped), %lld tokens: train %lld in %d shards, val %lld in %d "
       "shards"
       " -> %s%s\n",
-      static_cast<long long>(used), static_cast<long long>(skipped),
-      static_cast<long long>(train.total() + val.total()), static_cast<long long>(train.total()),
-      train.shards(), static_cast<long long>(val.total()), val.shards(), out.string().c_str(),
-      removed > 0 ? (" (replaced " + std::to_string(removed) + " old shards)").c_str() : "");
+      static_cast<long long>(used), skipped.size(), static_cast<long long>(train.total() + val.total()),
+      static_cast<long long>(train.total()), train.shards(), static_cast<long long>(val.total()),
+      val.shards(), out.string().c_str(),
+      replaced > 0 ? (" (replaced " + std::to_string(replaced) + " old shards)").c_str() : "");
+  // The shards are in place; a summary that cannot be written still fails the run loudly.
+  EDIT_CHECK(std::fflush(stdout) == 0 && !std::ferror(stdout),
+             "cannot write the summary to standard output: ", std::strerror(errno), "; is the disk full?");
   return 0;
 }
 

@@ -41,6 +41,7 @@ std::vector<std::string> expand(const std::vector<std::string>& patterns) {
 }
 
 std::string read_text(const std::string& path) {
+  check_regular_file(path, "text file");
   std::ifstream in(path, std::ios::binary);
   EDIT_CHECK(in.good(), "cannot open the text file ", path, ": ", std::strerror(errno),
              "; check the path and the permissions");

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -32,7 +33,7 @@ void write_all(int fd, const unsigned char* data, std::size_t size, const std::s
     const ssize_t written = ::write(fd, data, size);
     if (written < 0 && errno == EINTR) continue;
     EDIT_CHECK(written > 0, "cannot write the token file ", path, ": ", std::strerror(errno),
-               "; check free disk space and that the folder is writable");
+               "; is the disk full? (check free space and that the folder is writable)");
     data += written;
     size -= static_cast<std::size_t>(written);
   }
@@ -46,7 +47,38 @@ struct FileDescriptor {
   }
 };
 
+const char* type_name(std::filesystem::file_type type) {
+  switch (type) {
+    case std::filesystem::file_type::directory:
+      return "a directory";
+    case std::filesystem::file_type::fifo:
+      return "a FIFO (named pipe)";
+    case std::filesystem::file_type::socket:
+      return "a socket";
+    case std::filesystem::file_type::character:
+      return "a character device";
+    case std::filesystem::file_type::block:
+      return "a block device";
+    case std::filesystem::file_type::symlink:
+      return "a symbolic link";
+    default:
+      return "of an unknown type";
+  }
+}
+
 }  // namespace
+
+void check_regular_file(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);  // follows links
+  EDIT_CHECK(status.type() != std::filesystem::file_type::not_found, "the ", what, " ", path,
+             " does not exist (or is a broken symbolic link); check the path");
+  EDIT_CHECK(!ec, "cannot inspect the ", what, " ", path, ": ", ec.message(),
+             "; check the path and the permissions of its folders");
+  EDIT_CHECK(status.type() == std::filesystem::file_type::regular, "the ", what, " ", path, " is ",
+             type_name(status.type()), ", not a regular file; pass regular files only (reading a FIFO or ",
+             "a device would block or never end)");
+}
 
 void write_token_file(const std::string& path, const std::vector<std::uint16_t>& tokens) {
   const auto count = static_cast<std::int64_t>(tokens.size());
@@ -91,6 +123,7 @@ void write_token_file(const std::string& path, const std::vector<std::uint16_t>&
 std::vector<std::uint16_t> read_token_file(const std::string& path, int vocab_size) {
   EDIT_CHECK(vocab_size >= 1 && vocab_size <= 65536, "vocab size ", vocab_size, " for ", path,
              " is outside 1..65536, the range of uint16 token ids; pass the tokenizer's vocab size");
+  check_regular_file(path, "token file");
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   EDIT_CHECK(in.good(), "cannot open the token file ", path, ": ", std::strerror(errno),
              "; check the path (or the --data pattern) and the permissions");

@@ -4,17 +4,21 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "edit/data/byte_tokenizer.h"
 #include "edit/data/token_dataset.h"
 #include "edit/data/token_file.h"
+#include "fifo_watchdog.h"
 #include "temp_dir.h"
 
 #ifndef EDIT_PREPARE_TEXT
@@ -24,6 +28,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+using edit::testing_support::FifoWatchdog;
 using edit::testing_support::read_bytes;
 using edit::testing_support::TempDir;
 using edit::testing_support::write_bytes;
@@ -33,11 +38,38 @@ struct ToolRun {
   std::string output;  // stdout and stderr
 };
 
-ToolRun prepare_text(const TempDir& dir, const std::string& args) {
+// `prefix`: shell commands before the tool's, e.g. resource limits; the tool runs in a `timeout`,
+// so one that blocks fails the test (exit 124) instead of hanging it.
+ToolRun prepare_text(const TempDir& dir, const std::string& args, const std::string& prefix = "") {
   const std::string log = dir.file("tool.log");
-  const int status =
-      std::system((std::string("'") + EDIT_PREPARE_TEXT + "' " + args + " > '" + log + "' 2>&1").c_str());
+  const std::string command =
+      prefix + "exec timeout 20 '" + EDIT_PREPARE_TEXT + "' " + args + " > '" + log + "' 2>&1";
+  const int status = std::system(command.c_str());
   return ToolRun{WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_bytes(log)};
+}
+
+// Every file under `dir` with its bytes: equal snapshots mean nothing was touched.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const fs::directory_entry& entry : fs::recursive_directory_iterator(dir)) {
+    if (entry.is_regular_file())
+      files[fs::relative(entry.path(), dir).string()] = read_bytes(entry.path().string());
+  }
+  return files;
+}
+
+// Entries of `dir` other than those named in `expected`: a staging folder left behind shows here.
+std::vector<std::string> unexpected_entries(const std::string& dir, const std::set<std::string>& expected) {
+  std::vector<std::string> extra;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (expected.count(name) == 0) extra.push_back(name);
+  }
+  return extra;
+}
+
+void expect_contains(const std::string& text, const std::string& part) {
+  EXPECT_NE(text.find(part), std::string::npos) << "expected \"" << part << "\" in: " << text;
 }
 
 // Deterministic text that differs from file to file, so a window identifies where it came from.
@@ -138,6 +170,105 @@ TEST(PrepareTextE2e, MissingInputIsAClearError) {
   EXPECT_EQ(run.rc, 1) << run.output;
   EXPECT_NE(run.output.find("input " + dir.file("missing.txt") + " does not exist"), std::string::npos)
       << run.output;
+}
+
+// Every way a run can fail leaves the shards of the last good run byte for byte, the other files
+// of the folder too, and no staging folder beside it.
+TEST(PrepareTextE2e, FailedRunLeavesThePreviousShardsUnchanged) {
+  TempDir dir;
+  fs::create_directories(dir.file("in"));
+  write_bytes(dir.file("in/good.txt"), make_text(0, 200));
+  write_bytes(dir.file("in/empty.txt"), "");
+  fs::create_directories(dir.file("in/binary"));
+  write_bytes(dir.file("in/binary/a.dat"), std::string("\0\0\0\2", 4));
+  fs::create_symlink(dir.file("in/good.txt"), dir.file("in/binary/a.u8"));
+  std::string big;
+  for (int i = 0; i < 20; ++i) big += make_text(i, 200);  // ~500 KB: past the 64 KB file size limit
+  write_bytes(dir.file("in/big.txt"), big);
+  const std::string out = dir.file("out");
+  const std::string common = "--out '" + out + "' --val-fraction 0.1 ";
+  ASSERT_EQ(prepare_text(dir, common + "--shard-tokens 2000 '" + dir.file("in/good.txt") + "'").rc, 0);
+  write_bytes(out + "/README", "kept");
+  const auto before = snapshot(out);
+  ASSERT_GE(before.size(), 3u);
+  const std::set<std::string> expected_entries = {"in", "out", "tool.log"};
+
+  struct Case {
+    std::string name, args, prefix;
+    std::vector<std::string> messages;
+  };
+  const std::vector<Case> cases = {
+      {"empty file",
+       "'" + dir.file("in/empty.txt") + "'",
+       "",
+       {"hold no training tokens", out + " is unchanged"}},
+      {"binary and symlink only",
+       "'" + dir.file("in/binary") + "'",
+       "",
+       {"no text in the inputs " + dir.file("in/binary") + ": skipped ",
+        dir.file("in/binary/a.dat") + " (binary: holds a NUL byte)",
+        dir.file("in/binary/a.u8") + " (symbolic link)"}},
+      // A file size limit makes the shard write fail as a full disk would (EFBIG for ENOSPC).
+      {"full disk",
+       "--shard-tokens 1000000 '" + dir.file("in/big.txt") + "'",
+       "trap '' XFSZ; ulimit -f 128; ",
+       {"train_000000.bin", "is the disk full?"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const ToolRun run = prepare_text(dir, common + c.args, c.prefix);
+    EXPECT_EQ(run.rc, 1) << run.output;
+    for (const std::string& message : c.messages) expect_contains(run.output, message);
+    EXPECT_EQ(snapshot(out), before);
+    EXPECT_EQ(unexpected_entries(dir.path(), expected_entries), std::vector<std::string>{});
+  }
+
+  // A good run replaces the shards and keeps the other files of the folder.
+  const ToolRun run = prepare_text(dir, common + "'" + dir.file("in/big.txt") + "'");
+  ASSERT_EQ(run.rc, 0) << run.output;
+  expect_contains(run.output, "(replaced " + std::to_string(before.size() - 1) + " old shards)");
+  EXPECT_EQ(read_bytes(out + "/README"), "kept");
+  int shards = 0;
+  EXPECT_EQ(read_split(out, "train", &shards).size() + read_split(out, "val", &shards).size(), big.size());
+  EXPECT_EQ(unexpected_entries(dir.path(), expected_entries), std::vector<std::string>{});
+}
+
+// A FIFO is never opened (it would block until a writer appears): named, it is an error that says
+// what it is; in a folder, it is skipped like a symlink.
+TEST(PrepareTextE2e, FifoInputFailsFastInsteadOfBlocking) {
+  TempDir dir;
+  fs::create_directories(dir.file("in"));
+  FifoWatchdog fifo(dir.file("in/pipe.txt"));
+  const std::string out = dir.file("out");
+  const auto start = std::chrono::steady_clock::now();
+  const ToolRun named = prepare_text(dir, "--out '" + out + "' '" + fifo.path() + "'");
+  EXPECT_EQ(named.rc, 1) << named.output;
+  expect_contains(named.output, "input " + fifo.path() + " is a FIFO");
+  const ToolRun folder = prepare_text(dir, "--out '" + out + "' '" + dir.file("in") + "'");
+  EXPECT_EQ(folder.rc, 1) << folder.output;
+  expect_contains(folder.output, "skipped " + fifo.path() + " (not a regular file)");
+  // Two runs of a tool that loads LibTorch: well under the watchdog's 5 s when nothing blocks.
+  EXPECT_LT(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count(),
+      2000);
+  EXPECT_FALSE(fs::exists(out));
+
+  write_bytes(dir.file("in/text.txt"), make_text(0, 20));
+  const ToolRun mixed = prepare_text(dir, "--out '" + out + "' --val-fraction 0 '" + dir.file("in") + "'");
+  EXPECT_EQ(mixed.rc, 0) << mixed.output;
+  expect_contains(mixed.output, "1 files (1 skipped)");
+}
+
+// The summary is part of the output: a run whose standard output cannot be written fails.
+TEST(PrepareTextE2e, UnwritableStandardOutputIsAnError) {
+  TempDir dir;
+  write_bytes(dir.file("text.txt"), make_text(0, 20));
+  const std::string command = std::string("exec timeout 20 '") + EDIT_PREPARE_TEXT + "' --out '" +
+                              dir.file("out") + "' '" + dir.file("text.txt") + "' > /dev/full 2> '" +
+                              dir.file("err.log") + "'";
+  const int status = std::system(command.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
+  expect_contains(read_bytes(dir.file("err.log")), "standard output");
 }
 
 }  // namespace

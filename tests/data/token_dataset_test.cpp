@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <set>
 #include <string>
@@ -13,6 +15,7 @@
 #include "edit/core/check.h"
 #include "edit/data/byte_tokenizer.h"
 #include "edit/data/token_file.h"
+#include "fifo_watchdog.h"
 #include "temp_dir.h"
 
 namespace {
@@ -21,6 +24,7 @@ using edit::data::Cursor;
 using edit::data::TokenBatch;
 using edit::data::TokenDataset;
 using edit::data::TokenDatasetOptions;
+using edit::testing_support::FifoWatchdog;
 using edit::testing_support::TempDir;
 
 // The corpus 0, 1, ..., n-1 split over `shards` files: a window's first token is its start.
@@ -244,6 +248,30 @@ TEST(TokenDataset, ClearErrors) {
     TokenDataset data(pattern, o);
   });
   EXPECT_NE(what.find("needs a val fraction > 0"), std::string::npos) << what;
+}
+
+// A FIFO or folder matched by the data pattern is refused by name and type, before any open that
+// could block the job (a FIFO blocks until a writer appears).
+TEST(TokenDataset, FifoOrFolderAmongTheDataFilesIsRefused) {
+  for (const std::string format : {"tokens", "text"}) {
+    SCOPED_TRACE(format);
+    TempDir dir;
+    const std::string pattern = write_counting_corpus(dir, 500, 2);
+    FifoWatchdog fifo(dir.file("shard_009.bin"));
+    TokenDatasetOptions o = options(16);
+    o.format = format;
+    const auto start = std::chrono::steady_clock::now();
+    const std::string what = error_of([&] { TokenDataset data(pattern, o); });
+    EXPECT_NE(what.find(fifo.path() + " is a FIFO"), std::string::npos) << what;
+    EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start)
+                  .count(),
+              1000);
+  }
+  TempDir dir;
+  const std::string pattern = write_counting_corpus(dir, 500, 2);
+  std::filesystem::create_directory(dir.file("shard_009.bin"));
+  const std::string what = error_of([&] { TokenDataset data(pattern, options(16)); });
+  EXPECT_NE(what.find(dir.file("shard_009.bin") + " is a directory"), std::string::npos) << what;
 }
 
 }  // namespace

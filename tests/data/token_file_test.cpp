@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -9,12 +10,14 @@
 
 #include "edit/core/check.h"
 #include "edit/data/byte_tokenizer.h"
+#include "fifo_watchdog.h"
 #include "temp_dir.h"
 
 namespace {
 
 using edit::data::read_token_file;
 using edit::data::write_token_file;
+using edit::testing_support::FifoWatchdog;
 using edit::testing_support::read_bytes;
 using edit::testing_support::TempDir;
 using edit::testing_support::write_bytes;
@@ -142,6 +145,38 @@ TEST(TokenFile, MissingFileAndBadVocabAreErrors) {
   }
   EXPECT_THROW(read_token_file(dir.file("missing.bin"), 0), edit::Error);
   EXPECT_THROW(read_token_file(dir.file("missing.bin"), 65537), edit::Error);
+}
+
+TEST(TokenFile, FifoDirectoryAndDeviceAreRefusedWithoutOpening) {
+  TempDir dir;
+  FifoWatchdog fifo(dir.file("pipe.bin"));
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    read_token_file(fifo.path());
+    FAIL() << "no error for a FIFO";
+  } catch (const edit::Error& e) {
+    expect_contains(e.what(), "token file " + fifo.path() + " is a FIFO");
+  }
+  // Opening the FIFO would block until the watchdog (5 s) gives it end of file.
+  EXPECT_LT(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count(),
+      1000);
+
+  std::filesystem::create_directory(dir.file("folder.bin"));
+  try {
+    read_token_file(dir.file("folder.bin"));
+    FAIL() << "no error for a directory";
+  } catch (const edit::Error& e) {
+    expect_contains(e.what(), dir.file("folder.bin") + " is a directory");
+  }
+  if (std::filesystem::exists("/dev/null")) {
+    try {
+      read_token_file("/dev/null");
+      FAIL() << "no error for a device";
+    } catch (const edit::Error& e) {
+      expect_contains(e.what(), "/dev/null is a character device");
+    }
+  }
 }
 
 TEST(TokenFile, WriteIntoMissingFolderIsAnError) {
