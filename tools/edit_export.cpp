@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "edit/core/atomic_file.h"
 #include "model_loading.h"
 
 int main(int argc, char** argv) {
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
     try {
       edit::train::write_safetensors(staged, tensors,
                                      {{"format", "pt"}, {"source", loaded.checkpoint}, {"weights", weights}});
-      edit::train::write_file_atomically(config_path.string(), loaded.model->config().to_json() + "\n");
+      edit::write_file_atomically(config_path.string(), loaded.model->config().to_json() + "\n");
       EDIT_CHECK(std::rename(staged.c_str(), out.c_str()) == 0, "cannot rename ", staged, " to ", out, ": ",
                  std::strerror(errno), "; check the permissions of the folder");
     } catch (...) {

@@ -1,8 +1,5 @@
 #include "edit/data/token_file.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +7,7 @@
 #include <fstream>
 #include <string>
 
+#include "edit/core/atomic_file.h"
 #include "edit/core/check.h"
 
 namespace edit::data {
@@ -26,26 +24,6 @@ std::int32_t get_le32(const unsigned char* in) {
   for (int i = 0; i < 4; ++i) bits |= static_cast<std::uint32_t>(in[i]) << (8 * i);
   return static_cast<std::int32_t>(bits);
 }
-
-// Writes all of `size` bytes (write(2) may write less than asked).
-void write_all(int fd, const unsigned char* data, std::size_t size, const std::string& path) {
-  while (size > 0) {
-    const ssize_t written = ::write(fd, data, size);
-    if (written < 0 && errno == EINTR) continue;
-    EDIT_CHECK(written > 0, "cannot write the token file ", path, ": ", std::strerror(errno),
-               "; is the disk full? (check free space and that the folder is writable)");
-    data += written;
-    size -= static_cast<std::size_t>(written);
-  }
-}
-
-// Closes the descriptor on every path out, exceptions included.
-struct FileDescriptor {
-  int fd = -1;
-  ~FileDescriptor() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 const char* type_name(std::filesystem::file_type type) {
   switch (type) {
@@ -95,29 +73,8 @@ void write_token_file(const std::string& path, const std::vector<std::uint16_t>&
     body[2 * i + 1] = static_cast<unsigned char>(tokens[i] >> 8);
   }
 
-  const std::string tmp = path + ".tmp";
-  {
-    FileDescriptor file;
-    file.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    EDIT_CHECK(file.fd >= 0, "cannot create ", tmp, ": ", std::strerror(errno),
-               "; check that the folder exists and is writable");
-    write_all(file.fd, bytes.data(), bytes.size(), tmp);
-    // Data on disk before the rename makes it visible: a crash leaves the old file or the new one.
-    EDIT_CHECK(::fsync(file.fd) == 0, "cannot fsync ", tmp, ": ", std::strerror(errno),
-               "; check the disk and retry");
-    const int fd = file.fd;
-    file.fd = -1;
-    EDIT_CHECK(::close(fd) == 0, "cannot close ", tmp, ": ", std::strerror(errno),
-               "; check free disk space and retry");
-  }
-  EDIT_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename ", tmp, " to ", path, ": ",
-             std::strerror(errno), "; check the permissions of the folder");
-  // Persist the rename itself (the directory entry); best effort, some file systems refuse it.
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  FileDescriptor dir_fd;
-  dir_fd.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd.fd >= 0) ::fsync(dir_fd.fd);
+  // A crash leaves the old file or the new one, never a torn shard.
+  write_file_atomically(path, bytes.data(), bytes.size());
 }
 
 std::vector<std::uint16_t> read_token_file(const std::string& path, int vocab_size) {

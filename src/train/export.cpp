@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
+#include "edit/core/atomic_file.h"
 #include "edit/core/check.h"
 #include "edit/shard/unit.h"
 #include "edit/train/checkpoint.h"
@@ -102,60 +103,6 @@ const char* safetensors_dtype(at::ScalarType type) {
   }
 }
 
-// path + ".tmp", written in full, fsynced and renamed over `path` by commit(), so a reader sees the
-// old file or the new one. Every write, the fsync and the close are checked (a full disk often
-// shows only at the close); on failure the temporary is removed and `path` is as it was.
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    EDIT_CHECK(fd_ >= 0, "cannot create ", tmp_, ": ", std::strerror(errno),
-               "; check that the folder exists and is writable");
-  }
-  ~AtomicFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  void write(const void* data, std::size_t size) {
-    const auto* bytes = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t written = ::write(fd_, bytes, size);
-      if (written < 0 && errno == EINTR) continue;
-      EDIT_CHECK(written > 0, "writing ", tmp_, " (for ", path_, ") failed: ", std::strerror(errno),
-                 "; is the disk full?");
-      bytes += written;
-      size -= static_cast<std::size_t>(written);
-    }
-  }
-
-  void commit() {
-    EDIT_CHECK(::fsync(fd_) == 0, "fsync of ", tmp_, " (for ", path_, ") failed: ", std::strerror(errno),
-               "; is the disk full?");
-    const int fd = fd_;
-    fd_ = -1;
-    EDIT_CHECK(::close(fd) == 0, "closing ", tmp_, " (for ", path_, ") failed: ", std::strerror(errno),
-               "; is the disk full?");
-    EDIT_CHECK(std::rename(tmp_.c_str(), path_.c_str()) == 0, "cannot rename ", tmp_, " to ", path_, ": ",
-               std::strerror(errno), "; check the permissions of the folder");
-    committed_ = true;
-    // Persist the rename (the folder's entry); best effort, some file systems refuse it.
-    const fs::path folder = fs::path(path_).parent_path();
-    const int dir = ::open(folder.empty() ? "." : folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0) {
-      ::fsync(dir);
-      ::close(dir);
-    }
-  }
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
-
 }  // namespace
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
@@ -180,12 +127,6 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   out.write(&size, sizeof(size));
   out.write(text.data(), text.size());
   for (const auto& t : data) out.write(t.data_ptr(), static_cast<std::size_t>(t.numel()) * t.element_size());
-  out.commit();
-}
-
-void write_file_atomically(const std::string& path, const std::string& text) {
-  AtomicFile out(path);
-  out.write(text.data(), text.size());
   out.commit();
 }
 

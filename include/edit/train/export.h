@@ -20,16 +20,10 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
 
 // Writes tensors in the safetensors format: an 8-byte little-endian header size, a JSON header
 // {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}} padded with
-// spaces to a multiple of 8 bytes, then the raw little-endian data in header order. Atomic, as
-// write_file_atomically.
+// spaces to a multiple of 8 bytes, then the raw little-endian data in header order. Atomic
+// (edit::AtomicFile).
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
-
-// Writes `text` to `path` atomically: path + ".tmp" is written, fsynced and renamed over `path`,
-// so a reader sees the old file or the new one. Throws edit::Error naming the file on any failed
-// write, fsync or close (asking whether the disk is full); the temporary is then removed and
-// `path` is as it was.
-void write_file_atomically(const std::string& path, const std::string& text);
 
 // The model's parameters under export names ("block0.qkv.weight": the Unit wrappers' ".inner"
 // dropped), in registration order.
