@@ -17,6 +17,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_runtime.h"
@@ -218,6 +220,59 @@ void prepare_out_dir(edit::comm::DeviceMesh& mesh, const Config& c) {
              problem.empty() ? std::string() : " (" + problem + ")", "; choose an --out-dir every rank can write");
 }
 
+// CLI11 reads --config files leniently: unknown keys, keys under a [table], repeated keys and
+// garbage are ignored, so a user's file can be dropped whole without a word. This reads the file
+// first, strictly: one `key = value` per line (# starts a comment), keys are long option names,
+// each at most once. Every error names the file and the line.
+void check_config_file(const CLI::App& app, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EDIT_CHECK(in.good(), "cannot read the --config file ", path, "; check the path");
+  std::set<std::string> known;
+  for (const CLI::Option* option : app.get_options()) {
+    for (const auto& name : option->get_lnames()) known.insert(name);
+  }
+  known.erase("config");
+  known.erase("help");
+  std::map<std::string, int> seen;  // key -> line
+  int number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++number;
+    const std::string where = path + ":" + std::to_string(number) + ": ";
+    for (char ch : line) {
+      const auto byte = static_cast<unsigned char>(ch);
+      EDIT_CHECK(byte >= 0x20 || ch == '\t' || ch == '\r', where, "byte 0x", std::hex, static_cast<int>(byte),
+                 " is not text; is this the right file?");
+    }
+    // Strip a comment (a # outside quotes), then blanks.
+    bool quoted = false;
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (line[i] == '"') quoted = !quoted;
+      if (line[i] == '#' && !quoted) {
+        line.erase(i);
+        break;
+      }
+    }
+    const auto trim = [](std::string text) {
+      const auto first = text.find_first_not_of(" \t\r");
+      if (first == std::string::npos) return std::string();
+      return text.substr(first, text.find_last_not_of(" \t\r") - first + 1);
+    };
+    line = trim(line);
+    if (line.empty()) continue;
+    EDIT_CHECK(line.front() != '[', where, "sections like ", line,
+               " are not read; put every option at the top level of the file");
+    const auto equals = line.find('=');
+    EDIT_CHECK(equals != std::string::npos, where, "expected 'option = value', found '", line, "'");
+    const std::string key = trim(line.substr(0, equals));
+    const std::string value = trim(line.substr(equals + 1));
+    EDIT_CHECK(known.count(key), where, "unknown option '", key, "'; use the long names of edit-train-gpt --help ",
+               "without the dashes, e.g. sync-every = 32");
+    EDIT_CHECK(!value.empty(), where, "'", key, "' has no value");
+    const auto [previous, inserted] = seen.emplace(key, number);
+    EDIT_CHECK(inserted, where, "'", key, "' is set twice (first on line ", previous->second, "); keep one");
+  }
+}
+
 double world_mean(edit::comm::DeviceMesh& mesh, double value) {
   double total = 0.0;
   for (double v : mesh.world().all_gather_values({value})) total += v;
@@ -230,6 +285,20 @@ int main(int argc, char** argv) {
   Config c;
   CLI::App app{"edit-train-gpt: GPT pretraining with DiLoCo / EDiT / DDP on MPI ranks"};
   add_options(app, c);
+  // The --config file is checked before CLI11 reads it (CLI11 would drop what it does not know).
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    std::string config_path;
+    if (arg == "--config" && i + 1 < argc) config_path = argv[i + 1];
+    if (arg.rfind("--config=", 0) == 0) config_path = arg.substr(9);
+    if (config_path.empty()) continue;
+    try {
+      check_config_file(app, config_path);
+    } catch (const std::exception& e) {
+      std::cerr << "edit-train-gpt: " << e.what() << std::endl;
+      return 2;
+    }
+  }
   CLI11_PARSE(app, argc, argv);
   c.warmup_given = app.count("--warmup-steps") > 0;
   try {

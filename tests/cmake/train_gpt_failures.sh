@@ -57,6 +57,28 @@ expect_failure huge_seq_len 30 "lower --seq-len" --steps 4 --seq-len 1000000 --o
 common=("${base[@]}" --seq-len 32)
 expect_failure nan_loss 60 "(loss|gradient norm) is (nan|inf|-nan)" --steps 30 --lr 1e12 --warmup-steps 0 --clip 0 --out-dir "$work/x5"
 
+# --config: a good file is read; a bad one is refused, naming the file and the line.
+printf 'steps = 2  # from the file\n' > "$work/good.toml"
+"${mpiexec[@]}" -np 2 "$train" "${common[@]}" --config "$work/good.toml" --out-dir "$work/cfg" > "$work/cfg.log" 2>&1 \
+  || fail "a good --config file failed: $(tail -n 5 "$work/cfg.log")"
+[[ $(grep -c '"step"' "$work/cfg/metrics.jsonl" 2> /dev/null) -eq 2 ]] || fail "steps = 2 from --config was not used"
+printf 'steps = 2\nbogus = 1\n' > "$work/unknown.toml"
+expect_failure config_unknown_key 30 "unknown.toml:2: unknown option 'bogus'" --config "$work/unknown.toml" --out-dir "$work/x6"
+printf '[train]\nsteps = 2\n' > "$work/table.toml"
+expect_failure config_table 30 "table.toml:1: sections" --config "$work/table.toml" --out-dir "$work/x7"
+printf 'steps = 2\nsteps = 3\n' > "$work/twice.toml"
+expect_failure config_twice 30 "twice.toml:2: 'steps' is set twice" --config "$work/twice.toml" --out-dir "$work/x8"
+printf 'steps = 2\n\x01\x02\x00\n' > "$work/binary.toml"
+expect_failure config_binary 30 "binary.toml:2: byte" --config "$work/binary.toml" --out-dir "$work/x9"
+
+# A full disk while training (a file size limit makes writes past 40 KiB fail with EFBIG, as
+# ENOSPC would): a loud failure, never exit 0.
+# The limit is set inside each rank (mpirun's own shared-memory files must not hit it).
+"${mpiexec[@]}" -np 2 bash -c 'trap "" XFSZ; ulimit -f 40; exec "$@"' limited "$train" "${common[@]}" --steps 8 \
+    --checkpoint-every 4 --out-dir "$work/full" > "$work/full_disk.log" 2>&1 && fail "full disk: the run exited 0"
+grep -q "is the disk full" "$work/full_disk.log" || { fail "full disk: no message"; head -n 20 "$work/full_disk.log"; }
+echo "ok: full_disk"
+
 # --overwrite starts over: the old checkpoints are gone, the new run's are there.
 "${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps 2 --checkpoint-every 2 --overwrite --out-dir "$work/run" > "$work/overwrite.log" 2>&1 \
   || fail "--overwrite failed: $(tail -n 5 "$work/overwrite.log")"
