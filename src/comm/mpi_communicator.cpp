@@ -183,6 +183,10 @@ struct MpiCommunicator::Impl {
   void poll(MPI_Request& request, const Op& op, Clock::time_point start) {
     auto pause = options.poll_min;
     const auto deadline = start + options.timeout;
+    // A peer that stopped (SIGSTOP, a swapped-out node) shows only as a wait: say so long before
+    // the timeout ends the job, so the stall is never silent.
+    const auto warn_at = start + std::max<Clock::duration>(std::chrono::seconds(10), options.timeout / 10);
+    bool warned = false;
     while (true) {
       int done = 0;
       int code = MPI_SUCCESS;
@@ -196,7 +200,14 @@ struct MpiCommunicator::Impl {
         EDIT_FAIL(op.what, " on ", group(), " did not complete within ",
                   std::chrono::duration<double>(options.timeout).count(),
                   " s: a peer in this group died or stopped answering. Check the other ranks' logs; "
-                  "if the op is legitimately this slow, raise EDIT_COMM_TIMEOUT_S");
+                  "if the op is legitimately this slow, raise --comm-timeout (EDIT_COMM_TIMEOUT_S)");
+      }
+      if (!warned && Clock::now() > warn_at) {
+        warned = true;
+        spdlog::warn("{} on {} has waited {:.0f} s for its peers: one may be stopped, dead or much slower. "
+                     "The job fails if it is not done within {:.0f} s (--comm-timeout / EDIT_COMM_TIMEOUT_S)",
+                     op.what, group(), std::chrono::duration<double>(Clock::now() - start).count(),
+                     std::chrono::duration<double>(options.timeout).count());
       }
       EDIT_CHECK(!stopping, op.what, " on ", group(),
                  " was still in flight when its communicator was destroyed; wait() on every Work first");

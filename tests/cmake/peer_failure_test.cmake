@@ -1,7 +1,7 @@
 # cmake -DMPIEXEC="<mpirun;args>" -DPROGRAM=<edit_peer_failure> -DMODE=kill|hang -DBOUND=<s> -DWORK=<dir>
-#       -P peer_failure_test.cmake
+#       [-DEXPECT=<regex>] -P peer_failure_test.cmake
 # Passes when a survivor names the op and group of the lost peer and exits non-zero, and the whole
-# job ends within BOUND seconds.
+# job ends within BOUND seconds (and the output matches EXPECT, when given).
 file(MAKE_DIRECTORY "${WORK}")
 set(status_file "${WORK}/peer_failure_${MODE}.status")
 file(REMOVE "${status_file}")
@@ -27,4 +27,7 @@ if(NOT survivor_status STREQUAL "3")
 endif()
 if(MODE STREQUAL "hang" AND result EQUAL 0)
   message(FATAL_ERROR "mpirun exited 0 although the job was aborted")
+endif()
+if(DEFINED EXPECT AND NOT "${out}${err}" MATCHES "${EXPECT}")
+  message(FATAL_ERROR "the output does not match '${EXPECT}'")
 endif()
