@@ -45,6 +45,10 @@ cp "$victim" "$work/victim.bak"
 printf '\x5a' | dd of="$victim" bs=1 seek=$(($(stat -c %s "$victim") / 2)) conv=notrunc status=none
 expect_failure damaged_one_rank 30 "rank\(s\) 1 are damaged" --steps 12 --resume auto --out-dir "$work/run"
 cp "$work/victim.bak" "$victim"
+# Resuming on other data (the val shard as training data) is refused by the data cursor.
+common=("${base[@]/#$work\/data\/train_\*.bin/$work/data/val_*.bin}" --seq-len 32)
+expect_failure other_data 30 "the checkpoint was trained on a corpus of" --steps 12 --resume auto --out-dir "$work/run"
+common=("${base[@]}" --seq-len 32)
 [[ "$(snapshot "$work/run")" == "$before" ]] || fail "a refused start changed the files of the run"
 
 touch "$work/a_file"
