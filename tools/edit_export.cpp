@@ -1,8 +1,7 @@
 // edit-export: one consolidated safetensors file (plus config.json) from a training run's
 // checkpoint, whatever mesh trained it. PyTorch reads it with safetensors.torch.load_file().
-//   edit-export --run runs/quickstart [--checkpoint latest|PATH] [--weights anchor|local] --out
-//   model.safetensors
-//               [--overwrite]
+//   edit-export --run runs/quickstart [--checkpoint latest|PATH] [--weights anchor|local]
+//               --out model.safetensors [--overwrite]
 // An existing --out file or config.json beside it is never replaced without --overwrite: the folder
 // may be another run's, whose config.json says what its checkpoints hold. Both files are written
 // in full and fsynced before they replace anything, so a failed export (a full disk included)
