@@ -62,7 +62,19 @@ FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate d
     FlatUnit& unit = model.unit(u);
     exp_avg_.push_back(at::zeros_like(unit.shard()));
     exp_avg_sq_.push_back(at::zeros_like(unit.shard()));
-    decays_.push_back(unit.shard_mask(decay).to(at::kBool));
+    // Runs of consecutive decaying elements, read off the mask once.
+    const at::Tensor mask = unit.shard_mask(decay).to(at::kBool).contiguous();
+    const bool* is_decay = mask.data_ptr<bool>();
+    std::vector<std::pair<std::int64_t, std::int64_t>> runs;
+    for (std::int64_t i = 0; i < mask.numel(); ++i) {
+      if (!is_decay[i]) continue;
+      if (!runs.empty() && runs.back().first + runs.back().second == i) {
+        ++runs.back().second;
+      } else {
+        runs.emplace_back(i, 1);
+      }
+    }
+    decay_runs_.push_back(std::move(runs));
   }
 }
 
@@ -74,17 +86,6 @@ void FlatAdamW::step() {
   const double step_size = lr / bias_correction1;
   const double bias_correction2_sqrt = std::sqrt(bias_correction2);
   at::NoGradGuard no_grad;
-  if (options_.weight_decay != 0 && lr != decay_factor_lr_) {
-    // Same float factor as torch's p.mul_(1 - lr * wd), applied to the decaying elements only.
-    decay_factors_.clear();
-    for (int u = 0; u < model_.num_units(); ++u) {
-      const at::Tensor& shard = model_.unit(u).shard();
-      decay_factors_.push_back(at::where(decays_[static_cast<size_t>(u)],
-                                         at::scalar_tensor(1.0 - lr * options_.weight_decay, shard.options()),
-                                         at::scalar_tensor(1.0, shard.options())));
-    }
-    decay_factor_lr_ = lr;
-  }
   for (int u = 0; u < model_.num_units(); ++u) {
     if (frozen_.whole_unit(u)) continue;
     FlatUnit& unit = model_.unit(u);
@@ -95,7 +96,12 @@ void FlatAdamW::step() {
     // One pass over the whole shard, then the frozen elements get their values back: the
     // trainable ones see exactly torch's arithmetic, and nothing is copied when none is frozen.
     const auto kept = frozen_.keep(u, {param, m, v});
-    if (options_.weight_decay != 0) param.mul_(decay_factors_[static_cast<size_t>(u)]);
+    if (options_.weight_decay != 0) {
+      // torch's p.mul_(1 - lr * wd) (the same float factor), on the decaying elements only.
+      for (const auto& [begin, length] : decay_runs_[static_cast<size_t>(u)]) {
+        param.narrow(0, begin, length).mul_(1.0 - lr * options_.weight_decay);
+      }
+    }
     m.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
     v.mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
     const at::Tensor denom = (v.sqrt() / bias_correction2_sqrt).add_(options_.eps);

@@ -12,6 +12,7 @@
 #include <functional>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "edit/shard/sharded_model.h"
@@ -99,11 +100,10 @@ class FlatAdamW : public FlatOptimizer {
   std::int64_t steps_ = 0;
   std::vector<at::Tensor> exp_avg_;
   std::vector<at::Tensor> exp_avg_sq_;
-  std::vector<at::Tensor> decays_;  // bool mask per unit shard
+  // Per unit: the runs [begin, begin + length) of the shard whose elements decay. A parameter is
+  // one run, so a few per unit: no per-element mask or factor is kept.
+  std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> decay_runs_;
   FrozenElements frozen_;
-  // Per unit: 1 - lr * weight_decay where the element decays, else 1; rebuilt when lr changes.
-  std::vector<at::Tensor> decay_factors_;
-  double decay_factor_lr_ = -1.0;
 };
 
 }  // namespace edit::shard
