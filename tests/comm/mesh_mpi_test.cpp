@@ -78,7 +78,9 @@ TEST(LinkEmulator, LatencyAndBandwidthDelayTheWorkNotTheCaller) {
   const double total_s = seconds_since(start);
   const double expected_s =
       link.delay_s(edit::comm::ring_bytes_all_reduce(4 << 20, n), edit::comm::ring_steps_all_reduce(n));
-  EXPECT_LT(issue_s, 0.05) << "issuing blocked the caller";
+  // Blocking for the transfer would take all of expected_s; a quarter leaves room for a loaded
+  // machine (4 ranks on 2 cores) to schedule the issue late.
+  EXPECT_LT(issue_s, 0.25 * expected_s) << "issuing blocked the caller";
   if (n > 1) {
     EXPECT_FALSE(done_at_once);
     EXPECT_GE(total_s, expected_s * 0.999) << "finished before the emulated link could deliver";
@@ -139,8 +141,9 @@ TEST(LinkEmulator, AStragglerDelaysTheTransferStartNotTheLinkClock) {
   EXPECT_TRUE(at::all(tensor == static_cast<float>(n)).item<bool>());
   EXPECT_NEAR(slow.stats().busy_seconds, transfer_s, 1e-9) << "link time must not include the wait";
   EXPECT_GE(total_s, straggle_s + transfer_s * 0.999) << "the link ran before the straggler issued";
-  // Generous bounds for a loaded machine; counting the transfer twice would exceed them.
-  EXPECT_LT(total_s, straggle_s + transfer_s + 0.5 * transfer_s) << "the transfer was counted more than once";
+  // Counting the transfer twice would take straggle + 2 transfers; the bound sits between, with
+  // room for a loaded machine.
+  EXPECT_LT(total_s, straggle_s + 1.75 * transfer_s) << "the transfer was counted more than once";
   if (straggler) {
     EXPECT_GE(after_issue_s, transfer_s * 0.999);
   }
