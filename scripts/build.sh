@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds libedit (Release, Ninja, ccache when present) into ${EDIT_BUILD_DIR:-build}.
 # Extra arguments go to CMake's configure step, e.g. scripts/build.sh -DEDIT_BUILD_KERNELS=OFF
+# EDIT_BUILD_TARGETS="edit-train-gpt edit-prepare-text" builds only those targets (default: all).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${EDIT_BUILD_DIR:-$root/build}
@@ -16,4 +17,6 @@ command -v ninja >/dev/null && [[ ! -f "$build/Makefile" ]] && generator=(-G Nin
 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "$@"
 # One compile of a LibTorch file takes ~1 GB: cap parallelism by memory as well as cores.
 jobs=${EDIT_JOBS:-$(nproc)}
-cmake --build "$build" --parallel "$jobs"
+targets=()
+for target in ${EDIT_BUILD_TARGETS:-}; do targets+=(--target "$target"); done
+cmake --build "$build" --parallel "$jobs" "${targets[@]}"

@@ -7,26 +7,49 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${EDIT_BUILD_DIR:-$root/build}
 cd "$root"
 
-bash scripts/install-deps.sh
-bash scripts/build.sh
+declare -a phase_names=() phase_secs=()
+phase() {  # phase NAME COMMAND...: runs it and remembers how long it took
+  local name=$1 start=$SECONDS
+  shift
+  echo "=== $name"
+  "$@"
+  phase_names+=("$name")
+  phase_secs+=($((SECONDS - start)))
+}
+report() {
+  echo "=== time per phase"
+  for i in "${!phase_names[@]}"; do printf '  %-8s %5d s\n' "${phase_names[$i]}" "${phase_secs[$i]}"; done
+}
+trap report EXIT
+
+phase deps bash scripts/install-deps.sh
+# The configuration scripts/test.sh uses (so it reuses this build), and only the programs run here.
+phase build env EDIT_BUILD_TARGETS="edit-prepare-text edit-train-gpt" bash scripts/build.sh -DEDIT_WERROR=ON
 
 data=data/fortunes
-if [[ ! -f $data/train_000000.bin ]]; then
-  "$build/tools/edit-prepare-text" --out "$data" /usr/share/games/fortunes
-fi
+prepare_data() {
+  if [[ ! -f $data/train_000000.bin ]]; then
+    "$build/tools/edit-prepare-text" --out "$data" /usr/share/games/fortunes
+  fi
+}
+phase data prepare_data
 
 out=runs/quickstart
 rm -rf "$out"
 ranks=${EDIT_RANKS:-2}
 # OpenMPI refuses to start as root unless told; one torch thread per rank.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-mpirun -np "$ranks" --oversubscribe --bind-to none \
-  "$build/examples/train_gpt/edit-train-gpt" --model small --seq-len 128 --batch-size 8 \
-  --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
-  --strategy edit --sync-every 16 --steps "${EDIT_STEPS:-200}" --lr 2e-3 --warmup-steps 20 \
-  --eval-every 25 --log-every 25 --checkpoint-every 100 --out-dir "$out" --sample-tokens 200
+train() {
+  mpirun -np "$ranks" --oversubscribe --bind-to none \
+    "$build/examples/train_gpt/edit-train-gpt" --model small --seq-len 128 --batch-size 8 \
+    --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
+    --strategy edit --sync-every 16 --steps "${EDIT_STEPS:-200}" --lr 2e-3 --warmup-steps 20 \
+    --eval-every 25 --log-every 25 --checkpoint-every 100 --out-dir "$out" --sample-tokens 200
+}
+phase train train
 
-gnuplot <<GNUPLOT
+plot() {
+  gnuplot <<GNUPLOT
 set terminal png size 900,540
 set output "$out/loss.png"
 set title "EDiT GPT (small) on fortunes, $ranks ranks"
@@ -36,4 +59,6 @@ set grid
 plot "$out/loss.tsv" using 2:3 with linespoints title "train", \
      "$out/loss.tsv" using 2:4 with linespoints title "val"
 GNUPLOT
+}
+phase plot plot
 echo "wrote $out/loss.png, $out/loss.tsv and $out/metrics.jsonl"
