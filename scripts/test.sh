@@ -7,20 +7,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${EDIT_BUILD_DIR:-$root/build}
 cd "$root"
 
-declare -a phase_names=() phase_secs=()
-phase() {  # phase NAME COMMAND...: runs it and remembers how long it took
-  local name=$1 start=$SECONDS
-  shift
-  echo "=== $name"
-  "$@"
-  phase_names+=("$name")
-  phase_secs+=($((SECONDS - start)))
-}
-report() {
-  echo "=== time per phase"
-  for i in "${!phase_names[@]}"; do printf '  %-8s %5d s\n' "${phase_names[$i]}" "${phase_secs[$i]}"; done
-}
-trap report EXIT
+source "$root/scripts/phases.sh"
 
 phase deps bash scripts/install-deps.sh
 phase build bash scripts/build.sh -DEDIT_WERROR=ON
