@@ -16,14 +16,10 @@ namespace edit::compat {
 // "1.13.0", "2.11.0", ...: the LibTorch this translation unit was compiled against.
 constexpr const char* torch_version() { return TORCH_VERSION; }
 
-// The StorageImpl behind a tensor. 2.x renamed storage() to untyped_storage() and deprecates the
-// old name for Python-facing typed storages; both give the same StorageImpl.
+// The StorageImpl behind a tensor, through TensorImpl::storage(), which 1.13 and 2.x both have
+// (the C++ Tensor has no untyped_storage(); that name is Python's).
 inline c10::StorageImpl* storage_impl(const at::Tensor& tensor) {
-#if EDIT_TORCH_AT_LEAST(2, 0)
-  return tensor.untyped_storage().unsafeGetStorageImpl();
-#else
-  return tensor.storage().unsafeGetStorageImpl();
-#endif
+  return tensor.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl();
 }
 
 // Frees the memory behind `tensor`'s storage but keeps the StorageImpl object, so every view of
