@@ -24,6 +24,7 @@
 #include "edit/comm/mpi_runtime.h"
 #include "edit/core/atomic_file.h"
 #include "edit/core/check.h"
+#include "edit/core/device.h"
 #include "edit/core/log.h"
 #include "edit/data/byte_tokenizer.h"
 #include "edit/data/token_dataset.h"
@@ -77,6 +78,12 @@ struct Config {
   int sample_tokens = 0;
   std::string log_level;
   double comm_timeout = 0;  // seconds; 0: EDIT_COMM_TIMEOUT_S, else 600
+  // device and precision
+  std::string device = "auto";        // auto: one GPU per local rank when CUDA is there, else the CPU
+  std::string dtype = "auto";         // compute dtype; auto: bf16 on CUDA, fp32 on the CPU
+  std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
+  std::string comm_backend = "auto";
+  bool offload_outer = false;
 };
 
 void add_options(CLI::App& app, Config& c) {
@@ -135,6 +142,19 @@ void add_options(CLI::App& app, Config& c) {
                  "(default: EDIT_COMM_TIMEOUT_S, else 600)")->group(run)->check(CLI::NonNegativeNumber);
   app.add_option("--sample-tokens", c.sample_tokens, "print a sample of N tokens at the end (byte tokenizer)")->group(run)->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")->group(run);
+  const std::string device = "Device and precision";
+  app.add_option("--device", c.device, "auto (a GPU per local rank when CUDA is there), cpu, cuda or cuda:N")->group(device)
+      ->check([](const std::string& v) {
+        return v == "auto" || v == "cpu" || v == "cuda" || v.rfind("cuda:", 0) == 0 ? std::string()
+                                                                                  : "use auto, cpu, cuda or cuda:N";
+      })->capture_default_str();
+  app.add_option("--dtype", c.dtype, "compute dtype (master weights stay fp32): auto (bf16 on CUDA), fp32, bf16")->group(device)
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))->capture_default_str();
+  app.add_option("--reduce-dtype", c.reduce_dtype, "gradient reduce-scatter dtype: fp32 or bf16 (half the bytes)")->group(device)
+      ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  app.add_option("--comm-backend", c.comm_backend, "CUDA collectives: auto, nccl, or mpi (host staging)")->group(device)
+      ->check(CLI::IsMember({"auto", "nccl", "mpi"}))->capture_default_str();
+  app.add_flag("--offload-outer", c.offload_outer, "keep the outer optimizer's anchors and momentum in pinned host memory")->group(device);
 }
 
 edit::models::GptConfig model_config(const Config& c) {
@@ -305,6 +325,8 @@ int main(int argc, char** argv) {
     at::set_num_threads(1);
     edit::comm::MeshOptions mesh_options;
     mesh_options.shard_size = c.shard_size;
+    mesh_options.device = edit::resolve_device(c.device, edit::comm::detect_launch().local_rank);
+    mesh_options.backend = edit::comm::parse_comm_backend(c.comm_backend);
     if (c.comm_timeout > 0) {
       mesh_options.comm.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.comm_timeout * 1000.0));
     }
@@ -312,7 +334,8 @@ int main(int argc, char** argv) {
     edit::log::init(mesh.rank(), c.log_level);
     validate(c);
     const auto gpt = model_config(c);
-    check_memory(gpt, c);
+    const at::Device device = mesh.device();
+    if (!device.is_cuda()) check_memory(gpt, c);
     prepare_out_dir(mesh, c);
 
     // Data: each rank its own disjoint stream; val from --val-data or the tail of --train-data.
@@ -333,13 +356,22 @@ int main(int argc, char** argv) {
     edit::data::TokenDataset val(c.val_data.empty() ? c.train_data : c.val_data, val_options);
 
     at::manual_seed(static_cast<std::uint64_t>(c.seed));
-    auto module = std::make_shared<edit::models::GptImpl>(gpt);
-    edit::shard::ShardedModel model(module, mesh.shard_ptr());
+    auto module = std::make_shared<edit::models::GptImpl>(gpt);  // initialised on the CPU: any device starts alike
+    module->to(device);
+    edit::shard::ShardOptions shard_options;
+    shard_options.compute_dtype = edit::resolve_dtype(c.dtype, device);
+    shard_options.reduce_dtype = edit::resolve_dtype(c.reduce_dtype, device);
+    edit::shard::ShardedModel model(module, mesh.shard_ptr(), shard_options);
     edit::shard::FlatAdamW adamw(model, {c.lr, c.beta1, c.beta2, 1e-8, c.weight_decay});
+    if (mesh.rank() == 0) {
+      spdlog::info("device {} ({} ranks), compute {}, gradient reduce {}, collectives {}{}", device.str(),
+                   mesh.world_size(), c10::toString(shard_options.compute_dtype), c10::toString(shard_options.reduce_dtype),
+                   edit::comm::to_string(mesh.backend()), adamw.fused() ? ", fused AdamW" : "");
+    }
 
     edit::sync::LocalSgdOptions local;
     local.sync_every = c.sync_every;
-    local.outer = {edit::sync::parse_outer_method(c.outer), c.outer_lr, c.outer_momentum, false};
+    local.outer = {edit::sync::parse_outer_method(c.outer), c.outer_lr, c.outer_momentum, c.offload_outer};
     local.use_penalty = c.strategy == "edit" && !c.no_penalty;
     local.penalty.clip_norm = c.penalty_clip;
     local.penalty.z_threshold = c.penalty_z;
@@ -386,7 +418,7 @@ int main(int argc, char** argv) {
 
     const auto next_batch = [&](std::int64_t, int) {
       auto b = train.next_batch(c.batch_size, gpt.seq_len);
-      return edit::train::Batch{b.inputs, b.targets};
+      return edit::train::Batch{b.inputs.to(device), b.targets.to(device)};
     };
     const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
     // Evaluates the model the replicas agree on: with Local SGD the anchor, i.e. the model of the
@@ -399,7 +431,7 @@ int main(int argc, char** argv) {
         val.set_cursor({});  // the same val batches every time
         for (int i = 0; i < c.eval_batches; ++i) {
           const auto b = val.next_batch(c.batch_size, gpt.seq_len);
-          loss += module->loss(b.inputs, b.targets).item<double>() / c.eval_batches;
+          loss += module->loss(b.inputs.to(device), b.targets.to(device)).item<double>() / c.eval_batches;
         }
       });
       return world_mean(mesh, loss);
@@ -464,7 +496,7 @@ int main(int argc, char** argv) {
       for (int i = 0; i < c.sample_tokens; ++i) {
         const at::Tensor window = tokens.narrow(1, std::max<std::int64_t>(0, tokens.size(1) - gpt.seq_len),
                                                 std::min<std::int64_t>(tokens.size(1), gpt.seq_len));
-        const at::Tensor logits = module->forward(window).select(1, -1) / 0.8;  // temperature 0.8
+        const at::Tensor logits = module->forward(window.to(device)).select(1, -1).to(at::kCPU, at::kFloat) / 0.8;  // temperature 0.8
         tokens = at::cat({tokens, at::multinomial(at::softmax(logits, -1), 1)}, 1);
       }
       if (mesh.rank() == 0) {

@@ -1,11 +1,25 @@
 #include "edit/comm/device_mesh.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <functional>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "edit/comm/mpi_communicator.h"
 #include "edit/comm/mpi_runtime.h"
+#include "edit/comm/routed_communicator.h"
+#include "edit/config.h"
 #include "edit/core/check.h"
+#include "edit/core/device.h"
+#include "edit/core/log.h"
+
+#if EDIT_WITH_NCCL && EDIT_WITH_CUDA
+#include "edit/comm/cuda_stream.h"
+#include "edit/comm/nccl_communicator.h"
+#endif
 
 namespace edit::comm {
 namespace {
@@ -28,7 +42,49 @@ std::string divisors(int n) {
   return text;
 }
 
+constexpr bool kNcclBuilt = EDIT_WITH_NCCL && EDIT_WITH_CUDA;
+
+// Why NCCL cannot carry this mesh's CUDA collectives; empty when it can. The same on every rank:
+// decided from values all ranks exchanged.
+std::string nccl_obstacle(Communicator& world, c10::Device device) {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  // 52 bits of the host name's hash: exact in a double.
+  const double host_key = static_cast<double>(std::hash<std::string>{}(host) & ((std::uint64_t{1} << 52) - 1));
+  const auto all = world.all_gather_values({host_key, device.is_cuda() ? static_cast<double>(device.index()) : -1.0});
+  std::set<std::pair<double, double>> seen;
+  for (int r = 0; r < world.size(); ++r) {
+    const double gpu = all[2 * static_cast<size_t>(r) + 1];
+    if (gpu < 0) return "rank " + std::to_string(r) + " computes on the CPU";
+    if (!seen.insert({all[2 * static_cast<size_t>(r)], gpu}).second) {
+      return "rank " + std::to_string(r) + " shares cuda:" + std::to_string(static_cast<int>(gpu)) +
+             " with another rank of its node (NCCL refuses two ranks on one GPU)";
+    }
+  }
+  if (!kNcclBuilt) return "libedit was built without NCCL or without a CUDA LibTorch";
+  return "";
+}
+
 }  // namespace
+
+CommBackend parse_comm_backend(const std::string& name) {
+  if (name == "auto") return CommBackend::kAuto;
+  if (name == "mpi") return CommBackend::kMpi;
+  if (name == "nccl") return CommBackend::kNccl;
+  EDIT_FAIL("unknown communication backend '", name, "'; use auto, mpi or nccl");
+}
+
+const char* to_string(CommBackend backend) {
+  switch (backend) {
+    case CommBackend::kAuto:
+      return "auto";
+    case CommBackend::kMpi:
+      return "mpi";
+    case CommBackend::kNccl:
+      return "nccl";
+  }
+  return "?";
+}
 
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv) {
   struct Source {
@@ -85,10 +141,43 @@ DeviceMesh DeviceMesh::from_env(const MeshOptions& options) {
   mesh.layout_ = MeshLayout::make(size, options.shard_size, rank);
   mesh.local_rank_ = mesh.launch_.local_rank >= 0 ? mesh.launch_.local_rank : 0;
 
+  mesh.device_ = options.device;
+  use_device(mesh.device_);
+
   auto world = MpiCommunicator::world(mesh.runtime_, options.comm, "world");
-  mesh.shard_ = world->split(mesh.layout_.replica, mesh.layout_.shard_rank, "shard");
-  mesh.sync_ = world->split(mesh.layout_.shard_rank, mesh.layout_.replica, "sync");
-  mesh.world_ = std::move(world);
+  std::shared_ptr<Communicator> shard = world->split(mesh.layout_.replica, mesh.layout_.shard_rank, "shard");
+  std::shared_ptr<Communicator> sync = world->split(mesh.layout_.shard_rank, mesh.layout_.replica, "sync");
+  mesh.backend_ = CommBackend::kMpi;
+  if (options.backend != CommBackend::kMpi && mesh.device_.is_cuda()) {
+    const std::string obstacle = nccl_obstacle(*world, mesh.device_);
+    EDIT_CHECK(options.backend != CommBackend::kNccl || obstacle.empty(), "--comm-backend nccl: ", obstacle,
+               "; use --comm-backend mpi (CUDA tensors staged through host memory) or one GPU per rank");
+    if (obstacle.empty()) {
+      mesh.backend_ = CommBackend::kNccl;
+    } else if (rank == 0) {
+      spdlog::info("collectives of CUDA tensors go through MPI with host staging: {}", obstacle);
+    }
+  } else {
+    EDIT_CHECK(options.backend != CommBackend::kNccl, "--comm-backend nccl needs CUDA tensors; pass --device cuda "
+               "(or auto on a GPU machine), or use --comm-backend mpi");
+  }
+#if EDIT_WITH_NCCL && EDIT_WITH_CUDA
+  if (mesh.backend_ == CommBackend::kNccl) {
+    // Each group gets an NCCL communicator of its own, bootstrapped over its MPI twin, which keeps
+    // carrying CPU tensors and host values.
+    const int gpu = mesh.device_.index();
+    const auto routed = [&](std::shared_ptr<Communicator> host) -> std::shared_ptr<Communicator> {
+      auto nccl = std::make_shared<NcclCommunicator>(host, gpu, options.comm, torch_current_stream());
+      return std::make_shared<RoutedCommunicator>(std::move(host), std::move(nccl));
+    };
+    shard = routed(shard);
+    sync = routed(sync);
+    mesh.world_ = routed(world);
+  }
+#endif
+  if (!mesh.world_) mesh.world_ = std::move(world);
+  mesh.shard_ = std::move(shard);
+  mesh.sync_ = std::move(sync);
   return mesh;
 }
 

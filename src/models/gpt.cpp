@@ -71,7 +71,8 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   const auto half = x.size(-1) / 2;
   const at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   const auto t = x.size(-2);
-  const at::Tensor c = cos.narrow(0, 0, t), s = sin.narrow(0, 0, t);  // (T, d/2)
+  // The tables are fp32; in the activations' dtype, so bf16 compute stays bf16.
+  const at::Tensor c = cos.narrow(0, 0, t).to(x.scalar_type()), s = sin.narrow(0, 0, t).to(x.scalar_type());
   return at::cat({x1 * c - x2 * s, x1 * s + x2 * c}, -1);
 }
 
@@ -115,7 +116,11 @@ namespace {
 // y = x / rms(x) * weight
 struct RmsNormImpl : torch::nn::Module {
   RmsNormImpl(int dim, double eps) : eps(eps) { weight = register_parameter("weight", at::ones({dim})); }
-  at::Tensor forward(const at::Tensor& x) { return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * weight; }
+  // The mean square in fp32 at least: in bf16 its rounding would scale every activation.
+  at::Tensor forward(const at::Tensor& x) {
+    const at::Tensor wide = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
+    return (wide * at::rsqrt(wide.pow(2).mean(-1, true) + eps)).to(x.scalar_type()) * weight;
+  }
   at::Tensor weight;
   double eps;
 };
@@ -254,7 +259,9 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
 }
 
 at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
-  const at::Tensor logits = forward(tokens);
+  at::Tensor logits = forward(tokens);
+  // Softmax and log over the vocabulary in fp32 at least (bf16 logits lose the small probabilities).
+  if (logits.scalar_type() != at::kDouble) logits = logits.to(at::kFloat);
   return torch::nn::functional::cross_entropy(logits.reshape({-1, config_.vocab_size}), targets.reshape({-1}));
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "edit/core/check.h"
+#include "edit/core/torch_compat.h"
 
 namespace edit::shard {
 
@@ -63,7 +64,7 @@ FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate d
     exp_avg_.push_back(at::zeros_like(unit.shard()));
     exp_avg_sq_.push_back(at::zeros_like(unit.shard()));
     // Runs of consecutive decaying elements, read off the mask once.
-    const at::Tensor mask = unit.shard_mask(decay).to(at::kBool).contiguous();
+    const at::Tensor mask = unit.shard_mask(decay).to(at::kCPU, at::kBool).contiguous();
     const bool* is_decay = mask.data_ptr<bool>();
     std::vector<std::pair<std::int64_t, std::int64_t>> runs;
     for (std::int64_t i = 0; i < mask.numel(); ++i) {
@@ -76,6 +77,51 @@ FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate d
     }
     decay_runs_.push_back(std::move(runs));
   }
+  const at::Tensor& first = model.unit(0).shard();
+  use_fused_ = options_.fused && EDIT_TORCH_AT_LEAST(2, 1) && first.is_cuda() && first.scalar_type() == at::kFloat;
+}
+
+void FlatAdamW::fused_step() {
+#if EDIT_TORCH_AT_LEAST(2, 1)
+  // Two lists of shard slices, decaying and not, each one launch of the multi-tensor kernel.
+  std::vector<at::Tensor> params[2], grads[2], ms[2], vs[2];
+  std::vector<std::vector<at::Tensor>> kept(static_cast<size_t>(model_.num_units()));
+  const auto add = [&](int decays, int u, std::int64_t begin, std::int64_t length) {
+    if (length == 0) return;
+    FlatUnit& unit = model_.unit(u);
+    params[decays].push_back(unit.shard().narrow(0, begin, length));
+    grads[decays].push_back(unit.grad_shard().narrow(0, begin, length));
+    ms[decays].push_back(exp_avg_[static_cast<size_t>(u)].narrow(0, begin, length));
+    vs[decays].push_back(exp_avg_sq_[static_cast<size_t>(u)].narrow(0, begin, length));
+  };
+  for (int u = 0; u < model_.num_units(); ++u) {
+    if (frozen_.whole_unit(u)) continue;
+    kept[static_cast<size_t>(u)] =
+        frozen_.keep(u, {model_.unit(u).shard(), exp_avg_[static_cast<size_t>(u)], exp_avg_sq_[static_cast<size_t>(u)]});
+    std::int64_t at = 0;
+    for (const auto& [begin, length] : decay_runs_[static_cast<size_t>(u)]) {
+      add(0, u, at, begin - at);
+      add(options_.weight_decay != 0 ? 1 : 0, u, begin, length);
+      at = begin + length;
+    }
+    add(0, u, at, model_.unit(u).shard().numel() - at);
+  }
+  // The kernel reads the step count (already advanced) from a device tensor per slice.
+  const at::Tensor step = at::full({}, static_cast<double>(steps_), params[0].empty() ? params[1][0].options() : params[0][0].options());
+  for (int decays = 0; decays < 2; ++decays) {
+    if (params[decays].empty()) continue;
+    const std::vector<at::Tensor> steps(params[decays].size(), step);
+    at::_fused_adamw_(params[decays], grads[decays], ms[decays], vs[decays], {}, steps, options_.lr, options_.beta1,
+                      options_.beta2, decays ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
+  }
+  for (int u = 0; u < model_.num_units(); ++u) {
+    frozen_.put_back(u, {model_.unit(u).shard(), exp_avg_[static_cast<size_t>(u)], exp_avg_sq_[static_cast<size_t>(u)]},
+                     kept[static_cast<size_t>(u)]);
+  }
+#else
+  EDIT_FAIL("the fused AdamW needs LibTorch 2.1 or later");
+#endif
 }
 
 void FlatAdamW::step() {
@@ -86,6 +132,10 @@ void FlatAdamW::step() {
   const double step_size = lr / bias_correction1;
   const double bias_correction2_sqrt = std::sqrt(bias_correction2);
   at::NoGradGuard no_grad;
+  if (use_fused_) {
+    fused_step();
+    return;
+  }
   for (int u = 0; u < model_.num_units(); ++u) {
     if (frozen_.whole_unit(u)) continue;
     FlatUnit& unit = model_.unit(u);

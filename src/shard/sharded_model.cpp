@@ -108,11 +108,19 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
   for (auto& owned_unit : units_) {
     FlatUnit& unit = *owned_unit;
     const at::Tensor first = unit.params_.front().param;
+    const at::ScalarType master = first.scalar_type();
+    const at::ScalarType compute =
+        options_.compute_dtype == at::ScalarType::Undefined ? master : options_.compute_dtype;
+    const at::ScalarType reduce = options_.reduce_dtype == at::ScalarType::Undefined ? master : options_.reduce_dtype;
+    EDIT_CHECK(unit.index_ == 0 || mixed_ == (compute != master), "unit ", unit.name_, " has dtype ", master,
+               " unlike the units before it; give all units one dtype when computing in ", compute);
+    mixed_ = compute != master;
     at::NoGradGuard no_grad;
-    unit.full_ = at::zeros({unit.padded_numel_}, first.options().requires_grad(false));
-    for (const auto& p : unit.params_) unit.full_.narrow(0, p.offset, p.numel).copy_(p.param.detach().reshape({-1}));
+    at::Tensor master_full = at::zeros({unit.padded_numel_}, first.options().requires_grad(false));
+    for (const auto& p : unit.params_) master_full.narrow(0, p.offset, p.numel).copy_(p.param.detach().reshape({-1}));
     // Every rank of the group must start from the same weights: shard rank 0's win.
-    if (group_size > 1) group_->broadcast(unit.full_, 0)->wait();
+    if (group_size > 1) group_->broadcast(master_full, 0)->wait();
+    unit.full_ = mixed_ ? master_full.to(compute) : master_full;
     unit.full_grad_ = at::zeros_like(unit.full_);
     for (const auto& p : unit.params_) {
       p.param.set_data(unit.full_.narrow(0, p.offset, p.numel).view(p.param.sizes()));
@@ -120,20 +128,25 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
       // existing .grad), so no per-parameter gradient tensors are ever created.
       p.param.mutable_grad() = unit.full_grad_.narrow(0, p.offset, p.numel).view(p.param.sizes());
     }
-    memory_.model_param_bytes += unit.numel_ * static_cast<std::int64_t>(unit.full_.element_size());
+    memory_.model_param_bytes += unit.numel_ * static_cast<std::int64_t>(master_full.element_size());
     if (group_size == 1) {
-      unit.shard_ = unit.full_;
-      unit.grad_shard_ = unit.full_grad_;
+      // Mixed precision keeps the master shard beside the compute copy (refreshed every forward)
+      // and adds each backward's gradient into a master-dtype gradient.
+      unit.shard_ = master_full;
+      unit.grad_shard_ = mixed_ ? at::zeros_like(master_full) : unit.full_grad_;
       unit.full_allocated_ = unit.gathered_ = true;
     } else {
-      unit.shard_ = unit.full_.narrow(0, unit.shard_offset(), unit.shard_numel()).clone();
+      unit.shard_ = master_full.narrow(0, unit.shard_offset(), unit.shard_numel()).clone();
       unit.grad_shard_ = at::zeros_like(unit.shard_);
-      unit.scatter_out_ = at::empty_like(unit.shard_);
+      if (mixed_) unit.shard_compute_ = at::empty_like(unit.shard_, unit.shard_.options().dtype(compute));
+      unit.scatter_out_ = at::empty_like(unit.shard_, unit.shard_.options().dtype(reduce));
       for (const auto& p : unit.params_) p.param.mutable_grad() = at::Tensor();
       compat::release_storage(unit.full_);
       compat::release_storage(unit.full_grad_);
     }
     memory_.shard_bytes += bytes_of(unit.shard_) + bytes_of(unit.grad_shard_);
+    if (unit.shard_compute_.defined()) memory_.shard_bytes += bytes_of(unit.shard_compute_);
+    if (group_size == 1 && mixed_) memory_.shard_bytes += bytes_of(unit.full_) + bytes_of(unit.full_grad_);
     unit.module_->attach(this, unit.index_);
   }
 }
@@ -188,9 +201,12 @@ void ShardedModel::issue_gather(FlatUnit& unit, bool for_forward) {
     unit.pre_gather_fired_ = true;
     fire(HookPoint::kPreGather, unit.index_);
   }
+  // A forward gathers what the shard holds now (after pre_gather's rewrite); a backward gathers
+  // what its forward used: the shard does not change between the two.
+  if (for_forward) cast_shard_for_compute(unit);
   allocate_full(unit);
   note("gather", unit.index_);
-  unit.gather_work_ = group_->all_gather(unit.full_, unit.shard_);
+  unit.gather_work_ = group_->all_gather(unit.full_, mixed_ ? unit.shard_compute_ : unit.shard_);
 }
 
 void ShardedModel::ensure_gathered(FlatUnit& unit) {
@@ -199,6 +215,12 @@ void ShardedModel::ensure_gathered(FlatUnit& unit) {
   unit.gather_work_->wait();
   unit.gather_work_.reset();
   unit.gathered_ = true;
+}
+
+void ShardedModel::cast_shard_for_compute(FlatUnit& unit) {
+  if (!mixed_) return;
+  at::NoGradGuard no_grad;
+  (group_->size() == 1 ? unit.full_ : unit.shard_compute_).copy_(unit.shard_);
 }
 
 void ShardedModel::release_full(FlatUnit& unit) {
@@ -221,6 +243,7 @@ void ShardedModel::before_unit_forward(int index, const at::Tensor& /*input*/) {
   FlatUnit& unit = *units_[static_cast<size_t>(index)];
   if (group_->size() == 1) {
     fire(HookPoint::kPreGather, index);
+    cast_shard_for_compute(unit);
     return;
   }
   issue_gather(unit, /*for_forward=*/true);
@@ -289,12 +312,22 @@ void ShardedModel::post_backward(FlatUnit& unit) {
   if (group_->size() > 1) {
     for (const auto& p : unit.params_) p.param.mutable_grad() = at::Tensor();
     note("reduce_scatter", unit.index_);
-    unit.scatter_work_ = group_->reduce_scatter(unit.scatter_out_, unit.full_grad_, {comm::ReduceOp::kAvg});
+    at::Tensor input = unit.full_grad_;
+    if (input.scalar_type() != unit.scatter_out_.scalar_type()) {
+      unit.scatter_in_ = input.to(unit.scatter_out_.scalar_type());
+      input = unit.scatter_in_;
+    }
+    unit.scatter_work_ = group_->reduce_scatter(unit.scatter_out_, input, {comm::ReduceOp::kAvg});
     release_full(unit);
     for (int lender : unit.borrows_) release_full(*units_[static_cast<size_t>(lender)]);
     // The previous unit's scatter was issued one unit of compute ago: land it and free its full
     // gradient, so at most two full gradients are alive at any time.
     for (int later = unit.index_ + 1; later < num_units(); ++later) wait_grad(later);
+  } else if (mixed_) {
+    // The compute-dtype gradient of this backward goes into the master-dtype one.
+    at::NoGradGuard no_grad;
+    unit.grad_shard_.add_(unit.full_grad_);
+    unit.full_grad_.zero_();
   }
   fire(HookPoint::kPostBackward, unit.index_);
 }
@@ -304,6 +337,7 @@ void ShardedModel::wait_grad(int index) {
   if (!unit.scatter_work_) return;
   unit.scatter_work_->wait();
   unit.scatter_work_.reset();
+  unit.scatter_in_ = at::Tensor();
   unit.grad_shard_.add_(unit.scatter_out_);
   compat::release_storage(unit.full_grad_);
   memory_.full_grad_bytes -= bytes_of(unit.full_grad_);
@@ -324,8 +358,11 @@ void ShardedModel::zero_grad() {
 }
 
 double ShardedModel::clip_grad_norm(double max_norm) {
-  at::Tensor sum_sq = at::zeros({1}, at::kDouble);
-  for (auto& unit : units_) sum_sq += unit->grad_shard_.to(at::kDouble).pow(2).sum();
+  // Accumulated in double on the gradients' device, without a double copy of any gradient.
+  at::Tensor sum_sq = at::zeros({1}, units_.front()->grad_shard_.options().dtype(at::kDouble));
+  for (auto& unit : units_) {
+    sum_sq += at::linalg_vector_norm(unit->grad_shard_, 2, at::OptionalIntArrayRef(), false, at::kDouble).square();
+  }
   if (group_->size() > 1) group_->all_reduce(sum_sq)->wait();
   const double norm = std::sqrt(sum_sq.item<double>());
   const double coefficient = max_norm / (norm + 1e-6);
@@ -361,6 +398,8 @@ void ShardedModel::load_state_dict(const StateDict& state) {
 }
 
 ShardMemory ShardedModel::memory() const { return memory_; }
+
+at::Device ShardedModel::device() const { return units_.front()->shard_.device(); }
 
 void ShardedModel::reset_peak_memory() {
   memory_.peak_full_param_bytes = memory_.full_param_bytes;

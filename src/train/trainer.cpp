@@ -80,13 +80,18 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   metrics.step = step_;
   std::int64_t tokens = 0;
   model_.zero_grad();
+  // The loss is summed where it is computed and read once per step: a read per micro-batch would
+  // make the host wait for the GPU before it may queue the next micro-batch.
+  at::Tensor loss_sum;
   for (int micro = 0; micro < options_.accumulation; ++micro) {
     const Batch batch = next_batch(step_, micro);
     at::Tensor loss = loss_fn(batch) / options_.accumulation;
     model_.backward(loss);
-    metrics.loss += loss.item<double>();
+    const at::Tensor part = loss.detach().to(at::kDouble);
+    loss_sum = loss_sum.defined() ? loss_sum + part : part;
     tokens += batch.targets.numel();
   }
+  metrics.loss = loss_sum.item<double>();
   // A non-finite loss stops here, before any update: the weights, the anchors and every checkpoint
   // stay as they were.
   EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.loss), "step ", step_, ": the loss is ",

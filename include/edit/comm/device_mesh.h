@@ -7,6 +7,8 @@
 // R = 1: plain FSDP.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -42,9 +44,22 @@ struct MeshLayout {
   static MeshLayout make(int world_size, int shard_size, int rank);
 };
 
+// Which transport carries the collectives of CUDA tensors. CPU tensors always go through MPI.
+//   kMpi:  MPI for everything; CUDA tensors are staged through pinned host memory. Works when
+//          ranks share a GPU, and with any build.
+//   kNccl: NCCL for CUDA tensors (MPI bootstraps it and carries CPU tensors and host values).
+//          Needs a build with NCCL and CUDA, and every rank on a GPU of its own.
+//   kAuto: kNccl where all of that holds, else kMpi.
+enum class CommBackend { kAuto, kMpi, kNccl };
+CommBackend parse_comm_backend(const std::string& name);  // "auto", "mpi", "nccl"
+const char* to_string(CommBackend backend);
+
 struct MeshOptions {
   int shard_size = 1;  // S: ranks that share one model replica (ZeRO-3 shard group)
   CommOptions comm = CommOptions::from_env();
+  CommBackend backend = CommBackend::kAuto;
+  // The device this rank computes on (see edit::resolve_device); a CUDA device is made current.
+  c10::Device device = c10::Device(c10::kCPU);
 };
 
 class DeviceMesh {
@@ -58,6 +73,8 @@ class DeviceMesh {
   int shard_size() const { return layout_.shard_size; }
   int num_replicas() const { return layout_.num_replicas; }
   int local_rank() const { return local_rank_; }  // GPU index on this node
+  c10::Device device() const { return device_; }
+  CommBackend backend() const { return backend_; }  // resolved: kMpi or kNccl
   const LaunchInfo& launch() const { return launch_; }
 
   Communicator& world() const { return *world_; }
@@ -77,6 +94,8 @@ class DeviceMesh {
   MeshLayout layout_;
   LaunchInfo launch_;
   int local_rank_ = 0;
+  c10::Device device_ = c10::Device(c10::kCPU);
+  CommBackend backend_ = CommBackend::kMpi;
   std::shared_ptr<Communicator> world_;
   std::shared_ptr<Communicator> shard_;
   std::shared_ptr<Communicator> sync_;

@@ -44,6 +44,9 @@ struct AdamWOptions {
   double beta2 = 0.95;          // LLM pretraining default (torch's default is 0.999)
   double eps = 1e-8;
   double weight_decay = 0.1;    // decoupled: p -= lr * weight_decay * p
+  // One fused kernel per step for CUDA fp32 shards where LibTorch has it (2.1 and later: the
+  // kernel behind torch.optim.AdamW(fused=True)); the same update, rounded in another order.
+  bool fused = true;
 };
 
 // An inner optimizer that steps on a ShardedModel's flat shards from their grad_shard().
@@ -84,6 +87,7 @@ class FlatAdamW : public FlatOptimizer {
   void set_lr(double lr) override { options_.lr = lr; }
   double lr() const override { return options_.lr; }
   std::int64_t steps() const { return steps_; }
+  bool fused() const { return use_fused_; }  // the fused kernel steps (see AdamWOptions::fused)
   const AdamWOptions& options() const { return options_; }
 
   // Per-unit state, e.g. for checkpoints: exp_avg and exp_avg_sq of this rank's shard.
@@ -104,6 +108,8 @@ class FlatAdamW : public FlatOptimizer {
   // one run, so a few per unit: no per-element mask or factor is kept.
   std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> decay_runs_;
   FrozenElements frozen_;
+  bool use_fused_ = false;
+  void fused_step();
 };
 
 }  // namespace edit::shard

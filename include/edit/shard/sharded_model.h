@@ -38,6 +38,13 @@ const char* to_string(HookPoint point);
 struct ShardOptions {
   // Issue unit u+1's all-gather (u-1's in backward) while unit u computes.
   bool prefetch = true;
+  // Mixed precision. The shards that optimizers and strategies see keep the parameters' own dtype
+  // (fp32 master weights); the units are gathered and computed in `compute_dtype` (e.g. bf16), so
+  // a gather moves half the bytes. Undefined: the parameters' dtype (no casts at all).
+  at::ScalarType compute_dtype = at::ScalarType::Undefined;
+  // Dtype in which gradients are reduce-scattered over the shard group: the master dtype (sums of
+  // bf16 gradients without bf16 rounding) or the compute dtype (half the bytes). Undefined: master.
+  at::ScalarType reduce_dtype = at::ScalarType::Undefined;
   // Record every hook, gather, free and reduce-scatter in trace() (tests, debugging).
   bool trace = false;
 };
@@ -79,10 +86,14 @@ class FlatUnit {
   std::int64_t padded_numel_ = 0;
   std::vector<Param> params_;
   std::shared_ptr<UnitImpl> module_;
+  // Compute dtype: full_, full_grad_, shard_compute_. Master dtype: shard_, grad_shard_.
+  // reduce_dtype: scatter_in_ (a cast of full_grad_, when the dtypes differ) and scatter_out_.
   at::Tensor full_;        // (padded,) storage released while not gathered (S > 1)
   at::Tensor full_grad_;   // (padded,) storage released outside backward (S > 1)
-  at::Tensor shard_;       // (padded / S,) == full_ when S == 1
-  at::Tensor grad_shard_;  // (padded / S,) == full_grad_ when S == 1
+  at::Tensor shard_;       // (padded / S,) == full_ when S == 1 and no mixed precision
+  at::Tensor grad_shard_;  // (padded / S,) == full_grad_ when S == 1 and no mixed precision
+  at::Tensor shard_compute_;  // (padded / S,) the shard cast for the gather (mixed precision, S > 1)
+  at::Tensor scatter_in_;   // (padded,) the gradient cast for the reduce-scatter, until it lands
   at::Tensor scatter_out_;  // (padded / S,) reduce-scatter landing zone (S > 1)
   comm::WorkPtr gather_work_;
   comm::WorkPtr scatter_work_;
@@ -145,6 +156,9 @@ class ShardedModel : public UnitListener, public Stateful {
 
   ShardMemory memory() const;
   void reset_peak_memory();
+  // True when units compute in another dtype than their shards (ShardOptions::compute_dtype).
+  bool mixed_precision() const { return mixed_; }
+  at::Device device() const;
   const std::vector<std::string>& trace() const { return trace_; }
   void clear_trace() { trace_.clear(); }
 
@@ -167,10 +181,12 @@ class ShardedModel : public UnitListener, public Stateful {
   void start_backward(FlatUnit& unit);
   void post_backward(FlatUnit& unit);
   void finish_pending_backward(int above_unit);
+  void cast_shard_for_compute(FlatUnit& unit);
 
   std::shared_ptr<torch::nn::Module> model_;
   std::shared_ptr<comm::Communicator> group_;
   ShardOptions options_;
+  bool mixed_ = false;  // compute dtype != master dtype: shard_ and full_ are separate buffers
   std::vector<std::unique_ptr<FlatUnit>> units_;
   struct Subscription {
     int id;

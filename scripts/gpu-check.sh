@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The GPU path end to end, on one CUDA machine with a PyTorch 2.x (CUDA) installed:
+#   1. builds libedit against that PyTorch's LibTorch, NCCL and the CUDA toolkit;
+#   2. runs the CUDA and NCCL tests and a short CUDA training run;
+#   3. benchmarks GPT-2 124M in bf16 on one GPU (tokens/s and MFU for --strategy none, edit with
+#      H = 32, and ddp), then two ranks on that one GPU through the MPI host-staging path;
+#   4. writes <out>/gpu_bench.csv and prints the table (markdown).
+#
+#   scripts/gpu-check.sh [--out DIR] [--steps N] [--batch-size B] [--skip-build] [--skip-tests]
+#
+# Environment: EDIT_DEPS_PREFIX  a prefix holding spdlog, {fmt}, CLI11, nlohmann-json and GoogleTest
+#                                where they are not installed system-wide (an offline machine);
+#              EDIT_PEAK_TFLOPS  the GPU's dense bf16 peak (default: from its name, e.g. 989 for H100/H200 SXM);
+#              PYTHON            the python3 that has torch (default: python3).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${EDIT_BUILD_DIR:-$root/build-gpu}
+out=$build/gpu-check
+steps=96
+batch=16
+skip_build=0
+skip_tests=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --out) out=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --batch-size) batch=$2; shift 2 ;;
+    --skip-build) skip_build=1; shift ;;
+    --skip-tests) skip_tests=1; shift ;;
+    *) echo "gpu-check.sh: unknown argument '$1'; see the comment at the top of $0" >&2; exit 2 ;;
+  esac
+done
+py=${PYTHON:-python3}
+mkdir -p "$out"
+log() { echo "== $(date +%T) $*"; }
+
+command -v nvidia-smi >/dev/null && nvidia-smi -L || { echo "gpu-check.sh: no nvidia-smi: this needs a CUDA machine" >&2; exit 1; }
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+torch_dir=$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')/Torch
+nccl_root=$("$py" - <<'PY'
+import os
+try:
+    import nvidia.nccl as n
+    print(list(n.__path__)[0])
+except Exception:
+    print("")
+PY
+)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+export PMIX_MCA_pcompress_base_silence_warning=1
+if [[ -n ${EDIT_DEPS_PREFIX:-} ]]; then
+  export LD_LIBRARY_PATH=$EDIT_DEPS_PREFIX/lib/x86_64-linux-gnu:$EDIT_DEPS_PREFIX/lib:${LD_LIBRARY_PATH:-}
+fi
+
+if [[ $skip_build == 0 ]]; then
+  log "build against $torch_dir"
+  args=(-DTorch_DIR="$torch_dir" -DEDIT_WITH_CUDA=ON -DEDIT_WITH_NCCL=ON -DEDIT_BUILD_KERNELS=ON
+        -DCMAKE_CUDA_ARCHITECTURES="${EDIT_CUDA_ARCHS:-90}" -DEDIT_ALLOCATOR=system)
+  [[ -n ${EDIT_DEPS_PREFIX:-} ]] && args+=(-DCMAKE_PREFIX_PATH="$EDIT_DEPS_PREFIX")
+  if [[ -n $nccl_root && -f $nccl_root/include/nccl.h ]]; then
+    args+=(-DEDIT_NCCL_INCLUDE_DIR="$nccl_root/include" -DEDIT_NCCL_LIBRARY="$(ls "$nccl_root"/lib/libnccl.so* | head -1)")
+  fi
+  # Only what the checks run (EDIT_BUILD_TARGETS="" builds everything).
+  if ! EDIT_BUILD_TARGETS=${EDIT_BUILD_TARGETS-edit_tests edit-train-gpt} EDIT_BUILD_DIR=$build bash "$root/scripts/build.sh" "${args[@]}" >"$out/build.log" 2>&1; then
+    grep -E -A3 "error|FAILED" "$out/build.log" | head -80
+    echo "gpu-check.sh: the build failed; see $out/build.log" >&2
+    exit 1
+  fi
+  grep -E "libedit |warning: " "$out/build.log" | head -20 || true
+fi
+
+if [[ $skip_tests == 0 ]]; then
+  log "CUDA and NCCL tests"
+  "$build/tests/edit_tests" --gtest_filter='*Cuda*:*CUDA*:*Nccl*:*NCCL*:*Gpu*:*GPU*' 2>&1 | tee "$out/tests_cuda.log" | tail -25
+  log "unit tests"
+  "$build/tests/edit_tests" --gtest_brief=1 2>&1 | tee "$out/tests_unit.log" | tail -5
+fi
+
+log "benchmark data"
+data=$build/bench-data
+"$py" - "$data" <<'PY'
+import os, sys, numpy as np
+d = sys.argv[1]; os.makedirs(d, exist_ok=True)
+rng = np.random.default_rng(0)
+for name, n in (("train_000.bin", 4_000_000), ("val_000.bin", 200_000)):
+    header = np.zeros(256, dtype=np.int32); header[:3] = (20240520, 1, n)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(header.tobytes()); f.write(rng.integers(0, 50257, n, dtype=np.uint16).tobytes())
+PY
+
+# One run: label, ranks, extra flags. Writes <out>/<label>/metrics.jsonl.
+run() {
+  local label=$1 ranks=$2; shift 2
+  log "run $label ($ranks rank(s)): $*"
+  local launcher=()
+  [[ $ranks -gt 1 ]] && launcher=(mpirun -np "$ranks" --oversubscribe --bind-to none)
+  "${launcher[@]}" "$build/examples/train_gpt/edit-train-gpt" --model 124m --device cuda --dtype bf16 \
+    --train-data "$data/train_000.bin" --val-data "$data/val_000.bin" --batch-size "$batch" --lr 6e-4 \
+    --warmup-steps 10 --eval-every 0 --eval-batches 1 --log-every 32 --out-dir "$out/$label" --overwrite "$@" \
+    2>&1 | tee "$out/$label.log" | grep -E "device|step +[0-9]+ |error|Error" | tail -6 || true
+}
+run none 1 --strategy none --steps "$steps"
+run edit_h32 1 --strategy edit --sync-every 32 --steps "$steps"
+run ddp 1 --strategy ddp --steps "$steps"
+run edit_h32_np2_mpi 2 --strategy edit --sync-every 32 --steps $((steps / 2)) --comm-backend mpi
+run fsdp_edit_s2_np2_mpi 2 --strategy edit --sync-every 32 --shard-size 2 --steps $((steps / 2)) --comm-backend mpi
+
+log "report"
+"$py" - "$out" "$gpu_name" "${EDIT_PEAK_TFLOPS:-}" "$batch" <<'PY'
+import json, os, statistics, sys
+out, gpu, peak_arg, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+peaks = {"H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0, "L40S": 362.1, "B200": 2250.0}
+peak = float(peak_arg) if peak_arg else next((v for k, v in peaks.items() if k in gpu), float("nan"))
+# GPT-2 124M (vocabulary 50304, tied head, 12 layers, width 768, context 1024): parameters N
+# and the attention FLOPs per token (PaLM's 12 L d T) on top of 6 N.
+V, T, d, L = 50304, 1024, 768, 12
+N = V * d + T * d + L * (2 * 2 * d + 4 * d * d + 4 * d + 2 * 4 * d * d + 4 * d + d) + 2 * d
+flops_per_token = 6 * N + 12 * L * d * T
+rows = []
+for label in ("none", "edit_h32", "ddp", "edit_h32_np2_mpi", "fsdp_edit_s2_np2_mpi"):
+    path = os.path.join(out, label, "metrics.jsonl")
+    if not os.path.exists(path):
+        rows.append((label, "failed", "", "", "", "")); continue
+    lines = [json.loads(l) for l in open(path) if l.strip()]
+    steps = [l for l in lines if l["step"] >= 5]   # after the warm-up of kernels and allocator
+    total_tokens = sum(l["tokens_per_s"] * l["seconds"] for l in steps)
+    total_seconds = sum(l["seconds"] for l in steps)
+    tps = total_tokens / total_seconds  # all ranks together, averaged over time
+    mfu = flops_per_token * tps / (peak * 1e12)
+    sync = sum(l.get("sync_wait_s", 0.0) for l in steps)
+    rows.append((label, f"{len(steps)}", f"{tps:,.0f}", f"{100 * mfu:.1f}", f"{total_seconds / len(steps) * 1e3:.1f}", f"{sync:.2f}"))
+base = next((float(r[2].replace(",", "")) for r in rows if r[0] == "none" and r[2]), None)
+with open(os.path.join(out, "gpu_bench.csv"), "w") as f:
+    f.write("gpu,run,steps,tokens_per_s,mfu_percent,ms_per_step,sync_wait_s,vs_none\n")
+    for r in rows:
+        rel = f"{float(r[2].replace(',', '')) / base:.3f}" if base and r[2] else ""
+        f.write(",".join([gpu, *[c.replace(",", "") for c in r], rel]) + "\n")
+print(f"GPT-2 124M, bf16, batch {batch} x {T} per rank, {gpu} (dense bf16 peak {peak} TFLOP/s), N = {N:,}")
+print("| run | steps timed | tokens/s | MFU % | ms/step | sync wait s | vs none |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    rel = f"{float(r[2].replace(',', '')) / base:.3f}" if base and r[2] else ""
+    print("| " + " | ".join([*r, rel]) + " |")
+PY
+log "done: $out/gpu_bench.csv"
