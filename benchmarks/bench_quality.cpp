@@ -17,6 +17,7 @@
 // penalty's dropped workers, skipped units and level shifts over the run.
 // --check exits 1 unless EDiT's val loss is at most DiLoCo's x 1.02 in the cosine scenario.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
@@ -79,7 +80,7 @@ class SpikeInjector : public edit::sync::SyncStrategy {
 
  private:
   void damage() {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (int u = 0; u < model_.num_units(); ++u) {
       at::Tensor theta = model_.unit(u).shard();
       if (nan_) {
@@ -157,7 +158,7 @@ Result run_one(const Options& o, edit::comm::DeviceMesh& mesh, edit::data::Token
   Result result;
   double loss = 0.0;
   used.with_global_model([&] {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     val.set_cursor({});
     for (int i = 0; i < o.eval_batches; ++i) {
       const auto b = val.next_batch(o.batch, o.seq);

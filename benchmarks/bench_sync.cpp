@@ -8,6 +8,7 @@
 // bytes sent per inner step per rank (shard + sync groups), time blocked in the strategy, and the
 // held-out loss after the run (mean over ranks), all from one run.
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -124,7 +125,7 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / timed;
   result.sync_wait_s = blocked;
   // Held-out loss: the same 4 batches on every rank, never trained on.
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   double loss = 0.0;
   for (int i = 0; i < 4; ++i) {
     const auto b = data.batch(-1 - i, o.model.batch);

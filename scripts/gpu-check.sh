@@ -61,8 +61,8 @@ if [[ $skip_build == 0 ]]; then
     args+=(-DEDIT_NCCL_INCLUDE_DIR="$nccl_root/include" -DEDIT_NCCL_LIBRARY="$(ls "$nccl_root"/lib/libnccl.so* | head -1)")
   fi
   # Only what the checks run (EDIT_BUILD_TARGETS="" builds everything).
-  if ! EDIT_BUILD_TARGETS=${EDIT_BUILD_TARGETS-edit_tests edit-train-gpt} EDIT_BUILD_DIR=$build bash "$root/scripts/build.sh" "${args[@]}" >"$out/build.log" 2>&1; then
-    grep -E -A3 "error|FAILED" "$out/build.log" | head -80
+  if ! EDIT_BUILD_KEEP_GOING=1 EDIT_BUILD_TARGETS=${EDIT_BUILD_TARGETS-edit_tests edit-train-gpt} EDIT_BUILD_DIR=$build bash "$root/scripts/build.sh" "${args[@]}" >"$out/build.log" 2>&1; then
+    grep -E "error" "$out/build.log" | sort | uniq -c | sort -rn | head -60
     echo "gpu-check.sh: the build failed; see $out/build.log" >&2
     exit 1
   fi

@@ -1,6 +1,7 @@
 // edit-generate: sample text from a training run's checkpoint on one process (byte-level models).
 //   edit-generate --run runs/quickstart [--prompt "Q: "] [--tokens 200] [--temperature 0.8] [--top-k 40]
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
     const edit::data::ByteTokenizer tokenizer;
     auto ids = tokenizer.encode(prompt.empty() ? "\n" : prompt);
     at::manual_seed(seed);
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (int i = 0; i < tokens; ++i) {
       const auto start = ids.size() > static_cast<size_t>(config.seq_len) ? ids.size() - config.seq_len : 0;
       at::Tensor window = at::tensor(std::vector<std::int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(start), ids.end()),

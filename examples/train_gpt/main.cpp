@@ -7,6 +7,7 @@
 // Writes <out-dir>/metrics.jsonl (one line per step), <out-dir>/loss.tsv (train and val loss per
 // evaluation) and checkpoints in <out-dir>/checkpoints (resumable with --resume auto).
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <torch/nn/functional/loss.h>
 
 #include <unistd.h>
@@ -427,7 +428,7 @@ int main(int argc, char** argv) {
     const auto evaluate = [&] {
       double loss = 0.0;
       strategy->with_global_model([&] {
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         val.set_cursor({});  // the same val batches every time
         for (int i = 0; i < c.eval_batches; ++i) {
           const auto b = val.next_batch(c.batch_size, gpt.seq_len);
@@ -488,7 +489,7 @@ int main(int argc, char** argv) {
 
     if (c.sample_tokens > 0) {
       // Every rank samples the same way (same seed), as sharded forwards are collective.
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       at::manual_seed(7);
       const edit::data::ByteTokenizer tokenizer;
       auto prompt = tokenizer.encode("\n");

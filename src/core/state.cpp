@@ -1,6 +1,7 @@
 #include "edit/core/state.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <cmath>
 
@@ -35,7 +36,7 @@ void StateDict::copy_into(const std::string& owner, const std::string& key, at::
   EDIT_CHECK(saved.scalar_type() == live.scalar_type() && saved.sizes() == live.sizes(), "the saved state of ", owner,
              ": '", key, "' is ", saved.scalar_type(), saved.sizes(), " but this job has ", live.scalar_type(),
              live.sizes(), "; resume with the same model configuration and mesh");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   live.copy_(saved);
 }
 

@@ -1,6 +1,7 @@
 #include "edit/models/gpt.h"
 
 #include <torch/nn/functional/loss.h>
+#include <c10/core/GradMode.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
@@ -167,7 +168,7 @@ struct BlockImpl : torch::nn::Module {
     }
     down = linear("down", h, c.dim);
     // GPT-2 initialisation: N(0, 0.02), the residual projections scaled by 1/sqrt(2 layers).
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (auto& p : named_parameters()) {
       if (p.key().find("norm") != std::string::npos) continue;
       if (p.value().dim() < 2) {
@@ -217,7 +218,7 @@ struct HeadImpl : torch::nn::Module {
       weight = register_parameter("weight", tied);
     } else {
       weight = register_parameter("weight", at::empty({c.vocab_size, c.dim}));
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       weight.normal_(0.0, 0.02);
     }
   }
@@ -237,7 +238,7 @@ GptImpl::GptImpl(const GptConfig& config) : config_(config) {
   config_.validate();
   embed = register_module("embed", shard::Unit(Embedding(config_)));
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (auto& p : embed->parameters()) p.normal_(0.0, 0.02);
   }
   for (int i = 0; i < config_.layers; ++i) {

@@ -1,6 +1,7 @@
 #include "edit/shard/flat_adamw.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <cmath>
 
@@ -41,7 +42,7 @@ void FrozenElements::put_back(int unit, std::initializer_list<at::Tensor> tensor
 FlatSgd::FlatSgd(ShardedModel& model, double lr) : model_(model), lr_(lr), frozen_(model) {}
 
 void FlatSgd::step() {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (int u = 0; u < model_.num_units(); ++u) {
     if (frozen_.whole_unit(u)) continue;
     at::Tensor& shard = model_.unit(u).shard();
@@ -131,7 +132,7 @@ void FlatAdamW::step() {
   const double bias_correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
   const double step_size = lr / bias_correction1;
   const double bias_correction2_sqrt = std::sqrt(bias_correction2);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (use_fused_) {
     fused_step();
     return;

@@ -1,6 +1,7 @@
 #include "edit/shard/sharded_model.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <cmath>
 #include <unordered_map>
@@ -115,7 +116,7 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
     EDIT_CHECK(unit.index_ == 0 || mixed_ == (compute != master), "unit ", unit.name_, " has dtype ", master,
                " unlike the units before it; give all units one dtype when computing in ", compute);
     mixed_ = compute != master;
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     at::Tensor master_full = at::zeros({unit.padded_numel_}, first.options().requires_grad(false));
     for (const auto& p : unit.params_) master_full.narrow(0, p.offset, p.numel).copy_(p.param.detach().reshape({-1}));
     // Every rank of the group must start from the same weights: shard rank 0's win.
@@ -219,7 +220,7 @@ void ShardedModel::ensure_gathered(FlatUnit& unit) {
 
 void ShardedModel::cast_shard_for_compute(FlatUnit& unit) {
   if (!mixed_) return;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   (group_->size() == 1 ? unit.full_ : unit.shard_compute_).copy_(unit.shard_);
 }
 
@@ -325,7 +326,7 @@ void ShardedModel::post_backward(FlatUnit& unit) {
     for (int later = unit.index_ + 1; later < num_units(); ++later) wait_grad(later);
   } else if (mixed_) {
     // The compute-dtype gradient of this backward goes into the master-dtype one.
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     unit.grad_shard_.add_(unit.full_grad_);
     unit.full_grad_.zero_();
   }

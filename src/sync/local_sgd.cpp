@@ -1,6 +1,7 @@
 #include "edit/sync/local_sgd.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <spdlog/spdlog.h>
 
@@ -89,7 +90,7 @@ void PseudoGradientSync::end_sync() {
 }
 
 void PseudoGradientSync::with_anchors(const std::function<void()>& fn) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::vector<at::Tensor> local;
   for (int u = 0; u < model_.num_units(); ++u) {
     EDIT_CHECK(!slots_[static_cast<size_t>(u)].begun, "the sync of unit ", u,
@@ -102,7 +103,7 @@ void PseudoGradientSync::with_anchors(const std::function<void()>& fn) {
     shard::ShardedModel& model;
     std::vector<at::Tensor>& local;
     ~Restore() {
-      at::NoGradGuard guard;
+      c10::NoGradGuard guard;
       for (int u = 0; u < model.num_units(); ++u) model.unit(u).shard().copy_(local[static_cast<size_t>(u)]);
     }
   } restore{model_, local};
@@ -167,7 +168,7 @@ double PseudoGradientSync::shard_group_sum(double local) {
 void PseudoGradientSync::begin(int unit) {
   Slot& slot = slots_.at(static_cast<size_t>(unit));
   EDIT_CHECK(!slot.begun, "sync of unit ", unit, " begun twice without finish()");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor& theta = model_.unit(unit).shard();
   const at::Tensor& phi = outer_.anchor(unit);
   slot.delta = phi.to(theta.device()) - theta;  // (shard,) pseudo-gradient of this worker

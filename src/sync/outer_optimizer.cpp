@@ -1,6 +1,7 @@
 #include "edit/sync/outer_optimizer.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include "edit/core/check.h"
 
@@ -43,7 +44,7 @@ OuterOptimizer::OuterOptimizer(shard::ShardedModel& model, OuterOptions options)
 }
 
 void OuterOptimizer::step(int unit, const at::Tensor& delta) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor& stored_phi = anchor_.at(static_cast<size_t>(unit));
   at::Tensor& stored_m = momentum_.at(static_cast<size_t>(unit));
   // Offloaded state comes in for this unit only, then goes back.
@@ -62,7 +63,7 @@ void OuterOptimizer::step(int unit, const at::Tensor& delta) {
 }
 
 void OuterOptimizer::reset_to_anchor(int unit) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   model_.unit(unit).shard().copy_(anchor_.at(static_cast<size_t>(unit)));
 }
 

@@ -1,6 +1,7 @@
 #include "edit/train/export.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -46,7 +47,7 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
   // SGD anchors ("strategy/").
   const auto shard_key = [](int unit) { return "model/unit" + std::to_string(unit) + ".shard"; };
   const auto anchor_key = [](int unit) { return "strategy/unit" + std::to_string(unit) + ".anchor"; };
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::unordered_set<const c10::TensorImpl*> seen;  // a tied weight is stored once, in its first unit
   int unit = 0;
   for (const auto& module : model.modules(/*include_self=*/false)) {

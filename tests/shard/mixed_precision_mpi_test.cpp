@@ -7,6 +7,7 @@
 // float32 arithmetic on the same float32 weights, so gradients agree bit for bit before the
 // reduction, and the reduction (in float64, or in float32) adds one rounding of that dtype.
 #include <gtest/gtest.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -71,7 +72,7 @@ TEST_P(MixedPrecision, GradientsAndStepsAreTheComputeDtypeReferenceInTheMasterDt
     at::manual_seed(0);
     TinyTransformer reference(config);
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       for (auto& item : reference.named_parameters()) item.value().copy_(master.at(item.key()).to(at::kFloat));
     }
     std::map<std::string, at::Tensor> expected_grad, abs_sum;

@@ -12,6 +12,7 @@
 // Sandybridge kernels, so a bound of 1e-9 passes on any CPU with room to spare, while a missed
 // element, a stale gather or a mis-scaled gradient (>= 1e-4) still fails it.
 #include <gtest/gtest.h>
+#include <c10/core/GradMode.h>
 #include <torch/types.h>  // clip_grad.h relies on it
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/utils/clip_grad.h>
@@ -289,7 +290,7 @@ TEST(ShardedFrozen, FrozenFirstUnitLeavesNoGatherBehind) {
                                                       [&](int r) { return tiny_batch(config, step, r, kBatch); });
     loss_error = std::max(loss_error, std::abs(mean_loss - ref_loss));
     EXPECT_NEAR(mean_loss, ref_loss, kLossBound * ref_loss) << "step " << step;
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     sharded.unit(0).shard().mul_(0.5);
     for (auto& p : reference->embed->parameters()) p.mul_(0.5);
   }
