@@ -75,6 +75,14 @@ expect_failure config_twice 30 "twice.toml:2: 'steps' is set twice" --config "$w
 printf 'steps = 2\n\x01\x02\x00\n' > "$work/binary.toml"
 expect_failure config_binary 30 "binary.toml:2: byte" --config "$work/binary.toml" --out-dir "$work/x9"
 
+# Devices and precision: refused before anything is trained, naming the fix.
+expect_failure bad_dtype 30 "--dtype" --steps 4 --dtype fp8 --out-dir "$work/x10"
+expect_failure nccl_on_cpu 30 "--comm-backend nccl needs CUDA tensors.*--device cuda" --steps 4 --device cpu \
+  --comm-backend nccl --out-dir "$work/x11"
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
+  expect_failure cuda_without_gpu 30 "device 'cuda' asked for, but .*--device cpu" --steps 4 --device cuda --out-dir "$work/x12"
+fi
+
 # A full disk while training (a file size limit makes writes past 40 KiB fail with EFBIG, as
 # ENOSPC would): a loud failure, never exit 0.
 # The limit is set inside each rank (mpirun's own shared-memory files must not hit it).
