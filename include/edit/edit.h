@@ -3,11 +3,13 @@
 
 #include "edit/config.h"
 #include "edit/core/check.h"
+#include "edit/core/device.h"
 #include "edit/core/log.h"
 #include "edit/core/torch_compat.h"
 
 // The layers (see docs/architecture.md). Including them all costs LibTorch's nn headers.
 #include "edit/comm/device_mesh.h"
+#include "edit/comm/routed_communicator.h"
 #include "edit/comm/link_emulator.h"
 #include "edit/data/token_dataset.h"
 #include "edit/models/gpt.h"
