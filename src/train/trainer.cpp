@@ -84,6 +84,7 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   // make the host wait for the GPU before it may queue the next micro-batch.
   at::Tensor loss_sum;
   for (int micro = 0; micro < options_.accumulation; ++micro) {
+    strategy_.before_micro_batch(step_, micro, options_.accumulation);
     const Batch batch = next_batch(step_, micro);
     at::Tensor loss = loss_fn(batch) / options_.accumulation;
     model_.backward(loss);

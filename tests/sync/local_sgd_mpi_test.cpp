@@ -78,6 +78,45 @@ TEST(LocalSgd, OneStepAveragingWithSgdEqualsDdp) {
   for (double other : mesh.world().all_gather_values({checksum})) EXPECT_EQ(other, checksum);
 }
 
+// Ddp averages each unit's gradient as soon as its backward of the step's last micro-batch is
+// done, overlapped with the backward of the units before it; earlier micro-batches only add up.
+// With SGD it must still equal H = 1 parameter averaging, micro-batches and all.
+TEST(LocalSgd, OverlappedDdpWithMicroBatchesEqualsOneStepAveraging) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker ddp(mesh, 0, at::kDouble), averaging(mesh, 0, at::kDouble);
+  ddp.inner = std::make_unique<edit::shard::FlatSgd>(*ddp.model, 0.1);
+  auto* overlapped = new edit::sync::Ddp(*ddp.model, mesh.sync_ptr());
+  ddp.strategy.reset(overlapped);
+  averaging.inner = std::make_unique<edit::shard::FlatSgd>(*averaging.model, 0.1);
+  LocalSgdOptions options;
+  options.sync_every = 1;
+  options.outer.method = edit::sync::OuterMethod::kAverage;
+  averaging.strategy = std::make_unique<edit::sync::DiLoCo>(*averaging.model, mesh.sync_ptr(), options);
+  constexpr int kMicro = 3;
+  for (int s = 0; s < 4; ++s) {
+    for (Worker* w : {&ddp, &averaging}) {
+      w->model->zero_grad();
+      const auto sync_ops_before = mesh.sync().stats().ops;
+      for (int m = 0; m < kMicro; ++m) {
+        w->strategy->before_micro_batch(s, m, kMicro);
+        auto [x, y] = tiny_batch(w->config, s, kMicro * mesh.rank() + m, 2);
+        w->model->backward(w->module->loss(x, y) / kMicro);
+        if (m + 1 < kMicro) {
+          EXPECT_EQ(mesh.sync().stats().ops, sync_ops_before) << "micro-batch " << m << " only accumulates";
+        }
+      }
+      w->strategy->before_step(s);
+      w->inner->step();
+      w->strategy->after_step(s);
+    }
+    // S = 1: every unit went out during the backward; S > 1: all but the first unit, whose
+    // shard-group reduce-scatter is the last to land.
+    const int units = ddp.model->num_units();
+    EXPECT_EQ(overlapped->issued_during_backward(), mesh.shard_size() > 1 ? units - 1 : units) << "step " << s;
+  }
+  EXPECT_LT((ddp.flat_params() - averaging.flat_params()).abs().max().item<double>(), 1e-10);
+}
+
 TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   Worker bulk(mesh, 0, at::kDouble), layerwise(mesh, 0, at::kDouble);

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "edit/comm/communicator.h"
 #include "edit/core/state.h"
@@ -36,6 +37,9 @@ class SyncStrategy : public Stateful {
  public:
   virtual ~SyncStrategy() = default;
   virtual std::string name() const = 0;
+  // Before micro-batch `micro` (of `micro_batches`) of a step runs its forward. A trainer that
+  // never calls it leaves strategies assuming every backward may be the step's last.
+  virtual void before_micro_batch(std::int64_t /*step*/, int /*micro*/, int /*micro_batches*/) {}
   // Gradients of the step are final (all micro-batches done); before clipping and the inner step.
   virtual void before_step(std::int64_t /*step*/) {}
   // After the inner optimizer stepped (0-based step index).
@@ -63,15 +67,30 @@ class NoSync : public SyncStrategy {
 
 // Data parallel: every step, gradient shards are averaged over the sync group (the every-step
 // baseline; with S > 1 this is FSDP across replicas).
+//
+// The average of a unit's gradient is issued as soon as that unit's backward of the step's last
+// micro-batch is done, so it travels while the units before it still compute their backward (as
+// PyTorch's DDP overlaps its gradient buckets; here a unit is a bucket). before_step issues what
+// is left and waits for all of it. Earlier micro-batches only accumulate.
 class Ddp : public SyncStrategy {
  public:
   Ddp(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group);
+  ~Ddp() override;
   std::string name() const override { return "ddp"; }
+  void before_micro_batch(std::int64_t step, int micro, int micro_batches) override;
   void before_step(std::int64_t step) override;
+  // Unit averages issued during the last backward, before before_step (overlap, for tests).
+  std::int64_t issued_during_backward() const { return issued_during_backward_; }
 
  private:
+  void on_unit_backward_done(int unit);
+  void issue(int unit);
   shard::ShardedModel& model_;
   std::shared_ptr<comm::Communicator> sync_;
+  int hook_id_ = -1;
+  bool last_micro_batch_ = true;
+  std::vector<comm::WorkPtr> pending_;  // per unit: its average in flight this step
+  std::int64_t issued_during_backward_ = 0;
 };
 
 }  // namespace edit::sync
