@@ -12,8 +12,11 @@
 # batch, forward, backward, clip, AdamW, sync). The table reports medians. The default steps keep
 # the whole script near 10 minutes on 2 idle cores: 64 steps (2 syncs at H 32) with the byte
 # vocabulary, 16 (no sync: those runs compare the inner loop alone) with GPT-2's, where one step
-# of one rank takes ~2 s. The job's CPU seconds (both ranks, start-up and evaluation included) are
-# kept too: under load they tell more than wall time.
+# of one rank takes ~2 s.
+# CPU time: on a machine that other jobs load, wall time swings 2-3x from run to run. So each run
+# also runs once with only its first --skip steps, and the difference of the two jobs' CPU
+# seconds (user + system, both ranks, from /usr/bin/time) over the steps between is the CPU cost
+# of a measured step, start-up and evaluation cancelled out: the load barely moves it.
 #
 #   benchmarks/peer_compare.sh [--out DIR] [--reps N] [--steps N] [--steps-wide N] [--skip N]
 #                              [--vocabs "256 50257"] [--data DIR]
@@ -41,7 +44,7 @@ while [[ $# -gt 0 ]]; do
     --skip) skip=$2; shift 2 ;;
     --vocabs) vocabs=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "peer_compare.sh: unknown argument '$1'; see the comment at the top of $0" >&2; exit 2 ;;
   esac
 done
@@ -86,17 +89,18 @@ fi
 # --- runs ---------------------------------------------------------------------------------------
 mkdir -p "$out/runs"
 index=$out/index.tsv
-printf 'round\tvocab\timpl\tstrategy\tsteps\tdir\tload_before\tload_after\n' > "$index"
+printf 'round\tvocab\timpl\tstrategy\tkind\tsteps\tdir\tload_before\tload_after\n' > "$index"
 model=(--dim 128 --layers 4 --heads 4 --seq-len 128 --batch-size 8)
 configs=(py-ddp py-diloco edit-ddp edit-diloco edit-edit)
 port=$((29600 + RANDOM % 200))
 load() { cut -d' ' -f1 /proc/loadavg; }
 
-run_one() {  # round vocab config
-  local round=$1 vocab=$2 config=$3
+run_one() {  # round vocab config kind (full: the measured run; base: its first --skip steps only)
+  local round=$1 vocab=$2 config=$3 kind=$4
   local n=$steps train=$data
   [[ $vocab == 256 ]] || { n=$steps_wide; train=$wide; }
-  local dir=$out/runs/v${vocab}_${config}_r${round}
+  [[ $kind == full ]] || n=$skip
+  local dir=$out/runs/v${vocab}_${config}_r${round}_${kind}
   rm -rf "$dir" && mkdir -p "$dir"
   local before; before=$(load)
   port=$((port + 1))
@@ -111,9 +115,10 @@ run_one() {  # round vocab config
         --train-data "$train/train_*.bin" --val-data "$train/val_*.bin" \
         --strategy "${config#edit-}" --sync-every 32 --steps "$n" \
         --eval-every 0 --eval-batches 1 --log-every 0 --out-dir "$dir" --overwrite > "$dir/log.txt" 2>&1 ;;
-  esac || { echo "peer_compare.sh: $config (vocab $vocab, round $round) failed; see $dir/log.txt" >&2; tail -5 "$dir/log.txt" >&2; exit 1; }
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$vocab" "${config%%-*}" "${config#*-}" "$n" "$dir" "$before" "$(load)" >> "$index"
-  echo "  round $round, vocab $vocab, $config: done (load $before -> $(load))"
+  esac || { echo "peer_compare.sh: $config (vocab $vocab, round $round, $kind) failed; see $dir/log.txt" >&2; tail -5 "$dir/log.txt" >&2; exit 1; }
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$vocab" "${config%%-*}" "${config#*-}" "$kind" "$n" "$dir" "$before" "$(load)" >> "$index"
+  [[ $kind == full ]] && echo "  round $round, vocab $vocab, $config: done (load $before -> $(load))"
+  return 0
 }
 
 start=$(date +%s)
@@ -122,7 +127,9 @@ for ((round = 1; round <= reps; round++)); do
   for vocab in $vocabs; do
     # Rotate the order each round: no configuration always runs first (or right after another).
     for ((i = 0; i < ${#configs[@]}; i++)); do
-      run_one "$round" "$vocab" "${configs[$(((i + round - 1) % ${#configs[@]}))]}"
+      config=${configs[$(((i + round - 1) % ${#configs[@]}))]}
+      run_one "$round" "$vocab" "$config" base
+      run_one "$round" "$vocab" "$config" full
     done
   done
 done

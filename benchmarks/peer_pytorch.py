@@ -341,7 +341,7 @@ def train(a):
             print(f"step {step:5d}/{a.steps} | loss {loss:.4f} | lr {lr:.2e} | "
                   f"{a.batch_size * a.seq_len * world / step_seconds[-1]:.0f} tok/s", flush=True)
 
-    measured = step_seconds[a.skip_steps :]
+    measured = step_seconds[a.skip_steps :] or [float("nan")]  # none: a run for its start-up cost only
     tokens = len(measured) * a.batch_size * a.seq_len * world
     tokens_per_s = tokens / sum(measured)
     rates = [None] * world
