@@ -9,14 +9,14 @@
 # diloco and edit (H 32). Each configuration runs --reps times; a round runs every configuration
 # once, in a rotated order, so machine noise hits them alike. tokens/s = tokens of the steps after
 # --skip over the sum of those steps' times on rank 0 (both programs time a step the same way:
-# batch, forward, backward, clip, AdamW, sync). The table reports medians. The default steps keep
-# the whole script near 10 minutes on 2 idle cores: 64 steps (2 syncs at H 32) with the byte
-# vocabulary, 16 (no sync: those runs compare the inner loop alone) with GPT-2's, where one step
-# of one rank takes ~2 s.
+# batch, forward, backward, clip, AdamW, sync). The table reports medians. Default steps: 64 (2
+# syncs at H 32) with the byte vocabulary, 16 (no sync: those runs compare the inner loop alone)
+# with GPT-2's, where one step of one rank takes ~2 s. A round takes ~7 minutes on 2 quiet cores
+# (the two default rounds ~13), two thirds of it with GPT-2's vocabulary; under load far longer.
 # CPU time: on a machine that other jobs load, wall time swings 2-3x from run to run. So each run
 # also runs once with only its first --skip steps, and the difference of the two jobs' CPU
 # seconds (user + system, both ranks, from /usr/bin/time) over the steps between is the CPU cost
-# of a measured step, start-up and evaluation cancelled out: the load barely moves it.
+# of a measured step, start-up and evaluation cancelled out: the load moves it far less.
 #
 #   benchmarks/peer_compare.sh [--out DIR] [--reps N] [--steps N] [--steps-wide N] [--skip N]
 #                              [--vocabs "256 50257"] [--data DIR]

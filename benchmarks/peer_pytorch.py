@@ -371,7 +371,7 @@ def train(a):
                 writer.writerow(row)
     # Leave without tearing the process group down: torch 1.13 can deadlock there, DDP's Reducer
     # destroying ProcessGroupGloo under the GIL while a gloo worker waits for the GIL to free a
-    # tensor (seen once in ~100 runs, after every output was written).
+    # tensor (seen once in ~50 runs, after every output was written).
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
