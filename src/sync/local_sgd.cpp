@@ -211,9 +211,10 @@ void PseudoGradientSync::finish(int unit) {
       const double scale = penalty_->clip_scale(norm);
       if (scale < 1.0) slot.delta.mul_(scale);
     }
-    outer_.step(unit, slot.delta);
+    outer_.step_and_reset(unit, slot.delta);
+  } else {
+    outer_.reset_to_anchor(unit);  // skipped: the anchor stays, the workers restart from it
   }
-  outer_.reset_to_anchor(unit);
   slot.delta = at::Tensor();
 }
 

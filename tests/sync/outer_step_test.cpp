@@ -1,5 +1,6 @@
 // The fused Nesterov outer step (DESIGN.md section 6): the CPU twin against an independent float64
-// closed form and against the unfused ATen ops it replaces, and the CUDA kernel against the twin.
+// closed form and against the unfused ATen ops it replaces, the CUDA kernel against the twin, and
+// OuterOptimizer::step_and_reset() against step() + reset_to_anchor().
 //
 // Why the bounds are what they are: the twin rounds every multiply and add to float on its own, so
 // it must equal ATen float32 ops in the same order bit for bit, and the CUDA kernel (which uses
@@ -13,12 +14,16 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/nn/modules/linear.h>
 
 #include <cmath>
 #include <limits>
 #include <tuple>
 
 #include "edit/config.h"
+#include "edit/shard/sharded_model.h"
+#include "edit/sync/outer_optimizer.h"
+#include "loopback_communicator.h"
 #if EDIT_HAS_KERNELS
 #include <cuda_runtime.h>
 
@@ -27,6 +32,9 @@
 #endif
 
 namespace {
+
+using edit::sync::OuterMethod;
+using edit::sync::OuterOptimizer;
 
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);  // u of float32
 
@@ -198,5 +206,134 @@ TEST_P(OuterStepKernel, AlignedMatchesCpuTwinBitForBit) { expect_kernel_equals_t
 TEST_P(OuterStepKernel, UnalignedMatchesCpuTwinBitForBit) { expect_kernel_equals_twin(GetParam(), 1); }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, OuterStepKernel, testing::Values(0, 1, 3, 4, 5, 1001, 256 * 2048 * 4 + 7));
+
+// --- OuterOptimizer::step_and_reset ----------------------------------------------------------------
+
+// One unit of 1000 x 7 + 7 = 7007 parameters (odd, several float4s and a tail).
+struct OneUnit : torch::nn::Module {
+  OneUnit() { layer = register_module("layer", edit::shard::Unit(torch::nn::Linear(1000, 7))); }
+  edit::shard::Unit layer{nullptr};
+};
+
+struct Replica {
+  std::shared_ptr<OneUnit> module = std::make_shared<OneUnit>();
+  std::unique_ptr<edit::shard::ShardedModel> model;
+
+  explicit Replica(at::Device device, at::ScalarType dtype = at::kFloat) {
+    module->to(device, dtype);
+    model = std::make_unique<edit::shard::ShardedModel>(
+        module, std::make_shared<edit::testing_support::LoopbackCommunicator>());
+    at::manual_seed(21);
+    model->unit(0).shard().copy_(at::randn({model->unit(0).shard().numel()}));
+  }
+  at::Tensor& theta() { return model->unit(0).shard(); }
+};
+
+// Three outer steps with fresh deltas, as three syncs would run them.
+std::vector<at::Tensor> deltas_for(std::int64_t n) {
+  at::manual_seed(22);
+  return {0.01 * at::randn({n}), 0.02 * at::randn({n}), -0.01 * at::randn({n})};
+}
+
+class StepAndReset : public testing::TestWithParam<std::tuple<OuterMethod, bool>> {};
+
+TEST_P(StepAndReset, CpuMatchesStepThenResetToRounding) {
+  const auto [method, offload] = GetParam();
+  const edit::sync::OuterOptions options{method, 0.7, 0.9, offload};
+  Replica fused_replica(at::kCPU), plain_replica(at::kCPU);
+  OuterOptimizer fused(*fused_replica.model, options), plain(*plain_replica.model, options);
+  const Hyper h{"", fused.options().lr, fused.options().momentum};  // Average forces lr 1, mu 0
+  for (const at::Tensor& delta : deltas_for(fused_replica.theta().numel())) {
+    StepState before{fused.momentum(0).clone(), fused.anchor(0).clone(), fused_replica.theta().clone(),
+                     delta};
+    fused.step_and_reset(0, delta);
+    plain.step(0, delta);
+    plain.reset_to_anchor(0);
+    EXPECT_TRUE(at::equal(fused_replica.theta(), fused.anchor(0))) << "theta = phi after the restart";
+    if (method == OuterMethod::kSignMomentum) {  // not fused: the very same ATen ops
+      EXPECT_TRUE(at::equal(fused.anchor(0), plain.anchor(0)));
+    } else {
+      const Reference ref(before, h);
+      EXPECT_TRUE(within(fused.anchor(0), ref.phi, ref.phi_bound));
+      EXPECT_TRUE(within(fused.anchor(0), plain.anchor(0), 2 * ref.phi_bound));
+    }
+    EXPECT_TRUE(at::equal(fused.momentum(0), plain.momentum(0)));
+    // Both continue from the fused state, so the comparison stays per step.
+    plain.mutable_anchor(0).copy_(fused.anchor(0));
+    plain.reset_to_anchor(0);
+  }
+}
+
+std::string step_and_reset_name(const testing::TestParamInfo<std::tuple<OuterMethod, bool>>& info) {
+  return std::string(edit::sync::to_string(std::get<0>(info.param))) +
+         (std::get<1>(info.param) ? "_offload" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, StepAndReset,
+                         testing::Combine(testing::Values(OuterMethod::kNesterov, OuterMethod::kAverage,
+                                                          OuterMethod::kSignMomentum),
+                                          testing::Bool()),
+                         step_and_reset_name);
+
+// Double shards are not fused: step_and_reset() is step() + reset_to_anchor(), bit for bit.
+TEST(StepAndResetFallback, DoubleShardsTakeTheAtenPath) {
+  Replica fused_replica(at::kCPU, at::kDouble), plain_replica(at::kCPU, at::kDouble);
+  OuterOptimizer fused(*fused_replica.model), plain(*plain_replica.model);
+  for (const at::Tensor& delta : deltas_for(fused_replica.theta().numel())) {
+    fused.step_and_reset(0, delta.to(at::kDouble));
+    plain.step(0, delta.to(at::kDouble));
+    plain.reset_to_anchor(0);
+    EXPECT_TRUE(at::equal(fused.anchor(0), plain.anchor(0)));
+    EXPECT_TRUE(at::equal(fused.momentum(0), plain.momentum(0)));
+    EXPECT_TRUE(at::equal(fused_replica.theta(), plain_replica.theta()));
+  }
+}
+
+TEST(StepAndResetFallback, ADeltaOfAnotherShapeIsRefused) {
+  Replica replica(at::kCPU);
+  OuterOptimizer outer(*replica.model);
+  try {
+    outer.step_and_reset(0, at::zeros({3}));
+    FAIL() << "no error";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pass the aggregated delta of this unit's shard"), std::string::npos)
+        << e.what();
+  }
+}
+
+// On a CUDA shard (fused kernel where libedit has it, else ATen), with the state on the device or
+// offloaded to pinned host memory: the same anchors as the CPU twin, to rounding, and the
+// accessors see the offloaded copies only once they have landed.
+TEST(StepAndResetCuda, MatchesTheCpuTwinWithAndWithoutOffload) {
+#if !EDIT_WITH_CUDA || !EDIT_HAS_KERNELS
+  GTEST_SKIP() << "needs a CUDA LibTorch (EDIT_WITH_CUDA) and kernels/ (EDIT_BUILD_KERNELS)";
+#else
+  if (edit::kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  for (const bool offload : {false, true}) {
+    const edit::sync::OuterOptions options{OuterMethod::kNesterov, 0.7, 0.9, offload};
+    Replica cpu_replica(at::kCPU), gpu_replica(at::Device(at::kCUDA, 0));
+    OuterOptimizer cpu(*cpu_replica.model, options), gpu(*gpu_replica.model, options);
+    EXPECT_EQ(gpu.anchor(0).is_cuda(), !offload);
+    if (offload) {
+      EXPECT_TRUE(gpu.anchor(0).is_pinned()) << "offloaded state of a CUDA shard lives in pinned memory";
+    }
+    for (const at::Tensor& delta : deltas_for(cpu_replica.theta().numel())) {
+      StepState before{cpu.momentum(0).clone(), cpu.anchor(0).clone(), cpu_replica.theta().clone(), delta};
+      cpu.step_and_reset(0, delta);
+      gpu.step_and_reset(0, delta.to(at::kCUDA));
+      // Read straight after the non-blocking copies were queued: anchor() must wait for them.
+      const at::Tensor gpu_phi = gpu.anchor(0).cpu();
+      const Reference ref(before, {"", 0.7, 0.9});
+      EXPECT_TRUE(within(gpu_phi, ref.phi, ref.phi_bound)) << "offload " << offload;
+      EXPECT_TRUE(within(gpu_phi, cpu.anchor(0), 2 * ref.phi_bound)) << "offload " << offload;
+      EXPECT_TRUE(within(gpu.momentum(0).cpu(), cpu.momentum(0), 2 * ref.m_bound)) << "offload " << offload;
+      EXPECT_TRUE(at::equal(gpu_replica.theta().cpu(), gpu_phi)) << "offload " << offload;
+      // Continue both from the CPU state so the comparison stays per step.
+      gpu.mutable_anchor(0).copy_(cpu.anchor(0));
+      gpu.mutable_momentum(0).copy_(cpu.momentum(0));
+    }
+  }
+#endif
+}
 
 }  // namespace
