@@ -53,11 +53,17 @@ OuterOptimizer::OuterOptimizer(shard::ShardedModel& model, OuterOptions options)
              " and momentum ", options_.momentum, " out of range; use lr > 0 and 0 <= momentum < 1");
   for (int u = 0; u < model.num_units(); ++u) {
     const at::Tensor& shard = model.unit(u).shard();
-    // Pinned memory only makes sense (and only exists) next to a CUDA device.
-    const bool pin = options_.offload && shard.is_cuda();
-    const auto host = shard.options().device(at::kCPU).pinned_memory(pin);
-    anchor_.push_back(options_.offload ? shard.to(host, /*non_blocking=*/false, /*copy=*/true) : shard.clone());
-    momentum_.push_back(at::zeros_like(anchor_.back()));
+    if (!options_.offload) {
+      anchor_.push_back(shard.clone());
+      momentum_.push_back(at::zeros_like(shard));
+      continue;
+    }
+    // Pinned memory only makes sense (and only exists) next to a CUDA device. Allocated here
+    // rather than by shard.to(host options): to() pins only non-blocking copies and ignores
+    // pinned_memory otherwise, and zeros_like() never pins.
+    const auto host = shard.options().device(at::kCPU).pinned_memory(shard.is_cuda());
+    anchor_.push_back(at::empty(shard.sizes(), host).copy_(shard));
+    momentum_.push_back(at::zeros(shard.sizes(), host));
   }
 #if EDIT_SYNC_CUDA_KERNELS
   host_copies_->landed.resize(anchor_.size());
