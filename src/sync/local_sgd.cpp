@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "edit/core/check.h"
+#include "edit/sync/pseudo_grad.h"
 
 namespace edit::sync {
 namespace {
@@ -169,13 +170,14 @@ void PseudoGradientSync::begin(int unit) {
   Slot& slot = slots_.at(static_cast<size_t>(unit));
   EDIT_CHECK(!slot.begun, "sync of unit ", unit, " begun twice without finish()");
   c10::NoGradGuard no_grad;
-  const at::Tensor& theta = model_.unit(unit).shard();
-  const at::Tensor& phi = outer_.anchor(unit);
-  slot.delta = phi.to(theta.device()) - theta;  // (shard,) pseudo-gradient of this worker
+  // (shard,) pseudo-gradient of this worker, with its squared norm from the same pass when the
+  // penalty needs it.
+  double sqnorm = 0.0;
+  slot.delta = pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), penalty_ ? &sqnorm : nullptr);
   const int workers = sync_->size();
   if (penalty_) {
     // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group.
-    const double norm = std::sqrt(shard_group_sum(slot.delta.to(at::kDouble).pow(2).sum().item<double>()));
+    const double norm = std::sqrt(shard_group_sum(sqnorm));
     slot.decision = penalty_->decide(unit, sync_->all_gather_values({norm}));
     dropped_workers_ += slot.decision.dropped_count();
     level_shifts_ += slot.decision.level_shift ? 1 : 0;
@@ -208,13 +210,14 @@ void PseudoGradientSync::finish(int unit) {
     slot.work->wait();
     slot.work.reset();
     if (penalty_ && penalty_->options().clip) {
-      const double norm = std::sqrt(shard_group_sum(slot.delta.to(at::kDouble).pow(2).sum().item<double>()));
+      const double norm = std::sqrt(shard_group_sum(squared_norm(slot.delta)));
       const double scale = penalty_->clip_scale(norm);
       if (scale < 1.0) slot.delta.mul_(scale);
     }
-    outer_.step(unit, slot.delta);
+    outer_.step_and_reset(unit, slot.delta);
+  } else {
+    outer_.reset_to_anchor(unit);  // skipped: the anchor stays, the workers restart from it
   }
-  outer_.reset_to_anchor(unit);
   slot.delta = at::Tensor();
 }
 
