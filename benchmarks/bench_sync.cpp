@@ -42,6 +42,7 @@ struct Options {
   std::string slow_link = "1Gbit@1ms";
   std::string out = "bench_sync.csv";
   bool quick = false;
+  std::string straggler;  // e.g. "1:2x": rank 1 computes twice as slowly
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -125,6 +126,7 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   options.steps = o.steps;
   options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, 1e-4};
   options.log_every = 0;
+  options.stragglers = edit::train::StragglerPlan::parse(o.straggler);
   edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
   const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.model.batch); };
   const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
@@ -174,6 +176,7 @@ int main(int argc, char** argv) try {
   app.add_option("--sync-every", o.sync_every, "values of H for DiLoCo and EDiT")->delimiter(',')->capture_default_str();
   app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")->capture_default_str();
   app.add_option("--out", o.out, "CSV path")->capture_default_str();
+  app.add_option("--straggler", o.straggler, "slow ranks, as edit-train-gpt's --straggler (e.g. 1:2x)")->capture_default_str();
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
@@ -188,7 +191,7 @@ int main(int argc, char** argv) try {
   edit::log::init(top.rank(), "warn");
   const MarkovData data(o.model.vocab, o.model.seq);
 
-  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "fragments", "overlap", "quant", "link",
+  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "fragments", "overlap", "quant", "link", "straggler",
                             "tokens_per_s", "ratio_to_nocomm", "bytes_per_step_per_rank", "peak_bytes_per_step",
                             "sync_wait_s", "loss"});
   std::vector<std::string> links = {""};
@@ -221,7 +224,7 @@ int main(int argc, char** argv) try {
       table.add_row({spec.strategy, std::to_string(top.world_size()), std::to_string(o.shard_size),
                      local_sgd ? std::to_string(spec.H) : "-", streaming ? std::to_string(spec.fragments) : "-",
                      streaming ? std::to_string(spec.overlap) : "-", streaming ? spec.quant : "-",
-                     link.empty() ? "local" : link, fmt_num(r.tokens_per_s, 0), fmt_num(r.tokens_per_s / reference, 3),
+                     link.empty() ? "local" : link, o.straggler.empty() ? "-" : o.straggler, fmt_num(r.tokens_per_s, 0), fmt_num(r.tokens_per_s / reference, 3),
                      fmt_num(r.bytes_per_step, 0), fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3),
                      fmt_num(r.loss, 4)});
     }

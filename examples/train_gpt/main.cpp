@@ -94,6 +94,7 @@ struct Config {
   std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
   std::string comm_backend = "auto";
   bool offload_outer = false;
+  std::string straggler;  // simulated slow ranks, e.g. "1:3x@100-300"
 };
 
 void add_options(CLI::App& app, Config& c) {
@@ -178,6 +179,8 @@ void add_options(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   app.add_option("--comm-backend", c.comm_backend, "CUDA collectives: auto, nccl, or mpi (host staging)")->group(device)
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}))->capture_default_str();
+  app.add_option("--straggler", c.straggler, "simulate slow ranks: RANK:FACTORx or RANK:+MSms, optionally "
+                 "@FROM-TO steps, comma-separated (e.g. 1:3x@100-300)")->group(run);
   app.add_flag("--offload-outer", c.offload_outer, "keep the outer optimizer's anchors and momentum in pinned host memory")->group(device);
 }
 
@@ -435,6 +438,7 @@ int main(int argc, char** argv) {
     options.schedule = {c.lr, std::min(c.warmup_steps, c.steps), std::max<std::int64_t>(1, c.steps), std::min(c.min_lr, c.lr)};
     options.metrics_path = (fs::path(c.out_dir) / "metrics.jsonl").string();
     options.log_every = c.log_every;
+    options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);
 
     // Every stateful component saves and loads itself; a pending EDiT sync is saved as pending.
