@@ -382,11 +382,8 @@ void EDiT::after_step(std::int64_t step) {
   if ((step + 1) % options_.sync_every != 0) return;
   EDIT_CHECK(!pending_, "EDiT sync requested while the previous one is still pending; run a forward pass "
              "(or finish()) between sync steps");
-  const auto start = Clock::now();
   pending_ = true;
   done_.assign(done_.size(), false);
-  prepare_norms();
-  stats_.blocked_seconds += seconds_since(start);
 }
 
 void EDiT::prepare_norms() {
@@ -401,7 +398,8 @@ void EDiT::prepare_norms() {
 void EDiT::on_pre_gather(int unit) {
   if (!pending_ || done_.at(static_cast<size_t>(unit))) return;
   const auto start = Clock::now();
-  // Resumed (or loaded) mid-sync: the norms that after_step sent are not state; send them again.
+  // The sync's first unit (or the first after a resume): the norms of every unit left go out in
+  // one exchange, so the units after it find theirs here.
   if (sync_.penalty() != nullptr && !sync_.begun(unit) && !sync_.prepared(unit)) prepare_norms();
   if (!sync_.begun(unit)) sync_.begin(unit);
   // The next unit's exchange goes out now and travels while this unit gathers and computes. While

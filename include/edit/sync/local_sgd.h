@@ -148,8 +148,8 @@ class DiLoCo : public SyncStrategy {
 // EDiT: after a sync step the outer step is not done in bulk; it runs in the next forward, unit
 // by unit, from the pre_gather hook (before the unit's parameters are gathered), with the next
 // unit's exchange already in flight while the current unit computes. Penalty on by default: the
-// norms it needs go out at the sync step itself (after_step), for every unit in one async
-// exchange, so the forward waits for no norm exchange over the sync group.
+// norms it needs go out when the first unit's sync begins, for every unit in one exchange, so the
+// units after it wait for no norm exchange.
 class EDiT : public SyncStrategy {
  public:
   static LocalSgdOptions default_options();  // LocalSgdOptions with use_penalty = true
