@@ -191,7 +191,8 @@ double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k) {
 }  // namespace
 
 void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas) {
-  EDIT_CHECK(!norms_in_flight_, "prepare() while the norms of an earlier prepare() are still on their way; "
+  EDIT_CHECK(!norms_in_flight_,
+             "prepare() while the norms of an earlier prepare() are still on their way; "
              "begin() one of those units first");
   if (!penalty_ && !keep_deltas) return;  // nothing to do ahead of begin()
   c10::NoGradGuard no_grad;
@@ -202,7 +203,8 @@ void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas
                " that is already ", slot.begun ? "begun" : "prepared", "; finish() its sync first");
     // (shard,) pseudo-gradient of this worker, with its squared norm from the same pass.
     double sqnorm = 0.0;
-    at::Tensor delta = pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), penalty_ ? &sqnorm : nullptr);
+    at::Tensor delta =
+        pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), penalty_ ? &sqnorm : nullptr);
     if (keep_deltas) slot.delta = std::move(delta);
     sqnorms.push_back(sqnorm);
     slot.prepared = penalty_ != nullptr;
@@ -210,7 +212,7 @@ void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas
   if (!penalty_ || units.empty()) return;
   const auto n = static_cast<std::int64_t>(units.size());
   // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group (the
-  // fast group, idle at a sync step: waited here, once for all these units).
+  // fast group, idle when a sync starts: waited here, once for all these units).
   at::Tensor mine = host_values(sqnorms);
   double* norms = mine.data_ptr<double>();
   comm::Communicator& shard = model_.shard_group();
@@ -251,7 +253,9 @@ void PseudoGradientSync::begin(int unit) {
     receive_norms();
     prepare({unit}, /*keep_deltas=*/true);
   }
-  if (!slot.delta.defined()) slot.delta = pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), nullptr);
+  if (!slot.delta.defined()) {
+    slot.delta = pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), nullptr);
+  }
   const int workers = sync_->size();
   if (penalty_) {
     if (slot.norms.empty()) receive_norms();
@@ -408,7 +412,8 @@ void EDiT::on_pre_gather(int unit) {
   // out first and travels while the next unit's pseudo-gradient is computed. Either way each group
   // sees the same collectives in the same order (the next unit is prepared: its begin() only
   // touches the sync group, land() only the shard group).
-  const bool next = unit + 1 < model_.num_units() && !sync_.begun(unit + 1) && !done_[static_cast<size_t>(unit) + 1];
+  const bool next =
+      unit + 1 < model_.num_units() && !sync_.begun(unit + 1) && !done_[static_cast<size_t>(unit) + 1];
   if (next && !sync_.arrived(unit)) sync_.begin(unit + 1);
   sync_.land(unit);
   if (next && !sync_.begun(unit + 1)) sync_.begin(unit + 1);

@@ -20,9 +20,9 @@
 
 namespace {
 
-using edit::shard::ShardedModel;
 using edit::comm::Communicator;
 using edit::comm::WorkPtr;
+using edit::shard::ShardedModel;
 using edit::sync::LocalSgdOptions;
 using edit::testing_support::tiny_batch;
 using edit::testing_support::TinyConfig;
@@ -190,10 +190,13 @@ class RecordingCommunicator final : public Communicator {
   WorkPtr all_gather(at::Tensor output, at::Tensor input) override {
     return record("all_gather", output, inner_->all_gather(output, input));
   }
-  WorkPtr reduce_scatter(at::Tensor output, at::Tensor input, edit::comm::ReduceScatterOptions options) override {
+  WorkPtr reduce_scatter(at::Tensor output, at::Tensor input,
+                         edit::comm::ReduceScatterOptions options) override {
     return record("reduce_scatter", input, inner_->reduce_scatter(output, input, options));
   }
-  WorkPtr broadcast(at::Tensor tensor, int root) override { return record("broadcast", tensor, inner_->broadcast(tensor, root)); }
+  WorkPtr broadcast(at::Tensor tensor, int root) override {
+    return record("broadcast", tensor, inner_->broadcast(tensor, root));
+  }
   WorkPtr barrier() override { return record("barrier", at::Tensor(), inner_->barrier()); }
   std::vector<double> all_gather_values(const std::vector<double>& mine) override {
     auto values = inner_->all_gather_values(mine);
@@ -311,8 +314,8 @@ struct Reference {
   int clipped = 0;
 };
 
-Reference blocking_reference(edit::comm::DeviceMesh& mesh, ShardedModel& model, edit::sync::PseudoGradientSync& core,
-                             edit::sync::PseudoGradPenalty& penalty) {
+Reference blocking_reference(edit::comm::DeviceMesh& mesh, ShardedModel& model,
+                             edit::sync::PseudoGradientSync& core, edit::sync::PseudoGradPenalty& penalty) {
   c10::NoGradGuard no_grad;
   Reference ref;
   for (int u = 0; u < model.num_units(); ++u) {
@@ -327,7 +330,9 @@ Reference blocking_reference(edit::comm::DeviceMesh& mesh, ShardedModel& model, 
       if (weight == 0.0) delta.zero_();
       mesh.sync().all_reduce(delta, {edit::comm::ReduceOp::kSum, weight == 0.0 ? 1.0 : weight})->wait();
       double clip_sqnorm = 0.0;
-      for (double part : mesh.shard().all_gather_values({edit::sync::squared_norm(delta)})) clip_sqnorm += part;
+      for (double part : mesh.shard().all_gather_values({edit::sync::squared_norm(delta)})) {
+        clip_sqnorm += part;
+      }
       const double scale = penalty.clip_scale(std::sqrt(clip_sqnorm));
       if (scale < 1.0) delta.mul_(scale);
       ref.clipped += scale < 1.0 ? 1 : 0;
@@ -339,7 +344,8 @@ Reference blocking_reference(edit::comm::DeviceMesh& mesh, ShardedModel& model, 
   return ref;
 }
 
-void expect_as_reference(const Reference& ref, edit::sync::PseudoGradientSync& core, const std::string& what) {
+void expect_as_reference(const Reference& ref, edit::sync::PseudoGradientSync& core,
+                         const std::string& what) {
   for (int u = 0; u < static_cast<int>(ref.decisions.size()); ++u) {
     const auto& d = core.last_decision(u);
     EXPECT_EQ(d.weights, ref.decisions[static_cast<size_t>(u)].weights) << what << ", unit " << u;
@@ -347,7 +353,8 @@ void expect_as_reference(const Reference& ref, edit::sync::PseudoGradientSync& c
     EXPECT_EQ(d.skip, ref.decisions[static_cast<size_t>(u)].skip) << what << ", unit " << u;
     const at::Tensor& anchor = core.outer().anchor(u);
     ASSERT_TRUE(at::isfinite(anchor).all().item<bool>()) << what << ", unit " << u;
-    EXPECT_LE((anchor - ref.anchors[static_cast<size_t>(u)]).abs().max().item<double>(), 1e-12) << what << ", unit " << u;
+    EXPECT_LE((anchor - ref.anchors[static_cast<size_t>(u)]).abs().max().item<double>(), 1e-12)
+        << what << ", unit " << u;
   }
 }
 

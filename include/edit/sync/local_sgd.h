@@ -29,17 +29,17 @@ struct LocalSgdOptions {
 };
 
 // The per-unit outer sync both strategies share, in four calls per unit:
-//   prepare(units)  this worker's pseudo-gradient norms of several units at once, exchanged over
-//                   the shard and sync groups in one async all_gather (penalty only; optional:
-//                   begin() falls back to a blocking exchange of its own unit);
+//   prepare(units)  this worker's pseudo-gradient norms of several units at once, exchanged in
+//                   one all_gather per group, the sync group's left in flight (penalty only;
+//                   optional: begin() of a unit not prepared exchanges its norm alone);
 //   begin(u)        the pseudo-gradient, the penalty's weights, and the weighted all_reduce issued;
 //   land(u)         waits for the aggregate and issues the exchange of its norm (clip) over the
 //                   shard group;
 //   finish(u)       waits for that norm, clips, steps the outer optimizer and resets the worker to
 //                   the new anchor.
 // The penalty needs every worker's norm before a unit's all_reduce can go out, and the clip needs
-// the aggregate's norm before the outer step: the exchanges behind both are small async
-// collectives (no blocking host exchange), so callers overlap them with compute by what they do
+// the aggregate's norm before the outer step: the exchanges behind both are small collectives on
+// Work handles (no blocking host exchange), so callers overlap them with compute by what they do
 // between the calls. Units are independent, so callers choose the order and how many are in
 // flight; every rank must make the same calls in the same order (they issue collectives).
 //
@@ -50,12 +50,12 @@ class PseudoGradientSync : public Stateful {
   PseudoGradientSync(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
                      const LocalSgdOptions& options);
 
-  // Computes the pseudo-gradients of `units` now (the local parameters must not change before
-  // their begin()) and, with the penalty, issues the exchange of their norms: one all_gather over
-  // the shard group (waited here: the sum of a worker's shard norms), then one over the sync group
-  // (not waited: begin() of the first of these units takes it). keep_deltas holds the deltas for
-  // begin() (bulk: they all live at once anyway); otherwise begin() computes them again (layer-wise:
-  // one unit's buffers at a time) and the pass here reads the shards for the norms only.
+  // Computes the pseudo-gradients of `units` now (their parameters and anchors must not change
+  // before their begin()) and, with the penalty, issues the exchange of their norms: one
+  // all_gather over the shard group (waited here: it sums a worker's shard norms), then one over
+  // the sync group (not waited: begin() of the first of these units takes it). keep_deltas holds
+  // the deltas for begin() (bulk: they all live at once anyway); otherwise begin() computes them
+  // again (layer-wise: one unit's buffers at a time), and this pass only yields the norms.
   void prepare(const std::vector<int>& units, bool keep_deltas);
   void begin(int unit);
   void land(int unit);
@@ -102,16 +102,16 @@ class PseudoGradientSync : public Stateful {
   void receive_norms();
 
   struct Slot {
-    at::Tensor delta;         // (shard,) this worker's pseudo-gradient; the aggregate once landed
-    comm::WorkPtr work;       // the weighted all_reduce of delta
+    at::Tensor delta;    // (shard,) this worker's pseudo-gradient; the aggregate once landed
+    comm::WorkPtr work;  // the weighted all_reduce of delta
     PenaltyDecision decision;
-    bool prepared = false;    // prepare() covered this unit; its norms are here or on their way
+    bool prepared = false;      // prepare() covered this unit; its norms are here or on their way
     std::vector<double> norms;  // every worker's ||delta_i||, sync-group order, once received
     bool begun = false;
     bool landed = false;
-    double clip_sqnorm = 0.0;   // ||Delta||^2 of this shard, until the shard group's sum is known
-    at::Tensor clip_mine;       // (1,) and (S,): this shard's ||Delta||^2 and every shard's,
-    at::Tensor clip_all;        // rank order, on their way over the shard group
+    double clip_sqnorm = 0.0;  // ||Delta||^2 of this shard, until the shard group's sum is known
+    at::Tensor clip_mine;      // (1,) and (S,): this shard's ||Delta||^2 and every shard's,
+    at::Tensor clip_all;       // rank order, on their way over the shard group
     comm::WorkPtr clip_work;
     int skipped_in_a_row = 0;
   };
