@@ -1,0 +1,466 @@
+#!/usr/bin/python3
+"""peer_pytorch.py: a plain PyTorch training loop to measure libedit against.
+
+The same model as `edit-train-gpt --style gpt2` (src/models/gpt.cpp), the same llm.c token files
+read in the same order (src/data/token_dataset.cpp), the same AdamW, schedule and clipping
+(examples/train_gpt/main.cpp, src/train/trainer.cpp), and two ways to keep 2+ ranks together:
+
+  --strategy ddp     torch.distributed (gloo) + DistributedDataParallel, every step
+  --strategy diloco  every rank trains alone; every H steps one all_reduce of the pseudo-gradient
+                     (anchor - params) and a Nesterov outer step (DESIGN.md section 6)
+
+Launched by OpenMPI (the rank and size come from OMPI_COMM_WORLD_*), one torch thread per rank:
+
+  OMP_NUM_THREADS=1 mpirun -np 2 --oversubscribe --bind-to none /usr/bin/python3 benchmarks/peer_pytorch.py \
+      --train-data 'data/fortunes/train_*.bin' --val-data 'data/fortunes/val_*.bin' \
+      --dim 128 --layers 4 --heads 4 --seq-len 128 --batch-size 8 --strategy ddp --steps 60
+
+Prints tokens/s (all ranks together, steps after --skip-steps) and the final losses; --csv appends
+one row. --check-export FILE (one process, no mpirun) instead evaluates an `edit-export` safetensors
+file on libedit's val batches, to show that this model computes what libedit's does.
+
+Needs Debian's python3-torch (1.13: the same libtorch_cpu as libedit's CPU build) and numpy; run it
+with /usr/bin/python3 (another python on the PATH will not see Debian's packages).
+"""
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+# --- data: llm.c token files, windows and their order as libedit draws them ----------------------
+
+MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def read_tokens(patterns, vocab_size):
+    """Every file of every pattern (each pattern's matches sorted, as glob(3) gives them), concatenated."""
+    parts = []
+    for pattern in patterns:
+        files = sorted(glob.glob(pattern))
+        if not files:
+            sys.exit(f"peer_pytorch: no file matches '{pattern}'; run edit-prepare-text first")
+        for path in files:
+            header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+            if header.size < HEADER_INTS or header[0] != MAGIC or header[1] != VERSION:
+                sys.exit(f"peer_pytorch: {path} is not an llm.c token file (magic {MAGIC}, version {VERSION})")
+            tokens = np.fromfile(path, dtype="<u2", offset=4 * HEADER_INTS)
+            if tokens.size != header[2]:
+                sys.exit(f"peer_pytorch: {path} holds {tokens.size} tokens, its header says {header[2]}")
+            if tokens.size and int(tokens.max()) >= vocab_size:
+                sys.exit(f"peer_pytorch: {path} has token id {int(tokens.max())} >= --vocab-size {vocab_size}")
+            parts.append(tokens)
+    return np.concatenate(parts)
+
+
+def mix(x):
+    """splitmix64's output function, as in token_dataset.cpp."""
+    x = (x + GOLDEN) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def epoch_permutation(window_count, seed, epoch):
+    """The Fisher-Yates permutation of windows 0..count-1 that libedit uses for this epoch."""
+    state = mix(seed) ^ mix((epoch + 0x632BE59BD9B4E019) & MASK64)
+    permutation = list(range(window_count))
+    for i in range(window_count - 1, 0, -1):
+        bound = i + 1
+        threshold = ((1 << 64) - bound) % bound
+        while True:  # unbiased: reject the low values
+            state = (state + GOLDEN) & MASK64
+            r = mix(state)
+            if r >= threshold:
+                break
+        j = r % bound
+        permutation[i], permutation[j] = permutation[j], permutation[i]
+    return permutation
+
+
+class TokenBatches:
+    """Non-overlapping windows of seq_len + 1 tokens (split "all"); rank r takes positions r, r + R, ...
+    of each epoch's permutation; inputs are a window's first seq_len tokens, targets the next ones."""
+
+    def __init__(self, tokens, seq_len, seed, rank, world):
+        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+        self.seq_len, self.seed, self.rank, self.world = seq_len, seed, rank, world
+        self.windows = (tokens.size - 1) // seq_len
+        if self.windows < world:
+            sys.exit(f"peer_pytorch: {self.windows} windows of {seq_len + 1} tokens for {world} ranks; need more data")
+        self.reset()
+
+    def reset(self):
+        self.epoch, self.position, self.order = 0, 0, None
+
+    def _order(self):
+        if self.order is None:
+            self.order = epoch_permutation(self.windows, self.seed, self.epoch)[self.rank :: self.world]
+        return self.order
+
+    def next(self, batch):  # -> (B, T) inputs, (B, T) targets
+        starts = []
+        for _ in range(batch):
+            if self.position == len(self._order()):
+                self.epoch, self.position, self.order = self.epoch + 1, 0, None
+            starts.append(self._order()[self.position] * self.seq_len)
+            self.position += 1
+        index = torch.tensor(starts).unsqueeze(1) + torch.arange(self.seq_len + 1)  # (B, T + 1)
+        window = self.tokens[index]
+        return window[:, :-1], window[:, 1:]
+
+
+# --- model: libedit's GPT, style gpt2 -------------------------------------------------------------
+
+
+class Embedding(nn.Module):
+    def __init__(self, vocab, seq_len, dim):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(seq_len, dim)
+
+    def forward(self, ids):  # (B, T) -> (B, T, C)
+        return self.tokens(ids) + self.positions(torch.arange(ids.size(1)))
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attn(ln1(x)), then h + mlp(ln2(h)); every Linear has a bias."""
+
+    def __init__(self, dim, heads, hidden, eps):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x):  # (B, T, C) -> (B, T, C)
+        B, T, C = x.shape
+        hd = C // self.heads
+        q, k, v = (t.reshape(B, T, self.heads, hd).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1))
+        # Causal attention written out, as libedit does on LibTorch 1.13 (no fused kernel there).
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
+        future = torch.ones(T, T, dtype=torch.bool).triu(1)
+        y = torch.matmul(torch.softmax(scores.masked_fill(future, float("-inf")), -1), v)  # (B, H, T, hd)
+        h = x + self.out(y.transpose(1, 2).reshape(B, T, C))
+        return h + self.down(F.gelu(self.up(self.norm2(h)), approximate="tanh"))
+
+
+class Head(nn.Module):
+    def __init__(self, dim, eps, tied):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.weight = tied  # the token embedding's (V, C) weight (GPT-2 ties them)
+
+    def forward(self, x):  # (B, T, C) -> (B, T, V)
+        return F.linear(self.norm(x), self.weight)
+
+
+class Gpt(nn.Module):
+    def __init__(self, vocab, seq_len, dim, heads, layers, eps=1e-5):
+        super().__init__()
+        self.layers = layers
+        self.embed = Embedding(vocab, seq_len, dim)
+        for i in range(layers):
+            self.add_module(f"block{i}", Block(dim, heads, 4 * dim, eps))  # GptConfig::hidden(): 4 dim for gpt2
+        self.head = Head(dim, eps, self.embed.tokens.weight)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        # GPT-2: N(0, 0.02) for embeddings and matrices, residual projections (out, down) by
+        # 1/sqrt(2 layers), zero biases, LayerNorms at (1, 0).
+        for p in self.embed.parameters():
+            p.normal_(0.0, 0.02)
+        for i in range(self.layers):
+            for name, p in getattr(self, f"block{i}").named_parameters():
+                if "norm" in name:
+                    continue
+                if p.dim() < 2:
+                    p.zero_()
+                else:
+                    residual = name.startswith("out.") or name.startswith("down.")
+                    p.normal_(0.0, 0.02 / math.sqrt(2.0 * self.layers) if residual else 0.02)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for i in range(self.layers):
+            x = getattr(self, f"block{i}")(x)
+        return self.head(x)
+
+    def loss(self, ids, targets):
+        logits = self(ids)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def param_count(module):
+    return sum(p.numel() for p in module.parameters())  # a tied weight counts once
+
+
+def libedit_param_count(vocab, seq_len, dim, layers):
+    """GptConfig::num_parameters() for gpt2 with a tied head (src/models/gpt.cpp)."""
+    h = 4 * dim
+    block = 2 * (2 * dim) + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * h + h) + (h * dim + dim)
+    return vocab * dim + seq_len * dim + layers * block + 2 * dim
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def lr_at(step, a):
+    """WarmupCosine (src/shard/lr_schedule.cpp) with edit-train-gpt's warm-up rule."""
+    warmup = min(a.warmup_steps, a.steps)
+    if step < warmup:
+        return a.lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, a.steps - warmup))
+    return a.min_lr + 0.5 * (a.lr - a.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def adamw(model, a):
+    # Weight decay on matrices only (FlatAdamW's decay_matrices_only: dim >= 2, embeddings included).
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    extra = {} if a.foreach is None else {"foreach": a.foreach}
+    return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=1e-8, **extra)
+
+
+class DiLoCo:
+    """Anchor phi and outer momentum m as flat vectors; every H steps:
+    Delta = mean_i (phi - theta_i); m = mu m + Delta; phi -= lr (Delta + mu m); theta_i = phi."""
+
+    def __init__(self, params, every, lr, momentum, world):
+        self.params, self.every, self.lr, self.momentum, self.world = params, every, lr, momentum, world
+        with torch.no_grad():
+            self.anchor = torch.cat([p.reshape(-1) for p in params])
+        self.velocity = torch.zeros_like(self.anchor)
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def after_step(self, step):
+        if (step + 1) % self.every:
+            return
+        start = time.perf_counter()
+        delta = self.anchor - torch.cat([p.reshape(-1) for p in self.params])
+        dist.all_reduce(delta)
+        delta /= self.world
+        self.velocity.mul_(self.momentum).add_(delta)
+        self.anchor.add_(delta, alpha=-self.lr).add_(self.velocity, alpha=-self.lr * self.momentum)
+        self.reset_to_anchor()
+        self.seconds += time.perf_counter() - start
+
+    @torch.no_grad()
+    def reset_to_anchor(self):
+        offset = 0
+        for p in self.params:
+            p.copy_(self.anchor[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+@torch.no_grad()
+def evaluate(model, batches, batch_size, count):
+    batches.reset()  # the same val batches every time, as libedit's evaluate()
+    return sum(model.loss(*batches.next(batch_size)).item() for _ in range(count)) / count
+
+
+def world_mean(value, world):
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / world
+
+
+def train(a):
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", 0)))
+    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(a.port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+    train_batches = TokenBatches(read_tokens(a.train_data, a.vocab_size), a.seq_len, a.seed, rank, world)
+    val_batches = TokenBatches(read_tokens(a.val_data, a.vocab_size), a.seq_len, a.seed, rank, world)
+
+    torch.manual_seed(a.seed)
+    model = Gpt(a.vocab_size, a.seq_len, a.dim, a.heads, a.layers)
+    params = list(model.parameters())
+    expected = libedit_param_count(a.vocab_size, a.seq_len, a.dim, a.layers)
+    if param_count(model) != expected:
+        sys.exit(f"peer_pytorch: {param_count(model)} parameters, libedit's GptConfig has {expected}")
+    with torch.no_grad():  # every replica starts from rank 0's weights (DDP would do it too)
+        for p in params:
+            dist.broadcast(p, 0)
+    outer = None
+    if a.strategy == "ddp":
+        trained = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    else:
+        trained = model
+        outer = DiLoCo(params, a.sync_every, a.outer_lr, a.outer_momentum, world)
+    optimizer = adamw(model, a)
+    if rank == 0:
+        print(f"peer_pytorch: {a.strategy}, {world} ranks, {param_count(model)} parameters (libedit: {expected}), "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
+
+    step_seconds, loss = [], float("nan")
+    for step in range(a.steps):
+        start = time.perf_counter()
+        inputs, targets = train_batches.next(a.batch_size)
+        lr = lr_at(step, a)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=False)  # libedit keeps its flat gradient and zeroes it
+        if a.strategy == "ddp":
+            logits = trained(inputs)
+            step_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        else:
+            step_loss = model.loss(inputs, targets)
+        step_loss.backward()
+        loss = step_loss.item()
+        if not math.isfinite(loss):
+            sys.exit(f"peer_pytorch: step {step}: loss {loss} on rank {rank}")
+        if a.clip > 0:
+            nn.utils.clip_grad_norm_(params, a.clip)
+        optimizer.step()
+        if outer is not None:
+            outer.after_step(step)
+        step_seconds.append(time.perf_counter() - start)
+        if a.log_every and rank == 0 and (step % a.log_every == 0 or step + 1 == a.steps):
+            print(f"step {step:5d}/{a.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                  f"{a.batch_size * a.seq_len * world / step_seconds[-1]:.0f} tok/s", flush=True)
+
+    measured = step_seconds[a.skip_steps :] or [float("nan")]  # none: a run for its start-up cost only
+    tokens = len(measured) * a.batch_size * a.seq_len * world
+    tokens_per_s = tokens / sum(measured)
+    rates = [None] * world
+    dist.all_gather_object(rates, tokens_per_s)
+    train_loss = world_mean(loss, world)
+    if outer is not None and a.steps % a.sync_every:
+        outer.reset_to_anchor()  # evaluate the model the replicas agree on, as libedit does
+    val_loss = world_mean(evaluate(model, val_batches, a.batch_size, a.eval_batches), world)
+    sync_s = outer.seconds if outer is not None else float("nan")
+    if rank == 0:
+        print(f"peer_pytorch: {tokens_per_s:.0f} tokens/s (all ranks; per rank 0's clock: steps {a.skip_steps}-"
+              f"{a.steps - 1}, mean step {1e3 * statistics.mean(measured):.1f} ms; each rank's view: "
+              f"{', '.join(f'{r:.0f}' for r in rates)}) | final train loss {train_loss:.4f} | val loss {val_loss:.4f}"
+              + (f" | outer sync {sync_s:.3f} s" if outer is not None else ""), flush=True)
+        if a.csv:
+            row = {"impl": "pytorch", "strategy": a.strategy, "sync_every": a.sync_every if outer else "",
+                   "ranks": world, "vocab": a.vocab_size, "dim": a.dim, "layers": a.layers, "heads": a.heads,
+                   "seq_len": a.seq_len, "batch": a.batch_size, "steps": a.steps, "skip": a.skip_steps,
+                   "params": param_count(model), "tokens_per_s": f"{tokens_per_s:.1f}",
+                   "mean_step_ms": f"{1e3 * statistics.mean(measured):.2f}", "train_loss": f"{train_loss:.4f}",
+                   "val_loss": f"{val_loss:.4f}", "label": a.label}
+            new = not os.path.exists(a.csv) or os.path.getsize(a.csv) == 0
+            with open(a.csv, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+    dist.destroy_process_group()
+
+
+# --- --check-export: libedit's exported weights in this model --------------------------------------
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        data = f.read()
+    types = {"F32": np.float32, "F64": np.float64}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        array = np.frombuffer(data[begin:end], dtype=types[info["dtype"]]).reshape(info["shape"])
+        out[name] = torch.from_numpy(array.copy())
+    return out
+
+
+@torch.no_grad()
+def check_export(a):
+    """Loads an edit-export file and prints the val loss libedit's evaluate() computes: eval_batches
+    batches per rank for each of --ranks ranks, averaged."""
+    config = json.load(open(os.path.join(os.path.dirname(os.path.abspath(a.check_export)), "config.json")))
+    if config["style"] != "gpt2" or not config["tie_embeddings"] or config["mlp_hidden"] != 4 * config["dim"]:
+        sys.exit("peer_pytorch: --check-export needs a gpt2 model with a tied head and the default MLP width")
+    model = Gpt(config["vocab_size"], config["seq_len"], config["dim"], config["heads"], config["layers"],
+                config["norm_eps"])
+    tensors = read_safetensors(a.check_export)
+    mine = model.state_dict()
+    missing = sorted(set(mine) - set(tensors))
+    unknown = sorted(set(tensors) - set(mine))
+    if missing or unknown:
+        sys.exit(f"peer_pytorch: names differ: missing here {missing}, unknown here {unknown}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(mine[name].shape):
+            sys.exit(f"peer_pytorch: {name} is {tuple(t.shape)} in the export, {tuple(mine[name].shape)} here")
+    model.load_state_dict(tensors)
+    exported = sum(t.numel() for name, t in tensors.items() if name != "head.weight")
+    tokens = read_tokens(a.val_data, config["vocab_size"])
+    losses = [evaluate(model, TokenBatches(tokens, config["seq_len"], a.seed, r, a.ranks), a.batch_size,
+                       a.eval_batches) for r in range(a.ranks)]
+    print(f"peer_pytorch: export {a.check_export}: {len(tensors)} tensors, {exported} parameters "
+          f"(this model: {param_count(model)}, libedit's formula: "
+          f"{libedit_param_count(config['vocab_size'], config['seq_len'], config['dim'], config['layers'])}); "
+          f"val loss here {statistics.mean(losses):.6f}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-data", nargs="+", default=["data/fortunes/train_*.bin"], help="llm.c token files (globs)")
+    p.add_argument("--val-data", nargs="+", default=["data/fortunes/val_*.bin"], help="llm.c token files (globs)")
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per rank per step")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--skip-steps", type=int, default=5, help="warm-up steps left out of tokens/s")
+    p.add_argument("--seed", type=int, default=1337, help="data order and init (edit-train-gpt's default)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=50, help="shortened to --steps, as edit-train-gpt does")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--beta2", type=float, default=0.95)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--foreach", type=lambda s: s == "on", default=None, metavar="on|off",
+                   help="torch AdamW's multi-tensor path (default: torch's choice, off on the CPU in 1.13)")
+    p.add_argument("--strategy", choices=["ddp", "diloco"], default="ddp")
+    p.add_argument("--sync-every", type=int, default=32, help="H for diloco")
+    p.add_argument("--outer-lr", type=float, default=0.7)
+    p.add_argument("--outer-momentum", type=float, default=0.9)
+    p.add_argument("--eval-batches", type=int, default=8, help="val batches per rank at the end")
+    p.add_argument("--log-every", type=int, default=0)
+    p.add_argument("--port", type=int, default=29511, help="MASTER_PORT when the environment has none")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--csv", help="append one result row to this CSV file")
+    p.add_argument("--label", default="", help="free text for the CSV row")
+    p.add_argument("--check-export", metavar="FILE", help="evaluate an edit-export safetensors file and exit")
+    p.add_argument("--ranks", type=int, default=2, help="--check-export: the ranks whose val batches to average")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.check_export:
+        check_export(a)
+    else:
+        train(a)
+
+
+if __name__ == "__main__":
+    main()
