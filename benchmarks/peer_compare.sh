@@ -59,7 +59,8 @@ done
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 mpi=(mpirun -np 2 --oversubscribe --bind-to none)
-timed=(/usr/bin/time -f "%e %U %S" -o)  # wall, user and system seconds of the job, ranks included
+# wall, user and system seconds of the job (ranks included); a job that hangs fails after 15 minutes
+timed=(timeout --kill-after=10 900 /usr/bin/time -f "%e %U %S" -o)
 
 # --- data ---------------------------------------------------------------------------------------
 if ! compgen -G "$data/train_*.bin" >/dev/null; then

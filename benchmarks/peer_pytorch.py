@@ -369,7 +369,13 @@ def train(a):
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
-    dist.destroy_process_group()
+    # Leave without tearing the process group down: torch 1.13 can deadlock there, DDP's Reducer
+    # destroying ProcessGroupGloo under the GIL while a gloo worker waits for the GIL to free a
+    # tensor (seen once in ~100 runs, after every output was written).
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # --- --check-export: libedit's exported weights in this model --------------------------------------
