@@ -4,9 +4,10 @@
 //
 // For each link (the machine's own, then a slow sync group emulated with LinkEmulator) it trains
 // the same small GPT-like model from the same seed with: no communication (the reference), Ddp
-// (gradients every step), DiLoCo and EDiT at each H. Columns: tokens/s, ratio to no-communication,
-// bytes sent per inner step per rank (shard + sync groups), time blocked in the strategy, and the
-// held-out loss after the run (mean over ranks), all from one run.
+// (gradients every step), DiLoCo, EDiT and Streaming DiLoCo (fragments P, overlap tau,
+// quantized exchange) at each H. Columns: tokens/s, ratio to no-communication, bytes sent per
+// inner step per rank (shard + sync groups) on average and in the busiest step, time blocked in
+// the strategy, and the held-out loss after the run (mean over ranks), all from one run.
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
@@ -21,6 +22,7 @@
 #include "edit/core/log.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/local_sgd.h"
+#include "edit/sync/streaming.h"
 #include "edit/train/trainer.h"
 #include "support/model_shape.h"
 #include "support/table.h"
@@ -40,6 +42,7 @@ struct Options {
   std::string slow_link = "1Gbit@1ms";
   std::string out = "bench_sync.csv";
   bool quick = false;
+  std::string straggler;  // e.g. "1:2x": rank 1 computes twice as slowly
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -69,15 +72,26 @@ class MarkovData {
   at::Tensor transitions_;
 };
 
+// One row: a strategy and, for Streaming DiLoCo, its fragments, overlap and quantization.
+struct RunSpec {
+  std::string strategy;
+  int H = 1;
+  int fragments = 1;
+  int overlap = 0;
+  std::string quant = "fp32";
+};
+
 struct Result {
   double tokens_per_s = 0;
   double bytes_per_step = 0;
+  double peak_bytes_per_step = 0;
   double sync_wait_s = 0;
   double loss = 0;
 };
 
-Result run_one(const Options& o, const MarkovData& data, const std::string& strategy_name, int H,
-               const std::string& link) {
+Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, const std::string& link) {
+  const std::string& strategy_name = spec.strategy;
+  const int H = spec.H;
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({o.shard_size});
   if (!link.empty()) {
     mesh.set_sync(std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link)));
@@ -96,6 +110,14 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
     strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
   } else if (strategy_name == "diloco") {
     strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
+  } else if (strategy_name == "streaming") {
+    edit::sync::StreamingOptions streaming;
+    streaming.local = local;
+    streaming.fragments = spec.fragments;
+    streaming.overlap = spec.overlap;
+    streaming.alpha = spec.overlap == 0 ? 0.0 : 0.5;
+    streaming.quant = {edit::sync::parse_quant_format(spec.quant), 128};
+    strategy = std::make_unique<edit::sync::StreamingDiLoCo>(model, mesh.sync_ptr(), streaming);
   } else {
     local.use_penalty = true;
     strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
@@ -104,6 +126,7 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   options.steps = o.steps;
   options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, 1e-4};
   options.log_every = 0;
+  options.stragglers = edit::train::StragglerPlan::parse(o.straggler);
   edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
   const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.model.batch); };
   const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
@@ -112,8 +135,12 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   mesh.sync().reset_stats();
   mesh.world().barrier()->wait();
   const auto start = std::chrono::steady_clock::now();
-  double blocked = 0.0;
-  while (trainer.current_step() < o.steps) blocked += trainer.step(batch_of, loss_of).sync_wait_s;
+  double blocked = 0.0, peak_bytes = 0.0;
+  while (trainer.current_step() < o.steps) {
+    const auto m = trainer.step(batch_of, loss_of);
+    blocked += m.sync_wait_s;
+    peak_bytes = std::max(peak_bytes, static_cast<double>(m.bytes_shard + m.bytes_sync));
+  }
   strategy->finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto all_seconds = mesh.world().all_gather_values({seconds});
@@ -123,6 +150,7 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
   Result result;
   result.tokens_per_s = double(o.model.batch) * o.model.seq * mesh.world_size() * timed / slowest;
   result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / timed;
+  result.peak_bytes_per_step = peak_bytes;
   result.sync_wait_s = blocked;
   // Held-out loss: the same 4 batches on every rank, never trained on.
   c10::NoGradGuard no_grad;
@@ -141,13 +169,14 @@ Result run_one(const Options& o, const MarkovData& data, const std::string& stra
 
 int main(int argc, char** argv) try {
   Options o;
-  CLI::App app{"bench_sync: Ddp, DiLoCo and EDiT against no communication, on a fast and a slow link"};
+  CLI::App app{"bench_sync: Ddp, DiLoCo, EDiT and Streaming DiLoCo against no communication, on a fast and a slow link"};
   o.model.add_flags(app);
   app.add_option("--steps", o.steps, "inner steps per run")->capture_default_str();
   app.add_option("--shard-size", o.shard_size, "S: ranks per model replica")->capture_default_str();
   app.add_option("--sync-every", o.sync_every, "values of H for DiLoCo and EDiT")->delimiter(',')->capture_default_str();
   app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")->capture_default_str();
   app.add_option("--out", o.out, "CSV path")->capture_default_str();
+  app.add_option("--straggler", o.straggler, "slow ranks, as edit-train-gpt's --straggler (e.g. 1:2x)")->capture_default_str();
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
@@ -162,24 +191,42 @@ int main(int argc, char** argv) try {
   edit::log::init(top.rank(), "warn");
   const MarkovData data(o.model.vocab, o.model.seq);
 
-  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "link", "tokens_per_s", "ratio_to_nocomm",
-                            "bytes_per_step_per_rank", "sync_wait_s", "loss"});
+  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "fragments", "overlap", "quant", "link", "straggler",
+                            "tokens_per_s", "ratio_to_nocomm", "bytes_per_step_per_rank", "peak_bytes_per_step",
+                            "sync_wait_s", "loss"});
   std::vector<std::string> links = {""};
   if (!o.slow_link.empty()) links.push_back(o.slow_link);
   for (const std::string& link : links) {
-    std::vector<std::pair<std::string, int>> runs = {{"none", 0}, {"ddp", 1}};
+    std::vector<RunSpec> runs = {{"none"}, {"ddp"}};
     for (int H : o.sync_every) {
-      runs.emplace_back("diloco", H);
-      runs.emplace_back("edit", H);
+      runs.push_back({"diloco", H});
+      runs.push_back({"edit", H});
+      // Streaming DiLoCo: one fragment blocking (DiLoCo itself), then P fragments overlapped by
+      // one step and quantized ever more coarsely.
+      if (!o.quick) runs.push_back({"streaming", H, 1, 0, "fp32"});
+      for (int P : o.quick ? std::vector<int>{2} : std::vector<int>{2, 4}) {
+        if (H % P != 0) continue;
+        for (const char* quant : o.quick ? std::vector<const char*>{"fp4"}
+                                         : std::vector<const char*>{"fp32", "int8", "int4", "fp4"}) {
+          if (P == 2 && std::string(quant) != "fp32" && !o.quick) continue;  // P = 2 in fp32 only
+          runs.push_back({"streaming", H, P, 1, quant});
+        }
+      }
     }
     double reference = 0.0;
-    for (const auto& [name, H] : runs) {
-      const Result r = run_one(o, data, name, std::max(H, 1), link);
-      if (name == "none") reference = r.tokens_per_s;
-      table.add_row({name, std::to_string(top.world_size()), std::to_string(o.shard_size),
-                     name == "none" || name == "ddp" ? "-" : std::to_string(H), link.empty() ? "local" : link,
-                     fmt_num(r.tokens_per_s, 0), fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.bytes_per_step, 0),
-                     fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
+    for (const RunSpec& spec : runs) {
+      RunSpec run = spec;
+      run.H = std::max(run.H, 1);
+      const Result r = run_one(o, data, run, link);
+      if (spec.strategy == "none") reference = r.tokens_per_s;
+      const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
+      const bool streaming = spec.strategy == "streaming";
+      table.add_row({spec.strategy, std::to_string(top.world_size()), std::to_string(o.shard_size),
+                     local_sgd ? std::to_string(spec.H) : "-", streaming ? std::to_string(spec.fragments) : "-",
+                     streaming ? std::to_string(spec.overlap) : "-", streaming ? spec.quant : "-",
+                     link.empty() ? "local" : link, o.straggler.empty() ? "-" : o.straggler, fmt_num(r.tokens_per_s, 0), fmt_num(r.tokens_per_s / reference, 3),
+                     fmt_num(r.bytes_per_step, 0), fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3),
+                     fmt_num(r.loss, 4)});
     }
   }
   if (top.rank() == 0) {

@@ -32,6 +32,7 @@
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/local_sgd.h"
+#include "edit/sync/streaming.h"
 #include "edit/train/checkpoint.h"
 #include "edit/train/trainer.h"
 
@@ -62,6 +63,14 @@ struct Config {
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, clip = 1.0;
   // strategy and mesh
   std::string strategy = "edit";
+  // Streaming DiLoCo
+  int fragments = 1, overlap = 0;
+  std::string fragment_layout = "strided";
+  double alpha = 0.5;
+  std::string quant = "fp32";
+  std::int64_t quant_block = 128;
+  bool penalty = false;  // --penalty: the pseudo-gradient penalty for diloco and streaming too
+  std::string streaming_flags_given;  // the Streaming DiLoCo options on the command line, for validate()
   int sync_every = 32;
   std::string outer = "nesterov";
   double outer_lr = 0.7, outer_momentum = 0.9;
@@ -85,6 +94,7 @@ struct Config {
   std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
   std::string comm_backend = "auto";
   bool offload_outer = false;
+  std::string straggler;  // simulated slow ranks, e.g. "1:3x@100-300"
 };
 
 void add_options(CLI::App& app, Config& c) {
@@ -117,8 +127,22 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--beta2", c.beta2, "AdamW beta2")->group(optim)->capture_default_str();
   app.add_option("--clip", c.clip, "gradient-norm clip (0: off)")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
   auto* sync = "Synchronization";
-  app.add_option("--strategy", c.strategy, "edit, diloco, ddp or none")->group(sync)
-      ->check(CLI::IsMember({"edit", "diloco", "ddp", "none"}))->capture_default_str();
+  app.add_option("--strategy", c.strategy, "edit, diloco, streaming, ddp or none")->group(sync)
+      ->check(CLI::IsMember({"edit", "diloco", "streaming", "ddp", "none"}))->capture_default_str();
+  const std::string streaming = "Streaming DiLoCo (--strategy streaming)";
+  app.add_option("--fragments", c.fragments, "P: fragments of units that sync in turn, every H / P steps")->group(streaming)
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--fragment-layout", c.fragment_layout, "strided (unit u in fragment u mod P) or sequential")->group(streaming)
+      ->check(CLI::IsMember({"strided", "sequential"}))->capture_default_str();
+  app.add_option("--overlap", c.overlap, "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
+      ->group(streaming)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--alpha", c.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")->group(streaming)
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--quant", c.quant, "pseudo-gradient exchange: fp32, bf16, int8, int4, fp4 (e2m1), fp4e3m0")->group(streaming)
+      ->check(CLI::IsMember({"fp32", "bf16", "int8", "int4", "fp4", "fp4e2m1", "fp4e3m0"}))->capture_default_str();
+  app.add_option("--quant-block", c.quant_block, "values per quantization scale")->group(streaming)
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_flag("--penalty", c.penalty, "the pseudo-gradient penalty for diloco and streaming as well (edit has it on)")->group(streaming);
   app.add_option("--sync-every", c.sync_every, "H: inner steps between outer syncs")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")->group(sync)->capture_default_str();
   app.add_option("--outer-lr", c.outer_lr, "outer learning rate")->group(sync)->capture_default_str();
@@ -155,6 +179,8 @@ void add_options(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   app.add_option("--comm-backend", c.comm_backend, "CUDA collectives: auto, nccl, or mpi (host staging)")->group(device)
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}))->capture_default_str();
+  app.add_option("--straggler", c.straggler, "simulate slow ranks: RANK:FACTORx or RANK:+MSms, optionally "
+                 "@FROM-TO steps, comma-separated (e.g. 1:3x@100-300)")->group(run);
   app.add_flag("--offload-outer", c.offload_outer, "keep the outer optimizer's anchors and momentum in pinned host memory")->group(device);
 }
 
@@ -180,6 +206,10 @@ void validate(const Config& c) {
              " is longer than the run (--steps ", c.steps, "); shorten the warm-up or train longer");
   EDIT_CHECK(!c.no_penalty || c.strategy == "edit", "--no-penalty switches off EDiT's pseudo-gradient penalty, but "
              "--strategy is ", c.strategy, "; drop --no-penalty or use --strategy edit");
+  EDIT_CHECK(c.streaming_flags_given.empty() || c.strategy == "streaming", c.streaming_flags_given,
+             " only apply to Streaming DiLoCo, but --strategy is ", c.strategy, "; add --strategy streaming or drop them");
+  EDIT_CHECK(!c.penalty || c.strategy == "diloco" || c.strategy == "streaming" || c.strategy == "edit",
+             "--penalty applies to Local SGD (diloco, streaming; edit has it on), but --strategy is ", c.strategy);
   EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
              " (continue) contradict each other; pass one of them");
   EDIT_CHECK(std::isfinite(c.outer_lr) && c.outer_lr > 0, "--outer-lr ", c.outer_lr, " must be a positive number");
@@ -322,6 +352,9 @@ int main(int argc, char** argv) {
   }
   CLI11_PARSE(app, argc, argv);
   c.warmup_given = app.count("--warmup-steps") > 0;
+  for (const char* flag : {"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"}) {
+    if (app.count(flag) > 0) c.streaming_flags_given += (c.streaming_flags_given.empty() ? "" : ", ") + std::string(flag);
+  }
   try {
     at::set_num_threads(1);
     edit::comm::MeshOptions mesh_options;
@@ -373,7 +406,7 @@ int main(int argc, char** argv) {
     edit::sync::LocalSgdOptions local;
     local.sync_every = c.sync_every;
     local.outer = {edit::sync::parse_outer_method(c.outer), c.outer_lr, c.outer_momentum, c.offload_outer};
-    local.use_penalty = c.strategy == "edit" && !c.no_penalty;
+    local.use_penalty = (c.strategy == "edit" && !c.no_penalty) || c.penalty;
     local.penalty.clip_norm = c.penalty_clip;
     local.penalty.z_threshold = c.penalty_z;
     local.penalty.warmup_syncs = c.penalty_warmup;
@@ -381,6 +414,15 @@ int main(int argc, char** argv) {
     std::unique_ptr<edit::sync::SyncStrategy> strategy;
     if (c.strategy == "edit") {
       strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
+    } else if (c.strategy == "streaming") {
+      edit::sync::StreamingOptions streaming_options;
+      streaming_options.local = local;
+      streaming_options.fragments = c.fragments;
+      streaming_options.strided = c.fragment_layout == "strided";
+      streaming_options.overlap = c.overlap;
+      streaming_options.alpha = c.alpha;
+      streaming_options.quant = {edit::sync::parse_quant_format(c.quant), c.quant_block};
+      strategy = std::make_unique<edit::sync::StreamingDiLoCo>(model, mesh.sync_ptr(), streaming_options);
     } else if (c.strategy == "diloco") {
       strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
     } else if (c.strategy == "ddp") {
@@ -396,6 +438,7 @@ int main(int argc, char** argv) {
     options.schedule = {c.lr, std::min(c.warmup_steps, c.steps), std::max<std::int64_t>(1, c.steps), std::min(c.min_lr, c.lr)};
     options.metrics_path = (fs::path(c.out_dir) / "metrics.jsonl").string();
     options.log_every = c.log_every;
+    options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);
 
     // Every stateful component saves and loads itself; a pending EDiT sync is saved as pending.

@@ -16,5 +16,6 @@
 #include "edit/shard/flat_adamw.h"
 #include "edit/shard/sharded_model.h"
 #include "edit/sync/local_sgd.h"
+#include "edit/sync/streaming.h"
 #include "edit/train/checkpoint.h"
 #include "edit/train/trainer.h"

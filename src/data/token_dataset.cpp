@@ -7,8 +7,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 #include "edit/core/check.h"
 #include "edit/data/byte_tokenizer.h"
@@ -38,16 +36,6 @@ std::vector<std::string> expand(const std::vector<std::string>& patterns) {
     for (std::size_t i = 0; i < result.value.gl_pathc; ++i) files.emplace_back(result.value.gl_pathv[i]);
   }
   return files;
-}
-
-std::string read_text(const std::string& path) {
-  check_regular_file(path, "text file");
-  std::ifstream in(path, std::ios::binary);
-  EDIT_CHECK(in.good(), "cannot open the text file ", path, ": ", std::strerror(errno),
-             "; check the path and the permissions");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EDIT_CHECK(!in.bad(), "cannot read the text file ", path, ": ", std::strerror(errno));
-  return text;
 }
 
 // splitmix64 (Steele, Lea, Flood 2014): tiny, fully specified, and good enough to shuffle.
@@ -94,20 +82,20 @@ TokenDataset::TokenDataset(const std::vector<std::string>& patterns, TokenDatase
   EDIT_CHECK(o.seq_len >= 1, "sequence length ", o.seq_len, " must be at least 1");
   EDIT_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "data rank ", o.rank,
              " is outside [0, world size ", o.world_size, "); pass the rank within the data-parallel group");
-  EDIT_CHECK(o.vocab_size >= 1 && o.vocab_size <= 65536, "vocab size ", o.vocab_size,
-             " is outside 1..65536, the range of uint16 token ids");
+  EDIT_CHECK(o.vocab_size >= 1, "vocab size ", o.vocab_size, " must be at least 1");
   EDIT_CHECK(o.format != "text" || o.vocab_size >= ByteTokenizer::kVocabSize, "format \"text\" makes byte ",
              "tokens 0..255, but the vocab size is ", o.vocab_size, "; use a model vocab of at least 256");
 
   files_ = expand(patterns);
-  const ByteTokenizer bytes;
   for (const std::string& file : files_) {
-    const std::vector<std::uint16_t> part =
-        o.format == "tokens" ? read_token_file(file, o.vocab_size) : bytes.encode(read_text(file));
-    tokens_.insert(tokens_.end(), part.begin(), part.end());
+    shards_.push_back(o.format == "tokens" ? MappedTokenFile::open_shard(file) : MappedTokenFile::open_text(file));
+    offsets_.push_back(offsets_.back() + shards_.back().size());
+  }
+  if (num_tokens() <= kEagerCheckTokens) {
+    for (const MappedTokenFile& shard : shards_) shard.check_tokens(o.vocab_size);
   }
 
-  const auto n = static_cast<std::int64_t>(tokens_.size());
+  const std::int64_t n = num_tokens();
   EDIT_CHECK(n >= o.seq_len + 1, "the corpus has ", n, " tokens in ", files_.size(),
              " file(s) (first: ", files_.front(), "), fewer than one window of seq_len + 1 = ", o.seq_len + 1,
              " tokens; use a shorter sequence length or more data");
@@ -202,19 +190,33 @@ TokenBatch TokenDataset::next_batch(std::int64_t batch, std::int64_t seq) {
   std::int64_t* inputs = out.inputs.data_ptr<std::int64_t>();
   std::int64_t* targets = out.targets.data_ptr<std::int64_t>();
   const std::int64_t per_epoch = windows_per_epoch();
+  std::vector<std::int64_t> tokens(static_cast<std::size_t>(seq + 1));
   for (std::int64_t b = 0; b < batch; ++b) {
     if (cursor_.position == per_epoch) {
       cursor_ = Cursor{cursor_.epoch + 1, 0};
     }
     shuffle_for(cursor_.epoch);
     const std::int64_t window = order_[static_cast<std::size_t>(cursor_.position++)];
-    const std::uint16_t* tokens = tokens_.data() + window * seq;
-    for (std::int64_t t = 0; t < seq; ++t) {
-      inputs[b * seq + t] = tokens[t];
-      targets[b * seq + t] = tokens[t + 1];
-    }
+    read_tokens(window * seq, seq + 1, tokens.data());
+    std::copy(tokens.begin(), tokens.end() - 1, inputs + b * seq);
+    std::copy(tokens.begin() + 1, tokens.end(), targets + b * seq);
   }
   return out;
+}
+
+void TokenDataset::read_tokens(std::int64_t begin, std::int64_t count, std::int64_t* out) const {
+  // The file holding `begin`: the last one whose first token is at or before it.
+  auto file = std::upper_bound(offsets_.begin(), offsets_.end(), begin) - offsets_.begin() - 1;
+  while (count > 0) {
+    const MappedTokenFile& shard = shards_[static_cast<std::size_t>(file)];
+    const std::int64_t local = begin - offsets_[static_cast<std::size_t>(file)];
+    const std::int64_t take = std::min(count, shard.size() - local);
+    shard.copy(local, take, out, options_.vocab_size);
+    begin += take;
+    out += take;
+    count -= take;
+    ++file;
+  }
 }
 
 }  // namespace edit::data

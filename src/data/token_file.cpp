@@ -1,11 +1,17 @@
 #include "edit/data/token_file.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <string>
+#include <utility>
 
 #include "edit/core/atomic_file.h"
 #include "edit/core/check.h"
@@ -80,51 +86,133 @@ void write_token_file(const std::string& path, const std::vector<std::uint16_t>&
 std::vector<std::uint16_t> read_token_file(const std::string& path, int vocab_size) {
   EDIT_CHECK(vocab_size >= 1 && vocab_size <= 65536, "vocab size ", vocab_size, " for ", path,
              " is outside 1..65536, the range of uint16 token ids; pass the tokenizer's vocab size");
-  check_regular_file(path, "token file");
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  EDIT_CHECK(in.good(), "cannot open the token file ", path, ": ", std::strerror(errno),
-             "; check the path (or the --data pattern) and the permissions");
-  const std::int64_t size = static_cast<std::int64_t>(in.tellg());
-  in.seekg(0);
+  const MappedTokenFile file = MappedTokenFile::open_shard(path);
+  EDIT_CHECK(file.token_bytes() == 2, path, " holds llama-3 uint32 tokens; read it with TokenDataset (as "
+             "edit-train-gpt does), which reads both layouts");
+  std::vector<std::int64_t> wide(static_cast<std::size_t>(file.size()));
+  file.copy(0, file.size(), wide.data(), vocab_size);
+  return std::vector<std::uint16_t>(wide.begin(), wide.end());
+}
 
+// --- MappedTokenFile ------------------------------------------------------------------------------
+
+void MappedTokenFile::map(const std::string& path, const char* what) {
+  path_ = path;
+  check_regular_file(path, what);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  EDIT_CHECK(fd >= 0, "cannot open the ", what, " ", path, ": ", std::strerror(errno),
+             "; check the path (or the --data pattern) and the permissions");
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) {
+    const int error = errno;
+    ::close(fd);
+    EDIT_FAIL("cannot inspect the ", what, " ", path, ": ", std::strerror(error));
+  }
+  length_ = static_cast<std::size_t>(info.st_size);
+  if (length_ > 0) {
+    void* mapped = ::mmap(nullptr, length_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const int error = errno;
+    ::close(fd);
+    EDIT_CHECK(mapped != MAP_FAILED, "cannot map the ", what, " ", path, " (", length_, " bytes) into memory: ",
+               std::strerror(error), "; check the address-space limit (ulimit -v)");
+    base_ = static_cast<const unsigned char*>(mapped);
+  } else {
+    ::close(fd);
+  }
+}
+
+MappedTokenFile MappedTokenFile::open_shard(const std::string& path) {
+  MappedTokenFile file;
+  file.map(path, "token file");
+  const auto size = static_cast<std::int64_t>(file.length_);
   const char* const fix = "; re-run edit-prepare-text (or llm.c's data script) to regenerate it";
   EDIT_CHECK(size >= kTokenFileHeaderBytes, path, ": the file has ", size, " bytes, fewer than the ",
              kTokenFileHeaderBytes, "-byte llm.c header (it ends at byte offset ", size,
              "); the file is empty or truncated", fix);
-  unsigned char header[kTokenFileHeaderBytes];
-  in.read(reinterpret_cast<char*>(header), kTokenFileHeaderBytes);
-  EDIT_CHECK(in.good(), "cannot read the header of ", path, ": ", std::strerror(errno), fix);
-
-  const std::int32_t magic = get_le32(header);
-  EDIT_CHECK(magic == kTokenFileMagic, path, ": bad magic ", magic, " at byte offset 0, expected ",
-             kTokenFileMagic, "; this is not an llm.c token file (raw text needs format \"text\")", fix);
-  const std::int32_t version = get_le32(header + 4);
-  EDIT_CHECK(version == kTokenFileVersion, path, ": unsupported version ", version,
-             " at byte offset 4, expected ", kTokenFileVersion,
-             " (uint16 tokens; version 2 holds llama-3 uint32 tokens, which libedit does not read)", fix);
-  const std::int32_t count = get_le32(header + 8);
+  const std::int32_t magic = get_le32(file.base_);
+  EDIT_CHECK(magic == kTokenFileMagic || magic == kTokenFileMagicU32, path, ": bad magic ", magic,
+             " at byte offset 0, expected ", kTokenFileMagic, " (GPT-2, uint16 tokens) or ", kTokenFileMagicU32,
+             " (llama 3, uint32 tokens); this is not an llm.c token file (raw text needs format \"text\")", fix);
+  const std::int32_t version = get_le32(file.base_ + 4);
+  const std::int32_t expected_version = magic == kTokenFileMagic ? kTokenFileVersion : kTokenFileVersionU32;
+  EDIT_CHECK(version == expected_version, path, ": unsupported version ", version, " at byte offset 4, expected ",
+             expected_version, " for magic ", magic, " (version ", kTokenFileVersion, ": uint16 tokens after magic ",
+             kTokenFileMagic, "; version ", kTokenFileVersionU32, ": uint32 tokens after magic ", kTokenFileMagicU32, ")",
+             fix);
+  file.width_ = magic == kTokenFileMagic ? 2 : 4;
+  const std::int32_t count = get_le32(file.base_ + 8);
   EDIT_CHECK(count >= 0, path, ": negative token count ", count, " at byte offset 8", fix);
-  const std::int64_t expected = kTokenFileHeaderBytes + 2 * static_cast<std::int64_t>(count);
+  const std::int64_t expected = kTokenFileHeaderBytes + file.width_ * static_cast<std::int64_t>(count);
   EDIT_CHECK(size >= expected, path, ": truncated: the header (byte offset 8) says ", count,
              " tokens, so the file should have ", expected, " bytes, but it ends at byte offset ", size, " (",
-             (expected - size + 1) / 2, " tokens missing)", fix);
+             (expected - size + file.width_ - 1) / file.width_, " tokens missing)", fix);
   EDIT_CHECK(size == expected, path, ": ", size - expected, " trailing bytes from byte offset ", expected,
              " on: the header (byte offset 8) says ", count, " tokens, i.e. ", expected, " bytes", fix);
+  file.offset_ = kTokenFileHeaderBytes;
+  file.count_ = count;
+  return file;
+}
 
-  std::vector<unsigned char> body(static_cast<std::size_t>(2 * static_cast<std::int64_t>(count)));
-  in.read(reinterpret_cast<char*>(body.data()), static_cast<std::streamsize>(body.size()));
-  EDIT_CHECK(in.good() || body.empty(), "cannot read the tokens of ", path, " (from byte offset ",
-             kTokenFileHeaderBytes, "): ", std::strerror(errno), fix);
-  std::vector<std::uint16_t> tokens(static_cast<std::size_t>(count));
-  for (std::size_t i = 0; i < tokens.size(); ++i) {
-    const auto token = static_cast<std::uint16_t>(body[2 * i] | (body[2 * i + 1] << 8));
-    EDIT_CHECK(token < vocab_size, path, ": token id ", token, " at index ", i, " (byte offset ",
-               kTokenFileHeaderBytes + 2 * static_cast<std::int64_t>(i), ") is >= the vocab size ",
-               vocab_size, "; pass --vocab-size of the tokenizer that made the file, or regenerate it",
-               " with edit-prepare-text");
-    tokens[i] = token;
+MappedTokenFile MappedTokenFile::open_text(const std::string& path) {
+  MappedTokenFile file;
+  file.map(path, "text file");
+  file.width_ = 1;
+  file.offset_ = 0;
+  file.count_ = static_cast<std::int64_t>(file.length_);
+  return file;
+}
+
+MappedTokenFile::MappedTokenFile(MappedTokenFile&& other) noexcept { *this = std::move(other); }
+
+MappedTokenFile& MappedTokenFile::operator=(MappedTokenFile&& other) noexcept {
+  if (this != &other) {
+    if (base_ != nullptr) ::munmap(const_cast<unsigned char*>(base_), length_);
+    path_ = std::move(other.path_);
+    base_ = std::exchange(other.base_, nullptr);
+    length_ = std::exchange(other.length_, 0);
+    offset_ = other.offset_;
+    width_ = other.width_;
+    count_ = std::exchange(other.count_, 0);
   }
-  return tokens;
+  return *this;
+}
+
+MappedTokenFile::~MappedTokenFile() {
+  if (base_ != nullptr) ::munmap(const_cast<unsigned char*>(base_), length_);
+}
+
+void MappedTokenFile::fail_token(std::int64_t index, std::int64_t token, std::int64_t vocab_size) const {
+  EDIT_FAIL(path_, ": token id ", token, " at index ", index, " (byte offset ", offset_ + width_ * index,
+            ") is >= the vocab size ", vocab_size, "; pass --vocab-size of the tokenizer that made the file, or ",
+            "regenerate it with edit-prepare-text");
+}
+
+void MappedTokenFile::copy(std::int64_t begin, std::int64_t count, std::int64_t* out, std::int64_t vocab_size) const {
+  EDIT_CHECK(begin >= 0 && count >= 0 && begin + count <= count_, "token range [", begin, ", ", begin + count,
+             ") is outside ", path_, " (", count_, " tokens)");
+  const unsigned char* at = base_ + offset_ + width_ * begin;
+  // Little-endian on disk, assembled byte by byte so a big-endian host reads it right too.
+  for (std::int64_t i = 0; i < count; ++i, at += width_) {
+    std::int64_t token = at[0];
+    if (width_ >= 2) token |= static_cast<std::int64_t>(at[1]) << 8;
+    if (width_ == 4) token |= static_cast<std::int64_t>(at[2]) << 16 | static_cast<std::int64_t>(at[3]) << 24;
+    if (token >= vocab_size) fail_token(begin + i, token, vocab_size);
+    out[i] = token;
+  }
+}
+
+void MappedTokenFile::check_tokens(std::int64_t vocab_size) const {
+  const auto page = static_cast<std::int64_t>(::sysconf(_SC_PAGESIZE));
+  constexpr std::int64_t kChunk = std::int64_t{1} << 20;  // tokens
+  std::vector<std::int64_t> scratch(static_cast<std::size_t>(std::min(kChunk, count_)));
+  for (std::int64_t begin = 0; begin < count_; begin += kChunk) {
+    const std::int64_t count = std::min(kChunk, count_ - begin);
+    copy(begin, count, scratch.data(), vocab_size);
+    // Hand the chunk's whole pages back: they stay in the page cache, not in this process.
+    const std::int64_t first = (offset_ + width_ * begin + page - 1) / page * page;
+    const std::int64_t last = (offset_ + width_ * (begin + count)) / page * page;
+    if (last > first) ::madvise(const_cast<unsigned char*>(base_) + first, static_cast<std::size_t>(last - first), MADV_DONTNEED);
+  }
 }
 
 }  // namespace edit::data

@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 
 #include "edit/core/check.h"
+#include "edit/sync/pseudo_grad.h"
 
 namespace edit::sync {
 namespace {
@@ -135,6 +137,15 @@ StateDict PseudoGradientSync::state_dict() {
 
 void PseudoGradientSync::load_state_dict(const StateDict& state) {
   const std::string owner = "the Local SGD sync";
+  // Norms and deltas prepared from the parameters before this load no longer apply.
+  receive_norms();
+  for (int u = 0; u < model_.num_units(); ++u) {
+    Slot& slot = slots_[static_cast<size_t>(u)];
+    EDIT_CHECK(!slot.begun, "the sync of unit ", u, " is in flight; finish it before loading a checkpoint");
+    slot.prepared = false;
+    slot.norms.clear();
+    slot.delta = at::Tensor();
+  }
   syncs_ = state.integer(owner, "syncs");
   dropped_workers_ = state.integer(owner, "penalty.dropped_workers");
   skipped_units_ = state.integer(owner, "penalty.skipped_units");
@@ -157,26 +168,102 @@ void PseudoGradientSync::load_state_dict(const StateDict& state) {
   }
 }
 
-double PseudoGradientSync::shard_group_sum(double local) {
-  comm::Communicator& group = model_.shard_group();
-  if (group.size() == 1) return local;
+namespace {
+
+// (n,) float64 host tensor holding `values`: small exchanges (norms) go out as host tensors, so
+// they take the host transport (MPI) on every mesh, as all_gather_values() does.
+at::Tensor host_values(const std::vector<double>& values) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(values.size())}, at::kDouble);
+  std::copy(values.begin(), values.end(), t.data_ptr<double>());
+  return t;
+}
+
+// all = every rank's n values, rank r's at [r * n, (r + 1) * n): the sum over ranks of value k,
+// added in rank order so every rank gets the bit-identical total (an all_reduce does not promise
+// that).
+double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k) {
+  const double* values = all.data_ptr<double>();
   double total = 0.0;
-  for (double part : group.all_gather_values({local})) total += part;
+  for (std::int64_t i = k; i < all.numel(); i += n) total += values[i];
   return total;
+}
+
+}  // namespace
+
+void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas) {
+  EDIT_CHECK(!norms_in_flight_,
+             "prepare() while the norms of an earlier prepare() are still on their way; "
+             "begin() one of those units first");
+  if (!penalty_ && !keep_deltas) return;  // nothing to do ahead of begin()
+  c10::NoGradGuard no_grad;
+  std::vector<double> sqnorms;
+  for (int unit : units) {
+    Slot& slot = slots_.at(static_cast<size_t>(unit));
+    EDIT_CHECK(!slot.begun && !slot.prepared && !slot.delta.defined(), "prepare() of unit ", unit,
+               " that is already ", slot.begun ? "begun" : "prepared", "; finish() its sync first");
+    // (shard,) pseudo-gradient of this worker, with its squared norm from the same pass.
+    double sqnorm = 0.0;
+    at::Tensor delta =
+        pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), penalty_ ? &sqnorm : nullptr);
+    if (keep_deltas) slot.delta = std::move(delta);
+    sqnorms.push_back(sqnorm);
+    slot.prepared = penalty_ != nullptr;
+  }
+  if (!penalty_ || units.empty()) return;
+  const auto n = static_cast<std::int64_t>(units.size());
+  // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group (the
+  // fast group, idle when a sync starts: waited here, once for all these units).
+  at::Tensor mine = host_values(sqnorms);
+  double* norms = mine.data_ptr<double>();
+  comm::Communicator& shard = model_.shard_group();
+  if (shard.size() > 1) {
+    at::Tensor all = at::empty({shard.size() * n}, at::kDouble);
+    shard.all_gather(all, host_values(sqnorms))->wait();
+    for (std::int64_t k = 0; k < n; ++k) norms[k] = sum_over_ranks(all, n, k);
+  }
+  for (std::int64_t k = 0; k < n; ++k) norms[k] = std::sqrt(norms[k]);
+  // Every worker's norms, over the sync group: not waited here.
+  auto exchange = std::make_unique<NormExchange>();
+  exchange->units = units;
+  exchange->mine = mine;
+  exchange->all = at::empty({sync_->size() * n}, at::kDouble);
+  exchange->work = sync_->all_gather(exchange->all, exchange->mine);
+  norms_in_flight_ = std::move(exchange);
+}
+
+void PseudoGradientSync::receive_norms() {
+  if (!norms_in_flight_) return;
+  const std::unique_ptr<NormExchange> exchange = std::move(norms_in_flight_);
+  exchange->work->wait();
+  const auto n = exchange->units.size();
+  const double* all = exchange->all.data_ptr<double>();
+  for (size_t k = 0; k < n; ++k) {
+    Slot& slot = slots_[static_cast<size_t>(exchange->units[k])];
+    slot.norms.resize(static_cast<size_t>(sync_->size()));
+    for (size_t r = 0; r < slot.norms.size(); ++r) slot.norms[r] = all[r * n + k];
+  }
 }
 
 void PseudoGradientSync::begin(int unit) {
   Slot& slot = slots_.at(static_cast<size_t>(unit));
   EDIT_CHECK(!slot.begun, "sync of unit ", unit, " begun twice without finish()");
   c10::NoGradGuard no_grad;
-  const at::Tensor& theta = model_.unit(unit).shard();
-  const at::Tensor& phi = outer_.anchor(unit);
-  slot.delta = phi.to(theta.device()) - theta;  // (shard,) pseudo-gradient of this worker
+  if (penalty_ && !slot.prepared) {
+    // Not prepared: this unit alone, its norms exchanged now (after any exchange in flight).
+    receive_norms();
+    prepare({unit}, /*keep_deltas=*/true);
+  }
+  if (!slot.delta.defined()) {
+    slot.delta = pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), nullptr);
+  }
   const int workers = sync_->size();
   if (penalty_) {
-    // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group.
-    const double norm = std::sqrt(shard_group_sum(slot.delta.to(at::kDouble).pow(2).sum().item<double>()));
-    slot.decision = penalty_->decide(unit, sync_->all_gather_values({norm}));
+    if (slot.norms.empty()) receive_norms();
+    EDIT_CHECK(slot.norms.size() == static_cast<size_t>(workers), "unit ", unit, " got ", slot.norms.size(),
+               " worker norms for a sync group of ", workers, " (a bug in PseudoGradientSync)");
+    slot.decision = penalty_->decide(unit, slot.norms);
+    slot.norms.clear();
+    slot.prepared = false;
     dropped_workers_ += slot.decision.dropped_count();
     level_shifts_ += slot.decision.level_shift ? 1 : 0;
   } else {
@@ -184,6 +271,7 @@ void PseudoGradientSync::begin(int unit) {
                                     std::vector<bool>(static_cast<size_t>(workers), false), false};
   }
   slot.begun = true;
+  slot.landed = false;
   if (slot.decision.skip) {
     ++skipped_units_;
     if (++slot.skipped_in_a_row == 2) {
@@ -200,21 +288,53 @@ void PseudoGradientSync::begin(int unit) {
   slot.work = sync_->all_reduce(slot.delta, {comm::ReduceOp::kSum, weight == 0.0 ? 1.0 : weight});
 }
 
+bool PseudoGradientSync::arrived(int unit) const {
+  const Slot& slot = slots_.at(static_cast<size_t>(unit));
+  EDIT_CHECK(slot.begun, "arrived() of unit ", unit, " without begin()");
+  return slot.landed || !slot.work || slot.work->is_completed();
+}
+
+void PseudoGradientSync::land(int unit) {
+  Slot& slot = slots_.at(static_cast<size_t>(unit));
+  EDIT_CHECK(slot.begun, "land() of unit ", unit, " without begin()");
+  if (slot.landed) return;
+  slot.landed = true;
+  if (slot.decision.skip) return;
+  slot.work->wait();
+  slot.work.reset();
+  if (!penalty_ || !penalty_->options().clip) return;
+  // ||Delta|| of the whole unit: squared norms of the shards, summed over the shard group; the
+  // exchange travels until finish().
+  slot.clip_sqnorm = squared_norm(slot.delta);
+  comm::Communicator& shard = model_.shard_group();
+  if (shard.size() == 1) return;
+  slot.clip_mine = host_values({slot.clip_sqnorm});
+  slot.clip_all = at::empty({shard.size()}, at::kDouble);
+  slot.clip_work = shard.all_gather(slot.clip_all, slot.clip_mine);
+}
+
 void PseudoGradientSync::finish(int unit) {
   Slot& slot = slots_.at(static_cast<size_t>(unit));
   EDIT_CHECK(slot.begun, "finish() of unit ", unit, " without begin()");
+  land(unit);
   slot.begun = false;
+  slot.landed = false;
   if (!slot.decision.skip) {
-    slot.work->wait();
-    slot.work.reset();
     if (penalty_ && penalty_->options().clip) {
-      const double norm = std::sqrt(shard_group_sum(slot.delta.to(at::kDouble).pow(2).sum().item<double>()));
-      const double scale = penalty_->clip_scale(norm);
+      double sqnorm = slot.clip_sqnorm;
+      if (slot.clip_work) {
+        slot.clip_work->wait();
+        slot.clip_work.reset();
+        sqnorm = sum_over_ranks(slot.clip_all, 1, 0);
+        slot.clip_mine = slot.clip_all = at::Tensor();
+      }
+      const double scale = penalty_->clip_scale(std::sqrt(sqnorm));
       if (scale < 1.0) slot.delta.mul_(scale);
     }
-    outer_.step(unit, slot.delta);
+    outer_.step_and_reset(unit, slot.delta);
+  } else {
+    outer_.reset_to_anchor(unit);  // skipped: the anchor stays, the workers restart from it
   }
-  outer_.reset_to_anchor(unit);
   slot.delta = at::Tensor();
 }
 
@@ -226,9 +346,21 @@ DiLoCo::DiLoCo(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> s
 void DiLoCo::after_step(std::int64_t step) {
   if ((step + 1) % options_.sync_every != 0) return;
   const auto start = Clock::now();
-  // Every unit's exchange in flight together, then the outer steps as they land.
-  for (int u = 0; u < model_.num_units(); ++u) sync_.begin(u);
-  for (int u = 0; u < model_.num_units(); ++u) sync_.finish(u);
+  const int units = model_.num_units();
+  // With the penalty, every unit's norm goes out in one exchange, ahead of the first all_reduce.
+  if (sync_.penalty() != nullptr) {
+    std::vector<int> all(static_cast<size_t>(units));
+    std::iota(all.begin(), all.end(), 0);
+    sync_.prepare(all, /*keep_deltas=*/true);
+  }
+  // Every unit's exchange in flight together, then the outer steps as they land: unit u's clip
+  // norm travels while unit u - 1 takes its step.
+  for (int u = 0; u < units; ++u) sync_.begin(u);
+  for (int u = 0; u < units; ++u) {
+    sync_.land(u);
+    if (u > 0) sync_.finish(u - 1);
+  }
+  if (units > 0) sync_.finish(units - 1);
   sync_.end_sync();
   ++stats_.syncs;
   stats_.blocked_seconds += seconds_since(start);
@@ -258,14 +390,33 @@ void EDiT::after_step(std::int64_t step) {
   done_.assign(done_.size(), false);
 }
 
+void EDiT::prepare_norms() {
+  if (sync_.penalty() == nullptr) return;
+  std::vector<int> units;
+  for (int u = 0; u < model_.num_units(); ++u) {
+    if (!done_[static_cast<size_t>(u)] && !sync_.begun(u) && !sync_.prepared(u)) units.push_back(u);
+  }
+  sync_.prepare(units, /*keep_deltas=*/false);
+}
+
 void EDiT::on_pre_gather(int unit) {
   if (!pending_ || done_.at(static_cast<size_t>(unit))) return;
   const auto start = Clock::now();
+  // The sync's first unit (or the first after a resume): the norms of every unit left go out in
+  // one exchange, so the units after it find theirs here.
+  if (sync_.penalty() != nullptr && !sync_.begun(unit) && !sync_.prepared(unit)) prepare_norms();
   if (!sync_.begun(unit)) sync_.begin(unit);
-  // The next unit's exchange goes out now and travels while this unit gathers and computes.
-  if (unit + 1 < model_.num_units() && !sync_.begun(unit + 1) && !done_[static_cast<size_t>(unit) + 1]) {
-    sync_.begin(unit + 1);
-  }
+  // The next unit's exchange goes out now and travels while this unit gathers and computes. While
+  // this unit's aggregate is still on the link, the next all_reduce is queued behind it first, so
+  // the link never idles; once it is here (compute is the bottleneck), its clip-norm exchange goes
+  // out first and travels while the next unit's pseudo-gradient is computed. Either way each group
+  // sees the same collectives in the same order (the next unit is prepared: its begin() only
+  // touches the sync group, land() only the shard group).
+  const bool next =
+      unit + 1 < model_.num_units() && !sync_.begun(unit + 1) && !done_[static_cast<size_t>(unit) + 1];
+  if (next && !sync_.arrived(unit)) sync_.begin(unit + 1);
+  sync_.land(unit);
+  if (next && !sync_.begun(unit + 1)) sync_.begin(unit + 1);
   sync_.finish(unit);
   done_[static_cast<size_t>(unit)] = true;
   if (std::all_of(done_.begin(), done_.end(), [](bool d) { return d; })) {

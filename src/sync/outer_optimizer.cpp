@@ -4,6 +4,16 @@
 #include <c10/core/GradMode.h>
 
 #include "edit/core/check.h"
+#include "edit/sync/outer_step.h"
+#include "fused_cuda.h"
+
+#if EDIT_SYNC_CUDA_KERNELS
+#include <c10/core/DeviceGuard.h>
+
+#include "edit/comm/cuda_stream.h"
+#include "edit/kernels/cuda_event.h"
+#include "edit/kernels/outer_step.h"
+#endif
 
 namespace edit::sync {
 
@@ -26,7 +36,15 @@ const char* to_string(OuterMethod method) {
   return "?";
 }
 
-OuterOptimizer::OuterOptimizer(shard::ShardedModel& model, OuterOptions options) : model_(model), options_(options) {
+struct OuterOptimizer::HostCopies {
+#if EDIT_SYNC_CUDA_KERNELS
+  // Recorded after the device-to-host copies of a unit's phi and m; made at its first such copy.
+  std::vector<std::unique_ptr<kernels::CudaEvent>> landed;
+#endif
+};
+
+OuterOptimizer::OuterOptimizer(shard::ShardedModel& model, OuterOptions options)
+    : model_(model), options_(options), host_copies_(std::make_unique<HostCopies>()) {
   if (options_.method == OuterMethod::kAverage) {
     options_.lr = 1.0;
     options_.momentum = 0.0;
@@ -35,16 +53,57 @@ OuterOptimizer::OuterOptimizer(shard::ShardedModel& model, OuterOptions options)
              " and momentum ", options_.momentum, " out of range; use lr > 0 and 0 <= momentum < 1");
   for (int u = 0; u < model.num_units(); ++u) {
     const at::Tensor& shard = model.unit(u).shard();
-    // Pinned memory only makes sense (and only exists) next to a CUDA device.
-    const bool pin = options_.offload && shard.is_cuda();
-    const auto host = shard.options().device(at::kCPU).pinned_memory(pin);
-    anchor_.push_back(options_.offload ? shard.to(host, /*non_blocking=*/false, /*copy=*/true) : shard.clone());
-    momentum_.push_back(at::zeros_like(anchor_.back()));
+    if (!options_.offload) {
+      anchor_.push_back(shard.clone());
+      momentum_.push_back(at::zeros_like(shard));
+      continue;
+    }
+    // Pinned memory only makes sense (and only exists) next to a CUDA device. Allocated here
+    // rather than by shard.to(host options): to() pins only non-blocking copies and ignores
+    // pinned_memory otherwise, and zeros_like() never pins.
+    const auto host = shard.options().device(at::kCPU).pinned_memory(shard.is_cuda());
+    anchor_.push_back(at::empty(shard.sizes(), host).copy_(shard));
+    momentum_.push_back(at::zeros(shard.sizes(), host));
   }
+#if EDIT_SYNC_CUDA_KERNELS
+  host_copies_->landed.resize(anchor_.size());
+#endif
+}
+
+OuterOptimizer::~OuterOptimizer() = default;
+
+void OuterOptimizer::wait_for_host_copies(int unit) const {
+#if EDIT_SYNC_CUDA_KERNELS
+  const auto& landed = host_copies_->landed.at(static_cast<size_t>(unit));
+  if (landed) landed->synchronize();
+#else
+  (void)unit;  // nothing is ever copied back asynchronously
+#endif
+}
+
+const at::Tensor& OuterOptimizer::anchor(int unit) const {
+  wait_for_host_copies(unit);
+  return anchor_.at(static_cast<size_t>(unit));
+}
+
+const at::Tensor& OuterOptimizer::momentum(int unit) const {
+  wait_for_host_copies(unit);
+  return momentum_.at(static_cast<size_t>(unit));
+}
+
+at::Tensor& OuterOptimizer::mutable_anchor(int unit) {
+  wait_for_host_copies(unit);
+  return anchor_.at(static_cast<size_t>(unit));
+}
+
+at::Tensor& OuterOptimizer::mutable_momentum(int unit) {
+  wait_for_host_copies(unit);
+  return momentum_.at(static_cast<size_t>(unit));
 }
 
 void OuterOptimizer::step(int unit, const at::Tensor& delta) {
   c10::NoGradGuard no_grad;
+  wait_for_host_copies(unit);
   at::Tensor& stored_phi = anchor_.at(static_cast<size_t>(unit));
   at::Tensor& stored_m = momentum_.at(static_cast<size_t>(unit));
   // Offloaded state comes in for this unit only, then goes back.
@@ -64,7 +123,56 @@ void OuterOptimizer::step(int unit, const at::Tensor& delta) {
 
 void OuterOptimizer::reset_to_anchor(int unit) {
   c10::NoGradGuard no_grad;
-  model_.unit(unit).shard().copy_(anchor_.at(static_cast<size_t>(unit)));
+  model_.unit(unit).shard().copy_(anchor(unit));
+}
+
+void OuterOptimizer::step_and_reset(int unit, const at::Tensor& delta) {
+  c10::NoGradGuard no_grad;
+  at::Tensor& theta = model_.unit(unit).shard();
+  EDIT_CHECK(delta.numel() == theta.numel() && delta.device() == theta.device(), "outer step of unit ", unit,
+             " with a pseudo-gradient of ", delta.numel(), " elements on ", delta.device(), " for a shard of ",
+             theta.numel(), " on ", theta.device(), "; pass the aggregated delta of this unit's shard, on its device");
+  wait_for_host_copies(unit);
+  at::Tensor& stored_phi = anchor_.at(static_cast<size_t>(unit));
+  at::Tensor& stored_m = momentum_.at(static_cast<size_t>(unit));
+  auto float_contiguous = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
+  const bool fusable = options_.method != OuterMethod::kSignMomentum && float_contiguous(delta) &&
+                       float_contiguous(theta) && float_contiguous(stored_phi) && float_contiguous(stored_m) &&
+                       stored_phi.device() == stored_m.device();
+  // The same float lr and mu as the ATen path, which rounds its double scalars to the tensor's dtype.
+  const auto lr = static_cast<float>(options_.lr);
+  const auto mu = static_cast<float>(options_.momentum);
+  if (fusable && theta.device().is_cpu() && stored_phi.device().is_cpu()) {
+    nesterov_outer_step_cpu(stored_m.data_ptr<float>(), stored_phi.data_ptr<float>(), theta.data_ptr<float>(),
+                            delta.data_ptr<float>(), theta.numel(), lr, mu);
+    return;
+  }
+#if EDIT_SYNC_CUDA_KERNELS
+  const bool offloaded = stored_phi.device().is_cpu();
+  if (fusable && theta.is_cuda() && (offloaded || stored_phi.device() == theta.device())) {
+    const c10::DeviceGuard guard(theta.device());  // the launch and the current stream: the shard's device
+    void* stream = comm::torch_current_stream()();
+    // Offloaded state comes in on the current stream, ahead of the kernel; from pinned memory the
+    // copies do not block the host.
+    at::Tensor phi = offloaded ? stored_phi.to(theta.device(), at::kFloat, /*non_blocking=*/true) : stored_phi;
+    at::Tensor m = offloaded ? stored_m.to(theta.device(), at::kFloat, /*non_blocking=*/true) : stored_m;
+    kernels::nesterov_outer_step_cuda(m.data_ptr<float>(), phi.data_ptr<float>(), theta.data_ptr<float>(),
+                                      delta.data_ptr<float>(), theta.numel(), lr, mu, stream);
+    if (offloaded) {
+      // Back to the host without blocking it; the event tells the accessors when they have landed.
+      // The device copies phi and m go back to the caching allocator at the end of this scope,
+      // which reuses them only for work queued later on this stream.
+      stored_phi.copy_(phi, /*non_blocking=*/true);
+      stored_m.copy_(m, /*non_blocking=*/true);
+      auto& landed = host_copies_->landed.at(static_cast<size_t>(unit));
+      if (!landed) landed = std::make_unique<kernels::CudaEvent>();
+      landed->record(stream);
+    }
+    return;
+  }
+#endif
+  step(unit, delta);
+  reset_to_anchor(unit);
 }
 
 }  // namespace edit::sync

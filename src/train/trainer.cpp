@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <thread>
 
 #include "edit/core/check.h"
 
@@ -93,6 +94,13 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     tokens += batch.targets.numel();
   }
   metrics.loss = loss_sum.item<double>();
+  if (!options_.stragglers.empty()) {
+    // A slower worker: its compute (timed up to the loss read, which waits for the device) takes
+    // longer, before the strategy can sync.
+    const double compute = std::chrono::duration<double>(Clock::now() - start).count();
+    metrics.straggler_delay_s = options_.stragglers.delay(mesh_.rank(), step_, compute);
+    if (metrics.straggler_delay_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(metrics.straggler_delay_s));
+  }
   // A non-finite loss stops here, before any update: the weights, the anchors and every checkpoint
   // stay as they were.
   EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.loss), "step ", step_, ": the loss is ",
@@ -174,6 +182,7 @@ void Trainer::write_metrics(const StepMetrics& m) {
                          {"level_shifts", m.level_shifts},
                          {"strategy", strategy_.name()}};
   if (std::isfinite(m.loss_world)) line["loss_world"] = m.loss_world;
+  if (!options_.stragglers.empty()) line["straggler_delay_s"] = m.straggler_delay_s;  // rank 0's
   *metrics_ << line.dump() << '\n';
   metrics_->flush();
   EDIT_CHECK(metrics_->good(), "writing ", options_.metrics_path, " failed at step ", m.step, "; is the disk full?");

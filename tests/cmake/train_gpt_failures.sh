@@ -75,6 +75,12 @@ expect_failure config_twice 30 "twice.toml:2: 'steps' is set twice" --config "$w
 printf 'steps = 2\n\x01\x02\x00\n' > "$work/binary.toml"
 expect_failure config_binary 30 "binary.toml:2: byte" --config "$work/binary.toml" --out-dir "$work/x9"
 
+# Streaming DiLoCo: options for another strategy, and a schedule that cannot work.
+expect_failure streaming_flags_elsewhere 30 "--fragments, --quant only apply to Streaming DiLoCo" --steps 4 \
+  --strategy edit --fragments 2 --quant fp4 --out-dir "$work/x13"
+expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by --fragments 3" --steps 4 \
+  --strategy streaming --fragments 3 --out-dir "$work/x14"
+
 # Devices and precision: refused before anything is trained, naming the fix.
 expect_failure bad_dtype 30 "--dtype" --steps 4 --dtype fp8 --out-dir "$work/x10"
 expect_failure nccl_on_cpu 30 "--comm-backend nccl needs CUDA tensors.*--device cuda" --steps 4 --device cpu \

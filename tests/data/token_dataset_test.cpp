@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <set>
 #include <string>
@@ -275,3 +276,85 @@ TEST(TokenDataset, FifoOrFolderAmongTheDataFilesIsRefused) {
 }
 
 }  // namespace
+
+namespace {
+
+// An llm.c shard header: magic, version, count, then zeros to 1024 bytes.
+std::string llmc_header(std::int32_t magic, std::int32_t version, std::int32_t count) {
+  std::string header(1024, '\0');
+  for (int i = 0; i < 4; ++i) {
+    header[static_cast<size_t>(i)] = static_cast<char>((static_cast<std::uint32_t>(magic) >> (8 * i)) & 0xff);
+    header[static_cast<size_t>(4 + i)] = static_cast<char>((static_cast<std::uint32_t>(version) >> (8 * i)) & 0xff);
+    header[static_cast<size_t>(8 + i)] = static_cast<char>((static_cast<std::uint32_t>(count) >> (8 * i)) & 0xff);
+  }
+  return header;
+}
+
+// This process's resident memory, from /proc/self/status (kB).
+std::int64_t resident_kb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
+}  // namespace
+
+// llm.c's llama-3 layout (magic 20240801, version 7, uint32 ids up to 128,256) reads back exactly,
+// and an id at or above the vocabulary names its index and byte offset (4 bytes a token).
+TEST(TokenDataset, Llama3ShardsOfUint32Tokens) {
+  TempDir dir;
+  const std::int32_t n = 1000;
+  std::string body;
+  for (std::int32_t i = 0; i < n; ++i) {
+    const std::uint32_t id = 128000u + static_cast<std::uint32_t>(i % 256);  // above uint16's range
+    for (int b = 0; b < 4; ++b) body.push_back(static_cast<char>((id >> (8 * b)) & 0xff));
+  }
+  edit::testing_support::write_bytes(dir.file("llama.bin"), llmc_header(20240801, 7, n) + body);
+  TokenDatasetOptions o = options(9);
+  o.vocab_size = 128256;
+  TokenDataset data(dir.file("llama.bin"), o);
+  EXPECT_EQ(data.num_tokens(), n);
+  const TokenBatch batch = data.next_batch(4, 9);
+  for (std::int64_t b = 0; b < 4; ++b) {
+    const std::int64_t first = batch.inputs[b][0].item<std::int64_t>();
+    EXPECT_GE(first, 128000);
+    for (std::int64_t t = 0; t < 9; ++t) {
+      // Consecutive ids (mod 256 above 128000), and targets are the inputs shifted by one.
+      EXPECT_EQ(batch.inputs[b][t].item<std::int64_t>(), 128000 + (first - 128000 + t) % 256);
+      EXPECT_EQ(batch.targets[b][t].item<std::int64_t>(), 128000 + (first - 128000 + t + 1) % 256);
+    }
+  }
+  o.vocab_size = 128100;  // id 128100 first appears at index 100: byte offset 1024 + 400
+  const std::string what = error_of([&] { TokenDataset(dir.file("llama.bin"), o); });
+  EXPECT_NE(what.find("token id 128100 at index 100 (byte offset 1424) is >= the vocab size 128100"), std::string::npos)
+      << what;
+  // A GPT-2 magic with the llama version (or the reverse) is refused, naming both layouts.
+  edit::testing_support::write_bytes(dir.file("mixed.bin"), llmc_header(20240520, 7, 0));
+  EXPECT_NE(error_of([&] { TokenDataset(dir.file("mixed.bin"), options(1)); }).find("unsupported version 7 at byte offset 4"),
+            std::string::npos);
+}
+
+// The shards are mapped, not loaded: a 600 MB corpus (sparse, so it costs no disk) is opened and
+// read from while this process's resident memory grows by a few MB, the windows it touched. A
+// dataset that loaded the corpus would grow by 1.2 GB (600 MB of uint16, widened or copied).
+TEST(TokenDataset, MappedCorpusLargerThanWhatIsReadStaysOutOfMemory) {
+  TempDir dir;
+  const std::int64_t n = 300'000'000;  // > kEagerCheckTokens: ids are checked as windows are read
+  ASSERT_GT(n, TokenDataset::kEagerCheckTokens);
+  const std::string path = dir.file("big.bin");
+  edit::testing_support::write_bytes(path, llmc_header(20240520, 1, static_cast<std::int32_t>(n)));
+  std::filesystem::resize_file(path, 1024 + 2 * n);  // zeros: token 0 everywhere
+  const std::int64_t before = resident_kb();
+  ASSERT_GT(before, 0) << "needs /proc/self/status";
+  TokenDataset data(path, options(1024));
+  EXPECT_EQ(data.num_tokens(), n);
+  for (int i = 0; i < 50; ++i) {
+    const TokenBatch batch = data.next_batch(8, 1024);
+    ASSERT_EQ(batch.inputs.sum().item<std::int64_t>(), 0);
+  }
+  // The permutation of 293k windows (2 x 2.3 MB) and 400 touched windows of 2 KB (and their
+  // read-ahead) fit well inside 64 MB.
+  EXPECT_LT(resident_kb() - before, 64 * 1024) << "kB resident growth after reading 400 windows";
+}

@@ -1,22 +1,27 @@
 // Local SGD strategies on real ranks: H = 1 plain averaging with SGD equals Ddp, EDiT (layer-wise)
-// equals DiLoCo (bulk), and the penalty keeps a blown-up or NaN worker out of the anchor.
+// equals DiLoCo (bulk), the penalty keeps a blown-up or NaN worker out of the anchor and decides
+// as the blocking reference does, and EDiT's forward waits for no norm exchange.
 // Runs on 2 ranks (S = 1, R = 2) and 4 ranks (S = 2, R = 2).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/core/check.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/shard/sharded_model.h"
 #include "edit/sync/local_sgd.h"
+#include "edit/sync/pseudo_grad.h"
 #include "edit/sync/strategy.h"
 #include "mpi_test_env.h"
 #include "tiny_transformer.h"
 
 namespace {
 
+using edit::comm::Communicator;
+using edit::comm::WorkPtr;
 using edit::shard::ShardedModel;
 using edit::sync::LocalSgdOptions;
 using edit::testing_support::tiny_batch;
@@ -138,6 +143,293 @@ TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
   EXPECT_EQ(edit->stats().syncs, 4);
   const double difference = (bulk.flat_params() - layerwise.flat_params()).abs().max().item<double>();
   EXPECT_LT(difference, 1e-10);
+}
+
+// What the groups of a test were asked to do: per call the collective, its dtype and size, the
+// phase of the step the test was in when it was issued and when its Work was first waited for.
+// A blocking host exchange (all_gather_values) is issued and waited in one phase by definition.
+struct CallLog {
+  struct Call {
+    std::string group, op;
+    at::ScalarType dtype = at::kFloat;
+    std::int64_t numel = 0;
+    std::string issued_in, waited_in;  // waited_in empty: never waited
+  };
+  std::vector<Call> calls;
+  std::string phase;
+};
+
+class RecordedWork final : public edit::comm::Work {
+ public:
+  RecordedWork(WorkPtr inner, std::shared_ptr<CallLog> log, size_t index)
+      : inner_(std::move(inner)), log_(std::move(log)), index_(index) {}
+  void wait() override {
+    inner_->wait();
+    auto& call = log_->calls[index_];
+    if (call.waited_in.empty()) call.waited_in = log_->phase;
+  }
+  bool is_completed() override { return inner_->is_completed(); }
+
+ private:
+  WorkPtr inner_;
+  std::shared_ptr<CallLog> log_;
+  size_t index_;
+};
+
+// Hands every call on to a real group and writes it down in a CallLog.
+class RecordingCommunicator final : public Communicator {
+ public:
+  RecordingCommunicator(std::shared_ptr<Communicator> inner, std::shared_ptr<CallLog> log)
+      : inner_(std::move(inner)), log_(std::move(log)) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  const std::string& name() const override { return inner_->name(); }
+  WorkPtr all_reduce(at::Tensor tensor, edit::comm::AllReduceOptions options) override {
+    return record("all_reduce", tensor, inner_->all_reduce(tensor, options));
+  }
+  WorkPtr all_gather(at::Tensor output, at::Tensor input) override {
+    return record("all_gather", output, inner_->all_gather(output, input));
+  }
+  WorkPtr reduce_scatter(at::Tensor output, at::Tensor input,
+                         edit::comm::ReduceScatterOptions options) override {
+    return record("reduce_scatter", input, inner_->reduce_scatter(output, input, options));
+  }
+  WorkPtr broadcast(at::Tensor tensor, int root) override {
+    return record("broadcast", tensor, inner_->broadcast(tensor, root));
+  }
+  WorkPtr barrier() override { return record("barrier", at::Tensor(), inner_->barrier()); }
+  std::vector<double> all_gather_values(const std::vector<double>& mine) override {
+    auto values = inner_->all_gather_values(mine);
+    log_->calls.push_back({name(), "all_gather_values", at::kDouble, static_cast<std::int64_t>(values.size()),
+                           log_->phase, log_->phase});
+    return values;
+  }
+  edit::comm::CommStats stats() const override { return inner_->stats(); }
+  void reset_stats() override { inner_->reset_stats(); }
+
+ private:
+  WorkPtr record(const char* op, const at::Tensor& tensor, WorkPtr work) {
+    log_->calls.push_back({name(), op, tensor.defined() ? tensor.scalar_type() : at::kByte,
+                           tensor.defined() ? tensor.numel() : 0, log_->phase, ""});
+    return std::make_shared<RecordedWork>(std::move(work), log_, log_->calls.size() - 1);
+  }
+  std::shared_ptr<Communicator> inner_;
+  std::shared_ptr<CallLog> log_;
+};
+
+// EDiT with the penalty: the forward that runs the layer-wise sync blocks in no host exchange, and
+// only its first unit waits for norms. The norms of every unit go out in one all_gather per group
+// when the first unit's sync begins (the shard group's sums a worker's shard norms, the sync
+// group's gathers the R workers' norms); with S > 1 each aggregate's clip norm is an async
+// all_gather issued when the aggregate lands. (The blocking sync made U all_gather_values over the
+// sync group in that forward, and 2U more over the shard group with S > 1, each queued behind the
+// all_reduce in flight.) The model is float, so every float64 collective is a norm exchange.
+TEST(LocalSgd, EditForwardMakesOneNormExchangePerSync) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  auto log = std::make_shared<CallLog>();
+  auto shard_group = std::make_shared<RecordingCommunicator>(mesh.shard_ptr(), log);
+  auto sync_group = std::make_shared<RecordingCommunicator>(mesh.sync_ptr(), log);
+  TinyConfig config;
+  at::manual_seed(0);
+  auto module = std::make_shared<TinyTransformer>(config);
+  ShardedModel model(module, shard_group);
+  edit::shard::FlatAdamW inner(model, edit::shard::AdamWOptions{1e-2});
+  LocalSgdOptions options = edit::sync::EDiT::default_options();
+  options.sync_every = 2;
+  options.penalty.warmup_syncs = 1;
+  edit::sync::EDiT edit(model, sync_group, options);
+  for (int s = 0; s < 6; ++s) {
+    auto [x, y] = tiny_batch(config, s, mesh.rank(), 2);
+    model.zero_grad();
+    log->phase = "forward " + std::to_string(s);
+    at::Tensor loss = module->loss(x, y);
+    log->phase = "backward " + std::to_string(s);
+    model.backward(loss);
+    edit.before_step(s);
+    inner.step();
+    log->phase = "after_step " + std::to_string(s);
+    edit.after_step(s);
+  }
+  log->phase = "finish";
+  edit.finish();
+  EXPECT_EQ(edit.stats().syncs, 3);
+
+  const std::int64_t units = model.num_units();
+  const std::int64_t S = mesh.shard_size(), R = mesh.sync().size();
+  const auto calls_in = [&](const std::string& group, const std::string& phase) {
+    std::vector<CallLog::Call> found;
+    for (const auto& c : log->calls) {
+      if (c.group == group && c.issued_in == phase) found.push_back(c);
+    }
+    return found;
+  };
+  // Syncs at steps 1 and 3 run in the forwards of steps 2 and 4 (step 5's in finish()).
+  for (int sync_step : {1, 3}) {
+    const std::string at_sync = "after_step " + std::to_string(sync_step);
+    const std::string forward = "forward " + std::to_string(sync_step + 1);
+    EXPECT_TRUE(calls_in(mesh.sync().name(), at_sync).empty()) << "the sync runs in the next forward";
+    EXPECT_TRUE(calls_in(mesh.shard().name(), at_sync).empty()) << "the sync runs in the next forward";
+    // Over the sync group: every unit's norm in one all_gather, then the U weighted all_reduces.
+    const auto sync_calls = calls_in(mesh.sync().name(), forward);
+    ASSERT_EQ(static_cast<std::int64_t>(sync_calls.size()), 1 + units) << forward;
+    EXPECT_EQ(sync_calls[0].op, "all_gather");
+    EXPECT_EQ(sync_calls[0].dtype, at::kDouble);
+    EXPECT_EQ(sync_calls[0].numel, R * units);
+    for (size_t i = 1; i < sync_calls.size(); ++i) {
+      EXPECT_EQ(sync_calls[i].op, "all_reduce");
+      EXPECT_EQ(sync_calls[i].dtype, at::kFloat);
+    }
+    // Over the shard group, besides the parameter gathers (float): with S > 1, the sum of the
+    // shard norms of every unit in one all_gather, then one clip norm per unit.
+    std::vector<CallLog::Call> norms;
+    for (const auto& c : calls_in(mesh.shard().name(), forward)) {
+      if (c.dtype == at::kDouble) norms.push_back(c);
+    }
+    ASSERT_EQ(static_cast<std::int64_t>(norms.size()), S > 1 ? 1 + units : 0) << forward;
+    for (size_t i = 0; i < norms.size(); ++i) {
+      EXPECT_EQ(norms[i].op, "all_gather");
+      EXPECT_EQ(norms[i].numel, i == 0 ? S * units : S);
+    }
+    for (const auto& c : log->calls) {
+      if (c.issued_in == forward) {
+        EXPECT_EQ(c.waited_in, forward) << c.group << " " << c.op << ": left in flight";
+      }
+    }
+  }
+  // No blocking host exchange anywhere in training: only the anchor check when EDiT was built.
+  for (const auto& c : log->calls) {
+    if (c.op == "all_gather_values") {
+      EXPECT_EQ(c.issued_in, "") << c.group;
+    }
+  }
+}
+
+// The penalty, step by step, as the blocking code did it (the reference the async exchanges must
+// match): each unit's ||delta_i|| summed over the shard group and all-gathered over the sync group
+// with host exchanges, weights from a PseudoGradPenalty of the test's own, the weighted
+// all_reduce, the clip norm summed over the shard group, and the average's step phi -= Delta.
+struct Reference {
+  std::vector<edit::sync::PenaltyDecision> decisions;  // per unit
+  std::vector<at::Tensor> anchors;                     // per unit, after the sync
+  int clipped = 0;
+};
+
+Reference blocking_reference(edit::comm::DeviceMesh& mesh, ShardedModel& model,
+                             edit::sync::PseudoGradientSync& core, edit::sync::PseudoGradPenalty& penalty) {
+  c10::NoGradGuard no_grad;
+  Reference ref;
+  for (int u = 0; u < model.num_units(); ++u) {
+    double sqnorm = 0.0;
+    at::Tensor delta = edit::sync::pseudo_gradient(core.outer().anchor(u), model.unit(u).shard(), &sqnorm);
+    double total = 0.0;
+    for (double part : mesh.shard().all_gather_values({sqnorm})) total += part;
+    const auto decision = penalty.decide(u, mesh.sync().all_gather_values({std::sqrt(total)}));
+    at::Tensor phi = core.outer().anchor(u).clone();
+    if (!decision.skip) {
+      const double weight = decision.weights.at(static_cast<size_t>(mesh.sync().rank()));
+      if (weight == 0.0) delta.zero_();
+      mesh.sync().all_reduce(delta, {edit::comm::ReduceOp::kSum, weight == 0.0 ? 1.0 : weight})->wait();
+      double clip_sqnorm = 0.0;
+      for (double part : mesh.shard().all_gather_values({edit::sync::squared_norm(delta)})) {
+        clip_sqnorm += part;
+      }
+      const double scale = penalty.clip_scale(std::sqrt(clip_sqnorm));
+      if (scale < 1.0) delta.mul_(scale);
+      ref.clipped += scale < 1.0 ? 1 : 0;
+      phi.sub_(delta);
+    }
+    ref.decisions.push_back(decision);
+    ref.anchors.push_back(phi);
+  }
+  return ref;
+}
+
+void expect_as_reference(const Reference& ref, edit::sync::PseudoGradientSync& core,
+                         const std::string& what) {
+  for (int u = 0; u < static_cast<int>(ref.decisions.size()); ++u) {
+    const auto& d = core.last_decision(u);
+    EXPECT_EQ(d.weights, ref.decisions[static_cast<size_t>(u)].weights) << what << ", unit " << u;
+    EXPECT_EQ(d.dropped, ref.decisions[static_cast<size_t>(u)].dropped) << what << ", unit " << u;
+    EXPECT_EQ(d.skip, ref.decisions[static_cast<size_t>(u)].skip) << what << ", unit " << u;
+    const at::Tensor& anchor = core.outer().anchor(u);
+    ASSERT_TRUE(at::isfinite(anchor).all().item<bool>()) << what << ", unit " << u;
+    EXPECT_LE((anchor - ref.anchors[static_cast<size_t>(u)]).abs().max().item<double>(), 1e-12)
+        << what << ", unit " << u;
+  }
+}
+
+// DiLoCo (bulk) and EDiT (layer-wise, inside the next forward) decide exactly as the blocking
+// reference: same weights, same drops, same skips, same clip. Replica 1 blows up (x100) at one
+// sync and turns NaN at another; every replica turns NaN in unit 0 at a third (its update is
+// skipped); a small clip norm scales most aggregates. Float64, plain averaging.
+TEST(LocalSgdPenalty, AsyncNormsDecideAsTheBlockingReference) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker bulk(mesh, 0, at::kDouble), layerwise(mesh, 0, at::kDouble);
+  LocalSgdOptions options = edit::sync::EDiT::default_options();
+  options.sync_every = 1;
+  options.outer.method = edit::sync::OuterMethod::kAverage;
+  options.penalty.warmup_syncs = 2;
+  options.penalty.clip_norm = 0.05;
+  for (Worker* w : {&bulk, &layerwise}) {
+    w->inner = std::make_unique<edit::shard::FlatAdamW>(*w->model, edit::shard::AdamWOptions{1e-2});
+  }
+  auto* diloco = new edit::sync::DiLoCo(*bulk.model, mesh.sync_ptr(), options);
+  bulk.strategy.reset(diloco);
+  auto* edit = new edit::sync::EDiT(*layerwise.model, mesh.sync_ptr(), options);
+  layerwise.strategy.reset(edit);
+  edit::sync::PseudoGradPenalty bulk_penalty(options.penalty), layerwise_penalty(options.penalty);
+
+  const int replica = mesh.sync().rank();
+  const auto damage = [&](Worker& w, int s) {
+    c10::NoGradGuard no_grad;
+    for (int u = 0; u < w.model->num_units(); ++u) {
+      at::Tensor theta = w.model->unit(u).shard();
+      if (s == 3 && replica == 1) theta.mul_(100.0);
+      if (s == 5 && replica == 1) theta[0] = NAN;
+      if (s == 7 && u == 0) theta[0] = NAN;
+    }
+  };
+  const auto inner_step = [&](Worker& w, int s) {
+    auto [x, y] = tiny_batch(w.config, s, mesh.rank(), 2);
+    w.model->zero_grad();
+    w.model->backward(w.module->loss(x, y));
+    w.strategy->before_step(s);
+    w.inner->step();
+    damage(w, s);
+  };
+  Reference pending;
+  int clipped = 0;
+  std::int64_t dropped = 0, skipped = 0;
+  const auto count = [&](const Reference& ref) {
+    clipped += ref.clipped;
+    for (const auto& d : ref.decisions) {
+      dropped += d.dropped_count();
+      skipped += d.skip ? 1 : 0;
+    }
+  };
+  for (int s = 0; s < 9; ++s) {
+    inner_step(bulk, s);
+    const Reference ref = blocking_reference(mesh, *bulk.model, diloco->core(), bulk_penalty);
+    count(ref);
+    bulk.strategy->after_step(s);
+    expect_as_reference(ref, diloco->core(), "diloco, step " + std::to_string(s));
+
+    inner_step(layerwise, s);  // its forward ran the sync of step s - 1
+    if (s > 0) expect_as_reference(pending, edit->core(), "edit, step " + std::to_string(s - 1));
+    pending = blocking_reference(mesh, *layerwise.model, edit->core(), layerwise_penalty);
+    layerwise.strategy->after_step(s);
+  }
+  edit->finish();
+  expect_as_reference(pending, edit->core(), "edit, last step");
+  EXPECT_EQ(diloco->stats().dropped_workers, dropped);
+  EXPECT_EQ(diloco->stats().skipped_units, skipped);
+  EXPECT_EQ(edit->stats().dropped_workers, diloco->stats().dropped_workers);
+  EXPECT_EQ(edit->stats().skipped_units, diloco->stats().skipped_units);
+  // The scenario covers what it claims: drops (x100, NaN), a skip (unit 0 NaN everywhere), clips.
+  EXPECT_GE(dropped, 2 * bulk.model->num_units());
+  EXPECT_GE(skipped, 1);
+  EXPECT_GT(clipped, 0);
+  EXPECT_LT((bulk.flat_params() - layerwise.flat_params()).abs().max().item<double>(), 1e-12);
 }
 
 // A checksum of this rank's anchors (or parameters), the same on every replica when they agree.

@@ -1,7 +1,13 @@
 #include "edit/sync/pseudo_grad.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "edit/core/check.h"
 
 #include "edit/config.h"
 #if EDIT_HAS_KERNELS
@@ -63,6 +69,79 @@ TEST_P(PseudoGrad, CudaKernelMatchesCpuTwin) {
 #endif
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, PseudoGrad, testing::Values(0, 1, 255, 256, 1000, 1 << 20));
+INSTANTIATE_TEST_SUITE_P(Sizes, PseudoGrad, testing::Values(0, 1, 255, 256, 1000, 1 << 20, 3 * (1 << 16) + 7));
+
+// The twin sums fixed blocks and adds them in order: the same bits with one thread or several.
+TEST(PseudoGradient, CpuTwinNormDoesNotDependOnTheThreadCount) {
+  const std::int64_t n = 5 * (1 << 16) + 3;
+  at::manual_seed(3);
+  const at::Tensor anchor = at::randn({n});
+  const at::Tensor local = anchor + 0.01 * at::randn({n});
+  at::Tensor delta = at::empty({n});
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const double one = edit::sync::pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
+                                                        delta.data_ptr<float>(), n);
+  at::set_num_threads(std::max(threads, 3));
+  const double several = edit::sync::pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
+                                                            delta.data_ptr<float>(), n);
+  at::set_num_threads(threads);
+  EXPECT_EQ(one, several);
+}
+
+// pseudo_gradient() on the CPU: the fused twin for float contiguous shards, ATen for the rest;
+// each gives anchor - local exactly and the norm to double rounding.
+TEST(PseudoGradient, DispatchOnTheCpuGivesTheSameDeltaAndNorm) {
+  at::manual_seed(4);
+  const at::Tensor anchor = at::randn({2 * 1001});
+  const at::Tensor local = anchor + 0.01 * at::randn({2 * 1001});
+  struct Case {
+    const char* name;
+    at::Tensor anchor, local;
+  };
+  const Case cases[] = {
+      {"float contiguous (fused)", anchor, local},
+      {"double", anchor.to(at::kDouble), local.to(at::kDouble)},
+      {"strided views", anchor.slice(0, 0, 2 * 1001, 2), local.slice(0, 0, 2 * 1001, 2)},
+  };
+  for (const Case& c : cases) {
+    double sqnorm = -1.0;
+    const at::Tensor delta = edit::sync::pseudo_gradient(c.anchor, c.local, &sqnorm);
+    const at::Tensor expected = c.anchor - c.local;
+    EXPECT_TRUE(at::equal(delta, expected)) << c.name;
+    const double reference = expected.to(at::kDouble).pow(2).sum().item<double>();
+    EXPECT_NEAR(sqnorm, reference, 1e-10 * reference) << c.name;
+    // The float contiguous case sums in double; the others reduce in their dtype with ATen.
+    const bool twin = c.local.scalar_type() == at::kFloat && c.local.is_contiguous();
+    EXPECT_NEAR(edit::sync::squared_norm(delta), reference, (twin ? 1e-10 : 1e-6) * reference) << c.name;
+    EXPECT_TRUE(at::equal(edit::sync::pseudo_gradient(c.anchor, c.local, nullptr), expected)) << c.name;
+  }
+  EXPECT_THROW(edit::sync::pseudo_gradient(anchor, local.slice(0, 0, 10), nullptr), edit::Error);
+}
+
+// pseudo_gradient() on CUDA shards, with the anchor on the device or offloaded to pinned memory:
+// the same delta as the CPU, bit for bit, and the norm to float-sum rounding.
+TEST(PseudoGradient, CudaShardsMatchTheCpu) {
+#if !EDIT_WITH_CUDA || !EDIT_HAS_KERNELS
+  GTEST_SKIP() << "needs a CUDA LibTorch (EDIT_WITH_CUDA) and kernels/ (EDIT_BUILD_KERNELS)";
+#else
+  if (edit::kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  const std::int64_t n = (1 << 20) + 5;
+  at::manual_seed(5);
+  const at::Tensor anchor = at::randn({n});
+  const at::Tensor local = anchor + 0.01 * at::randn({n});
+  double cpu_sqnorm = -1.0;
+  const at::Tensor cpu_delta = edit::sync::pseudo_gradient(anchor, local, &cpu_sqnorm);
+  const at::Tensor local_gpu = local.to(at::kCUDA);
+  for (const at::Tensor& anchor_where : {anchor.to(at::kCUDA), anchor.pin_memory()}) {
+    double sqnorm = -1.0;
+    const at::Tensor delta = edit::sync::pseudo_gradient(anchor_where, local_gpu, &sqnorm);
+    EXPECT_TRUE(delta.is_cuda());
+    EXPECT_TRUE(at::equal(delta.cpu(), cpu_delta)) << "anchor on " << anchor_where.device();
+    EXPECT_NEAR(sqnorm, cpu_sqnorm, 1e-5 * cpu_sqnorm) << "anchor on " << anchor_where.device();
+    EXPECT_NEAR(edit::sync::squared_norm(delta), cpu_sqnorm, 1e-5 * cpu_sqnorm);
+  }
+#endif
+}
 
 }  // namespace

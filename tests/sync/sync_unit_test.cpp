@@ -4,12 +4,16 @@
 
 #include <cmath>
 
+#include "edit/config.h"
 #include "edit/core/check.h"
 #include "edit/shard/sharded_model.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/outer_optimizer.h"
 #include "edit/sync/penalty.h"
 #include "loopback_communicator.h"
+#if EDIT_HAS_KERNELS
+#include "edit/kernels/pseudo_grad.h"  // cuda_device_count()
+#endif
 
 namespace {
 
@@ -190,6 +194,51 @@ TEST(Penalty, ClipScalesTheAggregateOfAUnit) {
   EXPECT_NEAR(sync.outer().anchor(0)[0].item<double>(), phi[0].item<double>() + 0.3, 1e-6);
   EXPECT_NEAR(sync.outer().anchor(0)[1].item<double>(), phi[1].item<double>() + 0.4, 1e-6);
   EXPECT_EQ(sync.skipped_units(), 0);
+}
+
+// One sync of a unit on a CUDA shard (the fused pseudo-gradient and its norm, the clip norm, the
+// fused outer step with the state on the device or offloaded to pinned memory) against the same
+// sync on the CPU. The GPU's norm is a float sum, so the clip scale and with it phi differ by float
+// rounding only.
+TEST(PseudoGradientSyncCuda, MatchesTheCpuToRounding) {
+#if !EDIT_WITH_CUDA || !EDIT_HAS_KERNELS
+  GTEST_SKIP() << "needs a CUDA LibTorch (EDIT_WITH_CUDA) and kernels/ (EDIT_BUILD_KERNELS)";
+#else
+  if (edit::kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  struct Wide : torch::nn::Module {
+    Wide() { layer = register_module("layer", edit::shard::Unit(torch::nn::Linear(300, 7))); }
+    edit::shard::Unit layer{nullptr};
+  };
+  for (const bool offload : {false, true}) {
+    edit::sync::LocalSgdOptions options;
+    options.use_penalty = true;
+    options.outer.offload = offload;
+    options.penalty.clip_norm = 0.2;  // below ||Delta|| ~ 0.46: the clip scales every sync
+    auto cpu_module = std::make_shared<Wide>();
+    auto gpu_module = std::make_shared<Wide>();
+    gpu_module->to(at::Device(at::kCUDA, 0));
+    edit::shard::ShardedModel cpu_model(cpu_module, std::make_shared<LoopbackCommunicator>());
+    edit::shard::ShardedModel gpu_model(gpu_module, std::make_shared<LoopbackCommunicator>());
+    gpu_model.unit(0).shard().copy_(cpu_model.unit(0).shard());
+    edit::sync::PseudoGradientSync cpu(cpu_model, std::make_shared<LoopbackCommunicator>(), options);
+    edit::sync::PseudoGradientSync gpu(gpu_model, std::make_shared<LoopbackCommunicator>(), options);
+    EXPECT_EQ(gpu.outer().anchor(0).is_cuda(), !offload);
+    at::manual_seed(31);
+    for (int s = 0; s < 3; ++s) {
+      const at::Tensor drift = 0.01 * at::randn({cpu_model.unit(0).shard().numel()});
+      cpu_model.unit(0).shard().add_(drift);
+      gpu_model.unit(0).shard().add_(drift.to(at::kCUDA));
+      cpu.begin(0);
+      gpu.begin(0);
+      cpu.finish(0);
+      gpu.finish(0);
+      const at::Tensor phi = gpu.outer().anchor(0).cpu();
+      EXPECT_TRUE(at::allclose(phi, cpu.outer().anchor(0), 1e-5, 1e-6)) << "offload " << offload << ", sync " << s;
+      EXPECT_TRUE(at::allclose(gpu.outer().momentum(0).cpu(), cpu.outer().momentum(0), 1e-5, 1e-6));
+      EXPECT_TRUE(at::equal(gpu_model.unit(0).shard().cpu(), phi)) << "theta = phi after the sync";
+    }
+  }
+#endif
 }
 
 TEST(Penalty, ClipScale) {

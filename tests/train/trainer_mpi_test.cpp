@@ -79,3 +79,48 @@ TEST(Trainer, EditLearnsAndTheMetricsRecordEachSync) {
 }
 
 }  // namespace
+
+namespace {
+
+// The straggler plan slows exactly the ranks and steps it names, inside the step, and Ddp makes
+// every rank wait for it.
+TEST(Trainer, StragglerPlanSlowsTheNamedRankAndStepsOnly) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({1});
+  TinyConfig config;
+  at::manual_seed(0);
+  auto module = std::make_shared<TinyTransformer>(config);
+  edit::shard::ShardedModel model(module, mesh.shard_ptr());
+  edit::shard::FlatAdamW inner(model, {1e-3});
+  edit::sync::Ddp strategy(model, mesh.sync_ptr());
+  edit::train::TrainerOptions options;
+  options.steps = 6;
+  options.schedule = {1e-3, 0, 6, 1e-3};
+  options.log_every = 0;
+  options.stragglers = edit::train::StragglerPlan::parse("1:+40ms@2-4,1:2x@5-6");
+  edit::train::Trainer trainer(mesh, model, inner, strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) {
+    auto [x, y] = tiny_batch(config, static_cast<int>(step), mesh.rank(), 2);
+    return edit::train::Batch{x, y};
+  };
+  const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
+  double total = 0.0;
+  for (std::int64_t step = 0; step < 6; ++step) {
+    const auto m = trainer.step(batch_of, loss_of);
+    const bool slowed_rank = mesh.rank() == 1;
+    if (slowed_rank && (step == 2 || step == 3)) {
+      EXPECT_DOUBLE_EQ(m.straggler_delay_s, 0.040) << "step " << step;
+    } else if (slowed_rank && step == 5) {
+      EXPECT_GT(m.straggler_delay_s, 0.0) << "2x: the step's own compute time again";
+    } else {
+      EXPECT_EQ(m.straggler_delay_s, 0.0) << "step " << step << " rank " << mesh.rank();
+    }
+    total += m.seconds;
+  }
+  // Every rank waits for the straggler at Ddp's gradient averages. Ddp issues them during the
+  // backward, before the straggler's delay, so a fast rank's wait for a delay of step s comes in
+  // step s + 1: in all, at least the 80 ms of the two delays of rank 1 (a little less for the
+  // rank that started first).
+  EXPECT_GE(total, 0.070) << "rank " << mesh.rank();
+}
+
+}  // namespace

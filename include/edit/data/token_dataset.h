@@ -1,7 +1,9 @@
 // TokenDataset: batches of token windows for next-token prediction (DESIGN.md section 7).
 //
 // Layout. The files (glob patterns expanded and sorted, in the order given) are concatenated into
-// one corpus of N tokens. Window w is the seq_len + 1 tokens starting at w * seq_len (inputs are
+// one corpus of N tokens. They are memory-mapped, not loaded: a corpus larger than RAM trains, and
+// only the windows read are brought in. Token ids are checked against the vocabulary as windows
+// are read, and at the start as well when the corpus holds at most kEagerCheckTokens tokens. Window w is the seq_len + 1 tokens starting at w * seq_len (inputs are
 // its first seq_len tokens, targets its last seq_len), so consecutive windows share one token and
 // every token but the first is a target exactly once. W = (N - 1) / seq_len windows in all.
 //
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "edit/core/state.h"
+#include "edit/data/token_file.h"
 
 namespace edit::data {
 
@@ -32,7 +35,7 @@ struct TokenDatasetOptions {
   std::string split = "all";      // "train", "val" or "all" (see val_fraction)
   double val_fraction = 0.0;      // share of windows held out as "val" (the last ones); 0 <= f < 1
   std::int64_t seq_len = 1024;    // tokens per input row; windows hold seq_len + 1 tokens
-  int vocab_size = 65536;         // "tokens": every id must be below it (the model's vocab)
+  std::int64_t vocab_size = 65536;  // every id must be below it (the model's vocab)
   std::uint64_t seed = 0;         // the same on every rank
   int rank = 0;                   // which disjoint share this dataset reads
   int world_size = 1;             // number of readers (ranks of the data-parallel group)
@@ -72,16 +75,21 @@ class TokenDataset : public Stateful {
 
   const TokenDatasetOptions& options() const { return options_; }
   const std::vector<std::string>& files() const { return files_; }
-  std::int64_t num_tokens() const { return static_cast<std::int64_t>(tokens_.size()); }
+  std::int64_t num_tokens() const { return offsets_.back(); }
+  // Corpora up to this many tokens have every id checked when the dataset is built (one pass,
+  // seconds); larger ones as their windows are read, so a start does not read the whole corpus.
+  static constexpr std::int64_t kEagerCheckTokens = std::int64_t{1} << 28;
   std::int64_t num_windows() const { return window_count_; }  // in this split, all ranks together
   std::int64_t windows_per_epoch() const;                     // this rank's share of an epoch
 
  private:
   void shuffle_for(std::int64_t epoch);
-
+  // Corpus tokens [begin, begin + count) into `out`, across file boundaries.
+  void read_tokens(std::int64_t begin, std::int64_t count, std::int64_t* out) const;
   TokenDatasetOptions options_;
   std::vector<std::string> files_;
-  std::vector<std::uint16_t> tokens_;  // the whole corpus, files concatenated
+  std::vector<MappedTokenFile> shards_;    // the files, mapped
+  std::vector<std::int64_t> offsets_{0};  // corpus index of each file's first token; back(): N
   std::int64_t first_window_ = 0;  // the split's windows are [first_window_, first_window_ + window_count_)
   std::int64_t window_count_ = 0;
   Cursor cursor_;

@@ -28,10 +28,20 @@ struct LocalSgdOptions {
   void validate() const;
 };
 
-// The per-unit outer sync both strategies share: begin() computes the pseudo-gradient and the
-// weights and issues the weighted all_reduce; finish() waits for it, clips, steps the outer
-// optimizer and resets the worker to the new anchor. Units are independent, so callers choose
-// the order and how many are in flight.
+// The per-unit outer sync both strategies share, in four calls per unit:
+//   prepare(units)  this worker's pseudo-gradient norms of several units at once, exchanged in
+//                   one all_gather per group, the sync group's left in flight (penalty only;
+//                   optional: begin() of a unit not prepared exchanges its norm alone);
+//   begin(u)        the pseudo-gradient, the penalty's weights, and the weighted all_reduce issued;
+//   land(u)         waits for the aggregate and issues the exchange of its norm (clip) over the
+//                   shard group;
+//   finish(u)       waits for that norm, clips, steps the outer optimizer and resets the worker to
+//                   the new anchor.
+// The penalty needs every worker's norm before a unit's all_reduce can go out, and the clip needs
+// the aggregate's norm before the outer step: the exchanges behind both are small collectives on
+// Work handles (no blocking host exchange), so callers overlap them with compute by what they do
+// between the calls. Units are independent, so callers choose the order and how many are in
+// flight; every rank must make the same calls in the same order (they issue collectives).
 //
 // Building one makes the replicas equal (replica 0's parameters, make_replicas_equal) and checks
 // that every replica's anchors agree. Stateful: anchors, outer momenta, penalty detectors.
@@ -40,9 +50,20 @@ class PseudoGradientSync : public Stateful {
   PseudoGradientSync(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
                      const LocalSgdOptions& options);
 
+  // Computes the pseudo-gradients of `units` now (their parameters and anchors must not change
+  // before their begin()) and, with the penalty, issues the exchange of their norms: one
+  // all_gather over the shard group (waited here: it sums a worker's shard norms), then one over
+  // the sync group (not waited: begin() of the first of these units takes it). keep_deltas holds
+  // the deltas for begin() (bulk: they all live at once anyway); otherwise begin() computes them
+  // again (layer-wise: one unit's buffers at a time), and this pass only yields the norms.
+  void prepare(const std::vector<int>& units, bool keep_deltas);
   void begin(int unit);
+  void land(int unit);
   void finish(int unit);
   bool begun(int unit) const { return slots_.at(static_cast<size_t>(unit)).begun; }
+  bool prepared(int unit) const { return slots_.at(static_cast<size_t>(unit)).prepared; }
+  // True once land() would not wait: the unit's aggregate is here (or its update is skipped).
+  bool arrived(int unit) const;
   // Call once all units of a sync are finished: counts it, and checks the replicas every
   // check_replicas_every syncs.
   void end_sync();
@@ -58,6 +79,8 @@ class PseudoGradientSync : public Stateful {
   std::int64_t level_shifts() const { return level_shifts_; }
   std::int64_t syncs() const { return syncs_; }
 
+  // Prepared norms (and deltas) are not state: they follow from the parameters and anchors, and
+  // a resumed run prepares them again. Loading drops them.
   StateDict state_dict() override;
   void load_state_dict(const StateDict& state) override;
 
@@ -67,15 +90,29 @@ class PseudoGradientSync : public Stateful {
   const PenaltyDecision& last_decision(int unit) const { return slots_.at(static_cast<size_t>(unit)).decision; }
 
  private:
-  // Sum over the shard group of a per-rank double, added in rank order so every rank gets the
-  // bit-identical total (an all_reduce does not promise that).
-  double shard_group_sum(double local);
+  // The norms of prepared units, on their way over the sync group: (n,) this worker's, in the
+  // order of `units`; (R * n,) every worker's, worker r's at [r * n, (r + 1) * n).
+  struct NormExchange {
+    std::vector<int> units;
+    at::Tensor mine;
+    at::Tensor all;
+    comm::WorkPtr work;
+  };
+  // Waits for the norm exchange in flight (if any) and hands every unit its R norms.
+  void receive_norms();
 
   struct Slot {
-    at::Tensor delta;
-    comm::WorkPtr work;
+    at::Tensor delta;    // (shard,) this worker's pseudo-gradient; the aggregate once landed
+    comm::WorkPtr work;  // the weighted all_reduce of delta
     PenaltyDecision decision;
+    bool prepared = false;      // prepare() covered this unit; its norms are here or on their way
+    std::vector<double> norms;  // every worker's ||delta_i||, sync-group order, once received
     bool begun = false;
+    bool landed = false;
+    double clip_sqnorm = 0.0;  // ||Delta||^2 of this shard, until the shard group's sum is known
+    at::Tensor clip_mine;      // (1,) and (S,): this shard's ||Delta||^2 and every shard's,
+    at::Tensor clip_all;       // rank order, on their way over the shard group
+    comm::WorkPtr clip_work;
     int skipped_in_a_row = 0;
   };
   shard::ShardedModel& model_;
@@ -84,6 +121,7 @@ class PseudoGradientSync : public Stateful {
   OuterOptimizer outer_;
   std::unique_ptr<PseudoGradPenalty> penalty_;
   std::vector<Slot> slots_;
+  std::unique_ptr<NormExchange> norms_in_flight_;
   std::int64_t syncs_ = 0;
   std::int64_t dropped_workers_ = 0;
   std::int64_t skipped_units_ = 0;
@@ -109,7 +147,9 @@ class DiLoCo : public SyncStrategy {
 
 // EDiT: after a sync step the outer step is not done in bulk; it runs in the next forward, unit
 // by unit, from the pre_gather hook (before the unit's parameters are gathered), with the next
-// unit's exchange already in flight while the current unit computes. Penalty on by default.
+// unit's exchange already in flight while the current unit computes. Penalty on by default: the
+// norms it needs go out when the first unit's sync begins, for every unit in one exchange, so the
+// units after it wait for no norm exchange.
 class EDiT : public SyncStrategy {
  public:
   static LocalSgdOptions default_options();  // LocalSgdOptions with use_penalty = true
@@ -130,6 +170,8 @@ class EDiT : public SyncStrategy {
 
  private:
   void on_pre_gather(int unit);
+  // The penalty's norms of every unit not yet done, on their way (see PseudoGradientSync::prepare).
+  void prepare_norms();
 
   LocalSgdOptions options_;
   shard::ShardedModel& model_;

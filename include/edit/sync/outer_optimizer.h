@@ -6,10 +6,15 @@
 //   SignMomentum:  m = mu m + Delta;  phi -= lr sign(m)             (use an inner-scale lr, ~1e-3)
 // With `offload`, phi and m live in (pinned, where CUDA is present) host memory and move to the
 // shard's device one unit at a time during the sync, as EDiT does to save device memory.
+//
+// The sync calls step_and_reset(): for float shards (Nesterov, Average) the step and the restart
+// theta = phi are one pass that reads delta, m, phi once and writes m, phi, theta once
+// (edit/sync/outer_step.h on the CPU, edit/kernels/outer_step.h on CUDA) instead of 4+ passes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,23 +37,42 @@ class OuterOptimizer {
  public:
   // Anchors start as copies of the model's current shards.
   OuterOptimizer(shard::ShardedModel& model, OuterOptions options = {});
+  ~OuterOptimizer();
+  OuterOptimizer(const OuterOptimizer&) = delete;
+  OuterOptimizer& operator=(const OuterOptimizer&) = delete;
 
   // One outer step of `unit` from the aggregated pseudo-gradient `delta` (shaped like the shard).
   void step(int unit, const at::Tensor& delta);
   // theta = phi: the worker restarts from the anchor.
   void reset_to_anchor(int unit);
+  // step(unit, delta) then reset_to_anchor(unit), fused into one pass where the shard, delta and
+  // the state are float and contiguous and the method is Nesterov or Average: the CPU twin, or the
+  // CUDA kernel on LibTorch's current stream (offloaded state comes in and goes back with
+  // non-blocking copies on that stream). The sign method and other dtypes run the two calls.
+  // Results agree with them to float rounding (the fused pass computes lr (delta + mu m), the
+  // ATen path lr delta + lr mu m).
+  void step_and_reset(int unit, const at::Tensor& delta);
 
-  const at::Tensor& anchor(int unit) const { return anchor_.at(static_cast<size_t>(unit)); }
-  const at::Tensor& momentum(int unit) const { return momentum_.at(static_cast<size_t>(unit)); }
-  at::Tensor& mutable_anchor(int unit) { return anchor_.at(static_cast<size_t>(unit)); }
-  at::Tensor& mutable_momentum(int unit) { return momentum_.at(static_cast<size_t>(unit)); }
+  // The stored state. Offloaded state of a CUDA shard may still be on its way back to the host
+  // after step_and_reset(): these wait for it first, so the host never reads a half-copied anchor
+  // nor overwrites one that is being copied.
+  const at::Tensor& anchor(int unit) const;
+  const at::Tensor& momentum(int unit) const;
+  at::Tensor& mutable_anchor(int unit);
+  at::Tensor& mutable_momentum(int unit);
   const OuterOptions& options() const { return options_; }
 
  private:
+  // Blocks until the copies of `unit`'s offloaded state queued by step_and_reset() have landed.
+  void wait_for_host_copies(int unit) const;
+
+  struct HostCopies;  // CUDA events of those copies, one per unit (src/sync/outer_optimizer.cpp)
+
   shard::ShardedModel& model_;
   OuterOptions options_;
   std::vector<at::Tensor> anchor_;
   std::vector<at::Tensor> momentum_;
+  std::unique_ptr<HostCopies> host_copies_;
 };
 
 }  // namespace edit::sync

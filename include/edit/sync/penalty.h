@@ -21,6 +21,7 @@
 // Non-finite norms are dropped even with anomaly elimination off: a NaN must never reach phi.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

@@ -24,6 +24,7 @@
 #include "edit/shard/lr_schedule.h"
 #include "edit/shard/sharded_model.h"
 #include "edit/sync/strategy.h"
+#include "edit/train/straggler.h"
 
 namespace edit::train {
 
@@ -35,6 +36,7 @@ struct TrainerOptions {
   std::string metrics_path;     // JSONL file written by rank 0; empty: none
   int log_every = 10;           // readable line + world-mean loss every N steps; 0: never
   bool stop_on_nonfinite = true;  // a NaN/Inf loss or gradient norm throws before the update
+  StragglerPlan stragglers;       // simulated slow ranks (tests, benchmarks); empty: none
 };
 
 struct Batch {
@@ -55,6 +57,7 @@ struct StepMetrics {
   std::int64_t bytes_shard = 0;    // sent by this rank in the step, per group
   std::int64_t bytes_sync = 0;
   double sync_wait_s = 0.0;        // time this rank was blocked in the strategy
+  double straggler_delay_s = 0.0;  // simulated slowness added to this rank's step
   std::int64_t dropped_workers = 0;  // penalty, in this step (summed over units)
   std::int64_t skipped_units = 0;
   std::int64_t level_shifts = 0;

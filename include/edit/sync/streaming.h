@@ -1,0 +1,100 @@
+// Streaming DiLoCo (Douillard et al. 2025; DESIGN.md section 6): DiLoCo whose units are split
+// into P fragments that sync in turn, each exchange overlapped with the next inner steps and
+// quantized down to 4 bits.
+//
+// Schedule: fragment p issues its exchange after inner step t (0-based) when
+// (t + 1) mod H == (p H / P) mod H, i.e. fragment 0 after steps H-1, 2H-1, ... like DiLoCo and
+// fragment p p H / P steps earlier. It is a pure function of the step, so every rank issues the
+// same collectives in the same order. The exchange is merged `overlap` (tau) inner steps later:
+// the outer step moves the fragment's anchors to phi_new and the worker takes
+// theta = alpha theta_local + (1 - alpha) phi_new. tau = 0 merges at once (blocking); with tau
+// above H / P several fragments are in flight together.
+//
+// Exchange: each worker quantizes its pseudo-gradient shard (QuantOptions), the sync group
+// all-gathers the packets, and every rank dequantizes every packet (its own too) and sums
+// w_i x delta_i in rank order in fp32, so all ranks hold bit-identical anchors. The penalty
+// (weights w_i, drops, clip) works per unit as in DiLoCo; with S > 1 each rank exchanges its shard.
+// P = 1, tau = 0, alpha = 0 and fp32 is DiLoCo.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edit/sync/local_sgd.h"
+#include "edit/sync/quantize.h"
+
+namespace edit::sync {
+
+struct StreamingOptions {
+  LocalSgdOptions local;   // H (sync_every), outer optimizer, penalty, replica checks
+  int fragments = 1;       // P
+  bool strided = true;     // unit u in fragment u mod P; false: P runs of consecutive units
+  int overlap = 0;         // tau: inner steps between a fragment's exchange and its merge
+  double alpha = 0.5;      // the merge's weight on the worker's own parameters
+  QuantOptions quant;      // fp32 by default
+  void validate(int num_units) const;
+};
+
+// The units of each fragment.
+std::vector<std::vector<int>> fragment_units(int num_units, int fragments, bool strided);
+// The fragments whose exchange is issued after inner step `step`.
+std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments);
+
+struct StreamingStats {
+  std::int64_t issued = 0;           // fragment exchanges issued
+  std::int64_t merged = 0;
+  std::int64_t merges_that_waited = 0;  // the exchange had not landed by its merge step
+  std::int64_t max_in_flight = 0;
+  std::int64_t payload_bytes = 0;    // sent by this rank: quantized values
+  std::int64_t scale_bytes = 0;      // ... and their block scales
+};
+
+class StreamingDiLoCo : public SyncStrategy {
+ public:
+  StreamingDiLoCo(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
+                  StreamingOptions options);
+  ~StreamingDiLoCo() override;
+  std::string name() const override { return "streaming"; }
+  void after_step(std::int64_t step) override;
+  // Merges every exchange in flight now (the end of training).
+  void finish() override;
+  SyncStats stats() const override;
+  void with_global_model(const std::function<void()>& fn) override { core_.with_anchors(fn); }
+  // Anchors, momenta, penalty, and every exchange in flight (landed, not merged), so a resumed
+  // run merges them at the same steps as an uninterrupted one.
+  StateDict state_dict() override;
+  void load_state_dict(const StateDict& state) override;
+  const StreamingStats& streaming_stats() const { return streaming_; }
+  std::int64_t in_flight() const { return static_cast<std::int64_t>(in_flight_.size()); }
+  PseudoGradientSync& core() { return core_; }
+
+ private:
+  struct UnitExchange {
+    int unit = 0;
+    at::Tensor packet;    // this rank's quantized pseudo-gradient shard
+    at::Tensor gathered;  // every worker's packet, in rank order
+    comm::WorkPtr work;
+    PenaltyDecision decision;
+  };
+  struct Exchange {
+    int fragment = 0;
+    std::int64_t merge_after = 0;  // merged in after_step of this step
+    std::vector<UnitExchange> units;
+  };
+  void issue(int fragment, std::int64_t step);
+  void merge(Exchange& exchange);
+  double shard_group_sum(double local);
+
+  StreamingOptions options_;
+  shard::ShardedModel& model_;
+  std::shared_ptr<comm::Communicator> sync_;
+  PseudoGradientSync core_;  // anchors, outer optimizer, penalty, replica checks, state
+  std::vector<std::vector<int>> fragments_;
+  std::vector<Exchange> in_flight_;  // in issue order
+  StreamingStats streaming_;
+  std::int64_t dropped_workers_ = 0, skipped_units_ = 0, level_shifts_ = 0;
+};
+
+}  // namespace edit::sync

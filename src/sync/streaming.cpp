@@ -1,0 +1,270 @@
+#include "edit/sync/streaming.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "edit/core/check.h"
+#include "edit/sync/pseudo_grad.h"
+
+namespace edit::sync {
+
+void StreamingOptions::validate(int num_units) const {
+  local.validate();
+  const int H = local.sync_every;
+  EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ", num_units,
+             " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
+  EDIT_CHECK(H % fragments == 0, "--sync-every ", H, " is not divisible by --fragments ", fragments,
+             ": fragments sync every H / P steps in turn; pick H a multiple of P");
+  EDIT_CHECK(overlap >= 0 && overlap < H, "--overlap ", overlap, " must lie in [0, --sync-every ", H,
+             "): a fragment's exchange must merge before the fragment syncs again");
+  EDIT_CHECK(alpha >= 0.0 && alpha <= 1.0, "--alpha ", alpha, " must lie in [0, 1] (0: restart from the new anchor)");
+  quant.validate();
+}
+
+std::vector<std::vector<int>> fragment_units(int num_units, int fragments, bool strided) {
+  std::vector<std::vector<int>> out(static_cast<size_t>(fragments));
+  for (int u = 0; u < num_units; ++u) {
+    const int p = strided ? u % fragments
+                          : static_cast<int>(static_cast<std::int64_t>(u) * fragments / num_units);
+    out[static_cast<size_t>(p)].push_back(u);
+  }
+  return out;
+}
+
+std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments) {
+  std::vector<int> due;
+  const std::int64_t phase = (step + 1) % sync_every;
+  for (int p = 0; p < fragments; ++p) {
+    if (phase == static_cast<std::int64_t>(p) * sync_every / fragments % sync_every) due.push_back(p);
+  }
+  return due;
+}
+
+StreamingDiLoCo::StreamingDiLoCo(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
+                                 StreamingOptions options)
+    : options_(std::move(options)), model_(model), sync_(sync_group), core_(model, std::move(sync_group), options_.local) {
+  options_.validate(model.num_units());
+  fragments_ = fragment_units(model.num_units(), options_.fragments, options_.strided);
+}
+
+StreamingDiLoCo::~StreamingDiLoCo() {
+  for (auto& exchange : in_flight_) {
+    for (auto& unit : exchange.units) {
+      try {
+        if (unit.work) unit.work->wait();
+      } catch (...) {
+        // The group failed; whoever waited first got the error.
+      }
+    }
+  }
+}
+
+double StreamingDiLoCo::shard_group_sum(double local) {
+  comm::Communicator& group = model_.shard_group();
+  if (group.size() == 1) return local;
+  double total = 0.0;
+  for (double part : group.all_gather_values({local})) total += part;  // rank order: identical everywhere
+  return total;
+}
+
+void StreamingDiLoCo::issue(int fragment, std::int64_t step) {
+  c10::NoGradGuard no_grad;
+  const int workers = sync_->size();
+  Exchange exchange;
+  exchange.fragment = fragment;
+  exchange.merge_after = step + options_.overlap;
+  PseudoGradPenalty* penalty = core_.penalty();
+  for (int u : fragments_[static_cast<size_t>(fragment)]) {
+    UnitExchange unit;
+    unit.unit = u;
+    double sqnorm = 0.0;
+    const at::Tensor delta =
+        pseudo_gradient(core_.outer().anchor(u), model_.unit(u).shard(), penalty ? &sqnorm : nullptr)
+            .to(at::kCPU, at::kFloat)
+            .contiguous();
+    if (penalty) {
+      unit.decision = penalty->decide(u, sync_->all_gather_values({std::sqrt(shard_group_sum(sqnorm))}));
+      dropped_workers_ += unit.decision.dropped_count();
+      level_shifts_ += unit.decision.level_shift ? 1 : 0;
+    } else {
+      unit.decision = PenaltyDecision{std::vector<double>(static_cast<size_t>(workers), 1.0 / workers),
+                                      std::vector<bool>(static_cast<size_t>(workers), false), false};
+    }
+    if (unit.decision.skip) {
+      ++skipped_units_;
+    } else {
+      const std::int64_t n = delta.numel();
+      const std::int64_t bytes = packet_bytes(n, options_.quant);
+      unit.packet = at::empty({bytes}, at::kByte);
+      quantize(delta.data_ptr<float>(), n, options_.quant, unit.packet.data_ptr<std::uint8_t>());
+      unit.gathered = at::empty({bytes * workers}, at::kByte);
+      unit.work = sync_->all_gather(unit.gathered, unit.packet);
+      streaming_.payload_bytes += payload_bytes(n, options_.quant);
+      streaming_.scale_bytes += scale_bytes(n, options_.quant);
+    }
+    exchange.units.push_back(std::move(unit));
+  }
+  ++streaming_.issued;
+  in_flight_.push_back(std::move(exchange));
+  streaming_.max_in_flight = std::max<std::int64_t>(streaming_.max_in_flight, in_flight());
+}
+
+void StreamingDiLoCo::merge(Exchange& exchange) {
+  c10::NoGradGuard no_grad;
+  const int workers = sync_->size();
+  const double alpha = options_.alpha;
+  PseudoGradPenalty* penalty = core_.penalty();
+  bool waited = false;
+  for (UnitExchange& unit : exchange.units) {
+    at::Tensor& theta = model_.unit(unit.unit).shard();
+    if (unit.decision.skip) {
+      // Every worker was dropped: the anchor stays, the worker merges with it as usual.
+      if (alpha == 0.0) {
+        core_.outer().reset_to_anchor(unit.unit);
+      } else {
+        theta.mul_(alpha).add_(core_.outer().anchor(unit.unit).to(theta.device()), 1.0 - alpha);
+      }
+      continue;
+    }
+    if (unit.work) {
+      waited = waited || !unit.work->is_completed();
+      unit.work->wait();
+      unit.work.reset();
+    }
+    // sum_i w_i delta_i over the dequantized packets, in rank order, in fp32: the same floats on
+    // every rank. A dropped worker (w = 0) is left out, not multiplied: 0 x NaN is NaN.
+    const std::int64_t n = theta.numel();
+    const std::int64_t bytes = packet_bytes(n, options_.quant);
+    at::Tensor aggregate = at::zeros({n}, at::kFloat);
+    at::Tensor part = at::empty({n}, at::kFloat);
+    const std::uint8_t* gathered = unit.gathered.data_ptr<std::uint8_t>();
+    for (int i = 0; i < workers; ++i) {
+      const double weight = unit.decision.weights.at(static_cast<size_t>(i));
+      if (weight == 0.0) continue;
+      dequantize(gathered + bytes * i, n, options_.quant, part.data_ptr<float>());
+      aggregate.add_(part.mul_(weight));
+    }
+    if (penalty && penalty->options().clip) {
+      const double scale = penalty->clip_scale(std::sqrt(shard_group_sum(squared_norm(aggregate))));
+      if (scale < 1.0) aggregate.mul_(scale);
+    }
+    aggregate = aggregate.to(theta.device());
+    if (alpha == 0.0) {
+      core_.outer().step_and_reset(unit.unit, aggregate);  // DiLoCo's own path: restart from phi_new
+    } else {
+      core_.outer().step(unit.unit, aggregate);
+      theta.mul_(alpha).add_(core_.outer().anchor(unit.unit).to(theta.device()), 1.0 - alpha);
+    }
+    unit.gathered = at::Tensor();
+    unit.packet = at::Tensor();
+  }
+  ++streaming_.merged;
+  streaming_.merges_that_waited += waited ? 1 : 0;
+  core_.end_sync();
+}
+
+void StreamingDiLoCo::after_step(std::int64_t step) {
+  const auto start = std::chrono::steady_clock::now();
+  // Merges due now first (in issue order), then the exchanges due now; tau = 0 merges at once.
+  while (!in_flight_.empty() && in_flight_.front().merge_after <= step) {
+    merge(in_flight_.front());
+    in_flight_.erase(in_flight_.begin());
+  }
+  for (int fragment : fragments_due(step, options_.local.sync_every, options_.fragments)) {
+    issue(fragment, step);
+    if (options_.overlap == 0) {
+      merge(in_flight_.back());
+      in_flight_.pop_back();
+    }
+  }
+  stats_.blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void StreamingDiLoCo::finish() {
+  const auto start = std::chrono::steady_clock::now();
+  for (auto& exchange : in_flight_) merge(exchange);
+  in_flight_.clear();
+  stats_.blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+SyncStats StreamingDiLoCo::stats() const {
+  SyncStats out = stats_;
+  out.syncs = streaming_.merged;
+  out.dropped_workers = dropped_workers_;
+  out.skipped_units = skipped_units_;
+  out.level_shifts = level_shifts_;
+  return out;
+}
+
+StateDict StreamingDiLoCo::state_dict() {
+  StateDict state = core_.state_dict();
+  state.put("streaming.in_flight", in_flight());
+  for (size_t k = 0; k < in_flight_.size(); ++k) {
+    Exchange& exchange = in_flight_[k];
+    const std::string prefix = "streaming." + std::to_string(k) + ".";
+    state.put(prefix + "fragment", static_cast<std::int64_t>(exchange.fragment));
+    state.put(prefix + "merge_after", exchange.merge_after);
+    for (size_t j = 0; j < exchange.units.size(); ++j) {
+      UnitExchange& unit = exchange.units[j];
+      if (unit.work) {  // landed, not merged: it merges at its step after the resume
+        unit.work->wait();
+        unit.work.reset();
+      }
+      const std::string key = prefix + "unit" + std::to_string(unit.unit) + ".";
+      state.put(key + "weights", at::tensor(unit.decision.weights, at::kDouble));
+      state.put(key + "skip", static_cast<std::int64_t>(unit.decision.skip ? 1 : 0));
+      if (!unit.decision.skip) state.put(key + "gathered", unit.gathered);
+    }
+  }
+  state.put("streaming.dropped_workers", dropped_workers_);
+  state.put("streaming.skipped_units", skipped_units_);
+  state.put("streaming.level_shifts", level_shifts_);
+  state.put("streaming.issued", streaming_.issued);
+  state.put("streaming.merged", streaming_.merged);
+  return state;
+}
+
+void StreamingDiLoCo::load_state_dict(const StateDict& state) {
+  const std::string owner = "Streaming DiLoCo";
+  core_.load_state_dict(state);
+  in_flight_.clear();
+  const std::int64_t count = state.integer(owner, "streaming.in_flight");
+  for (std::int64_t k = 0; k < count; ++k) {
+    const std::string prefix = "streaming." + std::to_string(k) + ".";
+    Exchange exchange;
+    exchange.fragment = static_cast<int>(state.integer(owner, prefix + "fragment"));
+    EDIT_CHECK(exchange.fragment >= 0 && exchange.fragment < options_.fragments, "the checkpoint has an exchange of "
+               "fragment ", exchange.fragment, " in flight, but this job has ", options_.fragments,
+               " fragments; resume with the same --fragments");
+    exchange.merge_after = state.integer(owner, prefix + "merge_after");
+    for (int u : fragments_[static_cast<size_t>(exchange.fragment)]) {
+      const std::string key = prefix + "unit" + std::to_string(u) + ".";
+      UnitExchange unit;
+      unit.unit = u;
+      const at::Tensor weights = state.tensor(owner, key + "weights").to(at::kDouble).contiguous();
+      EDIT_CHECK(weights.numel() == sync_->size(), "the checkpoint's exchange has ", weights.numel(),
+                 " workers, this job ", sync_->size(), "; resume with the same number of replicas");
+      unit.decision.weights.assign(weights.data_ptr<double>(), weights.data_ptr<double>() + weights.numel());
+      unit.decision.dropped.assign(static_cast<size_t>(weights.numel()), false);
+      unit.decision.skip = state.integer(owner, key + "skip") != 0;
+      if (!unit.decision.skip) {
+        unit.gathered = state.tensor(owner, key + "gathered").clone();
+        EDIT_CHECK(unit.gathered.numel() == packet_bytes(model_.unit(u).shard_numel(), options_.quant) * sync_->size(),
+                   "the checkpoint's exchange of unit ", u, " has ", unit.gathered.numel(),
+                   " bytes, which does not fit this job's shard and --quant; resume with the same configuration");
+      }
+      exchange.units.push_back(std::move(unit));
+    }
+    in_flight_.push_back(std::move(exchange));
+  }
+  dropped_workers_ = state.integer(owner, "streaming.dropped_workers");
+  skipped_units_ = state.integer(owner, "streaming.skipped_units");
+  level_shifts_ = state.integer(owner, "streaming.level_shifts");
+  streaming_.issued = state.integer(owner, "streaming.issued");
+  streaming_.merged = state.integer(owner, "streaming.merged");
+}
+
+}  // namespace edit::sync

@@ -1,0 +1,204 @@
+// Streaming DiLoCo on real ranks: the fragment schedule against hand-written tables, P = 1,
+// tau = 0, alpha = 0, fp32 against DiLoCo (bit for bit), bit-identical anchors on every replica
+// with fp4 after many syncs (3 and 4 replicas), several exchanges in flight without waiting, and
+// an exact resume from a checkpoint taken with exchanges in flight.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "edit/comm/device_mesh.h"
+#include "edit/core/check.h"
+#include "edit/shard/flat_adamw.h"
+#include "edit/shard/sharded_model.h"
+#include "edit/sync/local_sgd.h"
+#include "edit/sync/streaming.h"
+#include "mpi_test_env.h"
+#include "tiny_transformer.h"
+
+namespace {
+
+using edit::shard::ShardedModel;
+using edit::sync::StreamingDiLoCo;
+using edit::sync::StreamingOptions;
+using edit::testing_support::tiny_batch;
+using edit::testing_support::TinyConfig;
+using edit::testing_support::TinyTransformer;
+using edit::testing_support::world;
+
+TEST(StreamingSchedule, FragmentsSyncInTurnAsTheTablesSay) {
+  // After which 0-based inner steps each fragment syncs, written out by hand.
+  struct Case {
+    int H, P;
+    std::map<std::int64_t, std::vector<int>> due;  // steps 0 .. 2H-1; the others: none
+  };
+  const std::vector<Case> cases = {
+      {5, 1, {{4, {0}}, {9, {0}}}},
+      {8, 2, {{3, {1}}, {7, {0}}, {11, {1}}, {15, {0}}}},
+      {6, 3, {{1, {1}}, {3, {2}}, {5, {0}}, {7, {1}}, {9, {2}}, {11, {0}}}},
+      {4, 4, {{0, {1}}, {1, {2}}, {2, {3}}, {3, {0}}, {4, {1}}, {5, {2}}, {6, {3}}, {7, {0}}}},
+  };
+  for (const Case& c : cases) {
+    for (std::int64_t step = 0; step < 2 * c.H; ++step) {
+      const auto found = c.due.find(step);
+      const std::vector<int> want = found == c.due.end() ? std::vector<int>{} : found->second;
+      EXPECT_EQ(edit::sync::fragments_due(step, c.H, c.P), want) << "H " << c.H << " P " << c.P << " step " << step;
+    }
+  }
+  EXPECT_EQ(edit::sync::fragment_units(5, 2, true), (std::vector<std::vector<int>>{{0, 2, 4}, {1, 3}}));
+  EXPECT_EQ(edit::sync::fragment_units(5, 2, false), (std::vector<std::vector<int>>{{0, 1, 2}, {3, 4}}));
+  StreamingOptions bad;
+  bad.local.sync_every = 10;
+  bad.fragments = 4;
+  EXPECT_THROW(bad.validate(8), edit::Error);  // H not divisible by P
+  bad.fragments = 5;
+  EXPECT_THROW(bad.validate(4), edit::Error);  // more fragments than units
+  bad.overlap = 10;
+  bad.fragments = 2;
+  EXPECT_THROW(bad.validate(8), edit::Error);  // an exchange that would outlive its fragment's next sync
+}
+
+int shard_size_for_world() { return world()->size() == 4 ? 2 : 1; }
+
+struct Worker {
+  TinyConfig config;
+  std::shared_ptr<TinyTransformer> module;
+  std::unique_ptr<ShardedModel> model;
+  std::unique_ptr<edit::shard::FlatAdamW> inner;
+  std::unique_ptr<edit::sync::SyncStrategy> strategy;
+  explicit Worker(int seed) {
+    config.layers = 3;  // 5 units: embedding, 3 blocks, head
+    at::manual_seed(static_cast<std::uint64_t>(seed));
+    module = std::make_shared<TinyTransformer>(config);
+  }
+  void build(edit::comm::DeviceMesh& mesh) {
+    model = std::make_unique<ShardedModel>(module, mesh.shard_ptr());
+    inner = std::make_unique<edit::shard::FlatAdamW>(*model, edit::shard::AdamWOptions{1e-2});
+  }
+  void step(edit::comm::DeviceMesh& mesh, int s) {
+    auto [x, y] = tiny_batch(config, s, mesh.layout().replica, 2);  // each replica its own data
+    model->zero_grad();
+    model->backward(module->loss(x, y));
+    strategy->before_step(s);
+    inner->step();
+    strategy->after_step(s);
+  }
+  std::vector<at::Tensor> shards() {
+    std::vector<at::Tensor> out;
+    for (int u = 0; u < model->num_units(); ++u) out.push_back(model->unit(u).shard().clone());
+    return out;
+  }
+};
+
+void expect_identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t u = 0; u < a.size(); ++u) EXPECT_TRUE(at::equal(a[u], b[u])) << what << ", unit " << u;
+}
+
+TEST(StreamingDiLoCo, OneFragmentNoOverlapFp32IsDiLoCoBitForBit) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker diloco(world()->rank()), streaming(world()->rank());  // different seeds: replicas made equal
+  diloco.build(mesh);
+  streaming.build(mesh);
+  edit::sync::LocalSgdOptions local;
+  local.sync_every = 4;
+  StreamingOptions options;
+  options.local = local;
+  options.fragments = 1;
+  options.overlap = 0;
+  options.alpha = 0.0;
+  diloco.strategy = std::make_unique<edit::sync::DiLoCo>(*diloco.model, mesh.sync_ptr(), local);
+  streaming.strategy = std::make_unique<StreamingDiLoCo>(*streaming.model, mesh.sync_ptr(), options);
+  for (int s = 0; s < 12; ++s) {
+    diloco.step(mesh, s);
+    streaming.step(mesh, s);
+    expect_identical(diloco.shards(), streaming.shards(), "step " + std::to_string(s));
+  }
+  EXPECT_EQ(streaming.strategy->stats().syncs, 3);
+}
+
+// Every rank dequantizes the same packets and adds them in the same order: after many fp4 syncs,
+// with several fragments in flight, the anchors are bit-identical on every replica.
+TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlight) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({1});  // 2, 3 or 4 replicas
+  Worker worker(100 + world()->rank());
+  worker.build(mesh);
+  StreamingOptions options;
+  options.local.sync_every = 8;
+  options.fragments = 4;  // a fragment every 2 steps
+  options.overlap = 3;    // above H / P: two exchanges in flight at times
+  options.alpha = 0.5;
+  options.quant = {edit::sync::QuantFormat::kFp4E2M1, 32};
+  auto* streaming = new StreamingDiLoCo(*worker.model, mesh.sync_ptr(), options);
+  worker.strategy.reset(streaming);
+  for (int s = 0; s < 40; ++s) {
+    worker.step(mesh, s);
+    // Between an issue and its merge nothing waits: the exchange stays in flight.
+    if (s >= 1) {
+      EXPECT_GE(streaming->in_flight(), 1) << "step " << s;
+    }
+  }
+  EXPECT_EQ(streaming->streaming_stats().max_in_flight, 2);
+  EXPECT_EQ(streaming->streaming_stats().issued, 20);
+  EXPECT_EQ(streaming->streaming_stats().merged, streaming->streaming_stats().issued - streaming->in_flight());
+  streaming->finish();
+  EXPECT_EQ(streaming->in_flight(), 0);
+  // fp4 packets: half a byte a value plus a 4-byte scale per 32 values.
+  const auto& stats = streaming->streaming_stats();
+  EXPECT_NEAR(static_cast<double>(stats.scale_bytes) / static_cast<double>(stats.payload_bytes), 0.25, 0.02);
+  // The checksum of every anchor, exactly equal across the replicas of this shard index.
+  double sum = 0.0, squares = 0.0;
+  for (int u = 0; u < worker.model->num_units(); ++u) {
+    const at::Tensor anchor = streaming->core().outer().anchor(u).to(at::kDouble);
+    sum += anchor.sum().item<double>();
+    squares += anchor.pow(2).sum().item<double>();
+    EXPECT_TRUE(anchor.isfinite().all().item<bool>());
+  }
+  const auto all = mesh.sync().all_gather_values({sum, squares});
+  for (int r = 1; r < mesh.num_replicas(); ++r) {
+    EXPECT_EQ(all[2 * static_cast<size_t>(r)], all[0]) << "replica " << r;
+    EXPECT_EQ(all[2 * static_cast<size_t>(r) + 1], all[1]) << "replica " << r;
+  }
+  streaming->core().check_replicas();  // the library's own check agrees
+}
+
+// A checkpoint taken with exchanges in flight resumes onto exactly the uninterrupted path.
+TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  StreamingOptions options;
+  options.local.sync_every = 6;
+  options.fragments = 3;
+  options.overlap = 2;
+  options.quant = {edit::sync::QuantFormat::kInt8, 16};
+  const auto make = [&](Worker& w) {
+    w.build(mesh);
+    w.strategy = std::make_unique<StreamingDiLoCo>(*w.model, mesh.sync_ptr(), options);
+  };
+  Worker straight(7), first(7), resumed(7);
+  make(straight);
+  make(first);
+  for (int s = 0; s < 14; ++s) straight.step(mesh, s);
+  for (int s = 0; s < 8; ++s) first.step(mesh, s);
+  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0) << "the test needs an exchange in flight";
+  // Save (copies: the dicts alias live state), then load into a fresh worker.
+  auto copy = [](edit::StateDict state) {
+    for (auto& [key, t] : state.tensors) t = t.clone();
+    return state;
+  };
+  const edit::StateDict model_state = copy(first.model->state_dict());
+  const edit::StateDict inner_state = copy(first.inner->state_dict());
+  const edit::StateDict strategy_state = copy(first.strategy->state_dict());
+  make(resumed);
+  resumed.model->load_state_dict(model_state);
+  resumed.inner->load_state_dict(inner_state);
+  resumed.strategy->load_state_dict(strategy_state);
+  for (int s = 8; s < 14; ++s) resumed.step(mesh, s);
+  expect_identical(straight.shards(), resumed.shards(), "after the resume");
+  for (int u = 0; u < straight.model->num_units(); ++u) {
+    EXPECT_TRUE(at::equal(static_cast<StreamingDiLoCo&>(*straight.strategy).core().outer().anchor(u),
+                          static_cast<StreamingDiLoCo&>(*resumed.strategy).core().outer().anchor(u)))
+        << "anchor of unit " << u;
+  }
+}
+
+}  // namespace
