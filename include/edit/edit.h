@@ -15,6 +15,7 @@
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/shard/sharded_model.h"
+#include "edit/sync/aedit.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/streaming.h"
 #include "edit/train/checkpoint.h"

@@ -282,10 +282,30 @@ void PseudoGradientSync::begin(int unit) {
     return;
   }
   slot.skipped_in_a_row = 0;
+  if (!step_shares_.empty()) {
+    std::vector<double>& w = slot.decision.weights;
+    double kept_steps = 0.0;
+    for (size_t i = 0; i < w.size(); ++i) kept_steps += slot.decision.dropped[i] ? 0.0 : step_shares_[i];
+    for (size_t i = 0; i < w.size(); ++i) {
+      if (slot.decision.dropped[i]) continue;
+      // No steps among the kept workers (cannot happen in a round, but guards 0 / 0): shares even.
+      const double share = kept_steps > 0 ? step_shares_[i] / kept_steps : w[i];
+      w[i] = (1.0 - step_share_ratio_) * w[i] + step_share_ratio_ * share;
+    }
+  }
   const double weight = slot.decision.weights.at(static_cast<size_t>(sync_->rank()));
   // A dropped worker sends zeros, not weight x delta: 0 x NaN would still be NaN.
   if (weight == 0.0) slot.delta.zero_();
   slot.work = sync_->all_reduce(slot.delta, {comm::ReduceOp::kSum, weight == 0.0 ? 1.0 : weight});
+}
+
+void PseudoGradientSync::set_step_shares(std::vector<double> steps, double r) {
+  EDIT_CHECK(steps.empty() || steps.size() == static_cast<size_t>(sync_->size()), "set_step_shares() got ",
+             steps.size(), " step counts for a sync group of ", sync_->size());
+  EDIT_CHECK(r >= 0.0 && r <= 1.0, "the step-share ratio r must be in [0, 1], got ", r);
+  for (double s : steps) EDIT_CHECK(s >= 0.0 && std::isfinite(s), "a worker's step count must be >= 0, got ", s);
+  step_shares_ = std::move(steps);
+  step_share_ratio_ = r;
 }
 
 bool PseudoGradientSync::arrived(int unit) const {
@@ -383,7 +403,10 @@ EDiT::EDiT(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_
 EDiT::~EDiT() { model_.remove_hook(hook_id_); }
 
 void EDiT::after_step(std::int64_t step) {
-  if ((step + 1) % options_.sync_every != 0) return;
+  if ((step + 1) % options_.sync_every == 0) request_sync();
+}
+
+void EDiT::request_sync() {
   EDIT_CHECK(!pending_, "EDiT sync requested while the previous one is still pending; run a forward pass "
              "(or finish()) between sync steps");
   pending_ = true;

@@ -130,11 +130,19 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   metrics.dropped_workers = sync_stats.dropped_workers - sync_stats_before.dropped_workers;
   metrics.skipped_units = sync_stats.skipped_units - sync_stats_before.skipped_units;
   metrics.level_shifts = sync_stats.level_shifts - sync_stats_before.level_shifts;
+  if (sync_stats.rounds != sync_stats_before.rounds) {
+    metrics.round = sync_stats.rounds;
+    metrics.round_steps = sync_stats.round_steps;
+    metrics.round_waits_s = sync_stats.round_waits;
+  }
+  const bool lockstep = strategy_.replicas_in_lockstep();
   const bool log_step = options_.log_every > 0 && (step_ % options_.log_every == 0 || step_ + 1 == options_.steps);
   if (log_step) {
+    // Replicas not in lockstep (A-EDiT) are at other steps: the mean is the replica's own.
+    comm::Communicator& group = lockstep ? mesh_.world() : mesh_.shard();
     double total = 0.0;
-    for (double l : mesh_.world().all_gather_values({metrics.loss})) total += l;
-    metrics.loss_world = total / mesh_.world_size();
+    for (double l : group.all_gather_values({metrics.loss})) total += l;
+    metrics.loss_world = total / group.size();
     if (mesh_.rank() == 0) {
       // Time to go from the mean step time of this run so far.
       const double mean_step = run_seconds_ / static_cast<double>(run_steps_);
@@ -160,7 +168,10 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
 
 StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {
   StepMetrics last;
-  while (step_ < options_.steps) last = step(next_batch, loss);
+  // Replicas not in lockstep end together where their strategy says, not at a step of their own.
+  while (strategy_.replicas_in_lockstep() ? step_ < options_.steps : !strategy_.should_stop()) {
+    last = step(next_batch, loss);
+  }
   strategy_.finish();
   return last;
 }
@@ -183,6 +194,11 @@ void Trainer::write_metrics(const StepMetrics& m) {
                          {"strategy", strategy_.name()}};
   if (std::isfinite(m.loss_world)) line["loss_world"] = m.loss_world;
   if (!options_.stragglers.empty()) line["straggler_delay_s"] = m.straggler_delay_s;  // rank 0's
+  if (m.round > 0) {  // A-EDiT: a round was agreed at this step
+    line["round"] = m.round;
+    line["round_steps"] = m.round_steps;
+    line["round_waits_s"] = m.round_waits_s;
+  }
   *metrics_ << line.dump() << '\n';
   metrics_->flush();
   EDIT_CHECK(metrics_->good(), "writing ", options_.metrics_path, " failed at step ", m.step, "; is the disk full?");

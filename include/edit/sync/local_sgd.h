@@ -72,6 +72,11 @@ class PseudoGradientSync : public Stateful {
   void check_replicas();
   // Runs fn with the anchors in place of the local parameters, then puts those back.
   void with_anchors(const std::function<void()>& fn);
+  // A-EDiT: the units begun from now on blend their weights with each worker's share of the inner
+  // steps since the last sync: w_i = (1 - r) w_i + r s_i / (sum of s_j over the workers kept),
+  // where w_i is the penalty's weight (1 / R without it) and a dropped worker keeps weight 0.
+  // steps: one per worker, sync-group order; empty turns it off. Identical on every rank.
+  void set_step_shares(std::vector<double> steps, double r);
 
   // Penalty counters, summed over units and syncs.
   std::int64_t dropped_workers() const { return dropped_workers_; }
@@ -122,6 +127,8 @@ class PseudoGradientSync : public Stateful {
   std::unique_ptr<PseudoGradPenalty> penalty_;
   std::vector<Slot> slots_;
   std::unique_ptr<NormExchange> norms_in_flight_;
+  std::vector<double> step_shares_;  // set_step_shares()
+  double step_share_ratio_ = 0.0;
   std::int64_t syncs_ = 0;
   std::int64_t dropped_workers_ = 0;
   std::int64_t skipped_units_ = 0;
@@ -167,6 +174,11 @@ class EDiT : public SyncStrategy {
   void load_state_dict(const StateDict& state) override;
   bool sync_pending() const { return pending_; }
   PseudoGradientSync& core() { return sync_; }
+
+ protected:
+  // Starts a layer-wise sync: it runs in the next forward (or finish()).
+  void request_sync();
+  shard::ShardedModel& model() { return model_; }
 
  private:
   void on_pre_gather(int unit);

@@ -24,6 +24,12 @@ struct SyncStats {
   std::int64_t dropped_workers = 0;  // (unit, worker) pairs left out of an average
   std::int64_t skipped_units = 0;    // unit syncs whose outer update was skipped (no worker left)
   std::int64_t level_shifts = 0;     // unit syncs where every finite worker failed the z-test
+  // Asynchronous Local SGD (A-EDiT) only: rounds agreed so far; of the last one, each worker's inner
+  // steps since the round before, and each worker's wait for the round before it (a worker learns
+  // its wait only once a round is agreed, so it reports it with the next one). Sync-group order.
+  std::int64_t rounds = 0;
+  std::vector<std::int64_t> round_steps;
+  std::vector<double> round_waits;
 };
 
 // Makes every replica hold replica 0's parameters: broadcasts each unit's shard over the sync
@@ -47,6 +53,11 @@ class SyncStrategy : public Stateful {
   // Complete whatever is pending (e.g. a layer-wise sync waiting for the next forward).
   virtual void finish() {}
   virtual SyncStats stats() const { return stats_; }
+  // False where replicas take different numbers of inner steps (A-EDiT): a trainer then makes no
+  // collective beyond its replica on a step count of its own, and trains until should_stop().
+  virtual bool replicas_in_lockstep() const { return true; }
+  // Not in lockstep: every replica agreed (at a sync) that training ends; finish() completes it.
+  virtual bool should_stop() const { return false; }
   // Runs `fn` (evaluation, export) on the model the replicas agree on. Local SGD strategies
   // complete a pending sync and swap the anchor (the model of the last sync) into the shards for
   // the duration; the others run `fn` on the live model. Collective over the sync group.

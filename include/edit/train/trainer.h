@@ -18,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/shard/flat_adamw.h"
@@ -49,7 +50,7 @@ using LossFn = std::function<at::Tensor(const Batch& batch)>;
 struct StepMetrics {
   std::int64_t step = 0;
   double loss = 0.0;        // this rank's mean over its micro-batches
-  double loss_world = NAN;  // mean over all ranks (log steps only)
+  double loss_world = NAN;  // mean over all ranks (log steps only; A-EDiT: over the replica's)
   double lr = 0.0;
   double grad_norm = 0.0;
   double seconds = 0.0;
@@ -61,6 +62,11 @@ struct StepMetrics {
   std::int64_t dropped_workers = 0;  // penalty, in this step (summed over units)
   std::int64_t skipped_units = 0;
   std::int64_t level_shifts = 0;
+  // A-EDiT, on steps that agreed a round: its number, each worker's inner steps in it and each
+  // worker's wait for the round before (sync-group order; SyncStats).
+  std::int64_t round = 0;
+  std::vector<std::int64_t> round_steps;
+  std::vector<double> round_waits_s;
 };
 
 // Stateful: the next step ("step").
@@ -70,7 +76,8 @@ class Trainer : public Stateful {
           sync::SyncStrategy& strategy, TrainerOptions options);
 
   StepMetrics step(const BatchFn& next_batch, const LossFn& loss);
-  // Runs the remaining steps, then strategy.finish(); returns the last step's metrics.
+  // Runs the remaining steps (replicas not in lockstep: until the strategy says stop), then
+  // strategy.finish(); returns the last step's metrics.
   StepMetrics run(const BatchFn& next_batch, const LossFn& loss);
 
   std::int64_t current_step() const { return step_; }
