@@ -31,6 +31,7 @@
 #include "edit/data/token_dataset.h"
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
+#include "edit/sync/aedit.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/streaming.h"
 #include "edit/train/checkpoint.h"
@@ -71,6 +72,9 @@ struct Config {
   std::int64_t quant_block = 128;
   bool penalty = false;  // --penalty: the pseudo-gradient penalty for diloco and streaming too
   std::string streaming_flags_given;  // the Streaming DiLoCo options on the command line, for validate()
+  // A-EDiT
+  double sync_interval = 0, time_limit = 0, step_share = 0.5;
+  std::string aedit_flags_given;
   int sync_every = 32;
   std::string outer = "nesterov";
   double outer_lr = 0.7, outer_momentum = 0.9;
@@ -127,8 +131,15 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--beta2", c.beta2, "AdamW beta2")->group(optim)->capture_default_str();
   app.add_option("--clip", c.clip, "gradient-norm clip (0: off)")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
   auto* sync = "Synchronization";
-  app.add_option("--strategy", c.strategy, "edit, diloco, streaming, ddp or none")->group(sync)
-      ->check(CLI::IsMember({"edit", "diloco", "streaming", "ddp", "none"}))->capture_default_str();
+  app.add_option("--strategy", c.strategy, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")->group(sync)
+      ->check(CLI::IsMember({"edit", "aedit", "diloco", "streaming", "ddp", "none"}))->capture_default_str();
+  const std::string aedit = "A-EDiT (--strategy aedit): replicas sync on a wall clock, so each takes as many steps as it can";
+  app.add_option("--sync-interval", c.sync_interval, "T: seconds between syncs (replaces --sync-every)")->group(aedit)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--time-limit", c.time_limit, "end at the last sync within this many seconds (0: --steps alone ends it)")
+      ->group(aedit)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--step-share", c.step_share, "r: weight w = (1 - r) penalty weight + r share of the inner steps")
+      ->group(aedit)->check(CLI::Range(0.0, 1.0))->capture_default_str();
   const std::string streaming = "Streaming DiLoCo (--strategy streaming)";
   app.add_option("--fragments", c.fragments, "P: fragments of units that sync in turn, every H / P steps")->group(streaming)
       ->check(CLI::PositiveNumber)->capture_default_str();
@@ -204,10 +215,14 @@ void validate(const Config& c) {
              "; the cosine decays from --lr down to --min-lr, so --min-lr must be at most --lr");
   EDIT_CHECK(!c.warmup_given || c.warmup_steps <= c.steps, "--warmup-steps ", c.warmup_steps,
              " is longer than the run (--steps ", c.steps, "); shorten the warm-up or train longer");
-  EDIT_CHECK(!c.no_penalty || c.strategy == "edit", "--no-penalty switches off EDiT's pseudo-gradient penalty, but "
-             "--strategy is ", c.strategy, "; drop --no-penalty or use --strategy edit");
+  EDIT_CHECK(!c.no_penalty || c.strategy == "edit" || c.strategy == "aedit", "--no-penalty switches off EDiT's "
+             "pseudo-gradient penalty, but --strategy is ", c.strategy, "; drop --no-penalty or use --strategy edit");
   EDIT_CHECK(c.streaming_flags_given.empty() || c.strategy == "streaming", c.streaming_flags_given,
              " only apply to Streaming DiLoCo, but --strategy is ", c.strategy, "; add --strategy streaming or drop them");
+  EDIT_CHECK(c.aedit_flags_given.empty() || c.strategy == "aedit", c.aedit_flags_given,
+             " only apply to A-EDiT, but --strategy is ", c.strategy, "; add --strategy aedit or drop them");
+  EDIT_CHECK(c.strategy != "aedit" || c.sync_interval > 0, "--strategy aedit syncs on a wall clock: give the interval "
+             "in seconds with --sync-interval (e.g. --sync-interval 10)");
   EDIT_CHECK(!c.penalty || c.strategy == "diloco" || c.strategy == "streaming" || c.strategy == "edit",
              "--penalty applies to Local SGD (diloco, streaming; edit has it on), but --strategy is ", c.strategy);
   EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
@@ -355,6 +370,11 @@ int main(int argc, char** argv) {
   for (const char* flag : {"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"}) {
     if (app.count(flag) > 0) c.streaming_flags_given += (c.streaming_flags_given.empty() ? "" : ", ") + std::string(flag);
   }
+  for (const char* flag : {"--sync-interval", "--time-limit", "--step-share"}) {
+    if (app.count(flag) > 0) c.aedit_flags_given += (c.aedit_flags_given.empty() ? "" : ", ") + std::string(flag);
+  }
+  EDIT_CHECK(c.strategy != "aedit" || app.count("--sync-every") == 0, "--sync-every counts steps, but A-EDiT syncs "
+             "on a wall clock; drop --sync-every and give --sync-interval SECONDS");
   try {
     at::set_num_threads(1);
     edit::comm::MeshOptions mesh_options;
@@ -406,13 +426,24 @@ int main(int argc, char** argv) {
     edit::sync::LocalSgdOptions local;
     local.sync_every = c.sync_every;
     local.outer = {edit::sync::parse_outer_method(c.outer), c.outer_lr, c.outer_momentum, c.offload_outer};
-    local.use_penalty = (c.strategy == "edit" && !c.no_penalty) || c.penalty;
+    local.use_penalty = ((c.strategy == "edit" || c.strategy == "aedit") && !c.no_penalty) || c.penalty;
     local.penalty.clip_norm = c.penalty_clip;
     local.penalty.z_threshold = c.penalty_z;
     local.penalty.warmup_syncs = c.penalty_warmup;
     local.check_replicas_every = c.check_replicas_every;
     std::unique_ptr<edit::sync::SyncStrategy> strategy;
-    if (c.strategy == "edit") {
+    edit::sync::AEDiT* aedit = nullptr;  // --strategy aedit: its rounds decide evaluations, checkpoints and the end
+    if (c.strategy == "aedit") {
+      edit::sync::AEDiTOptions aedit_options;
+      aedit_options.local = local;
+      aedit_options.interval_s = c.sync_interval;
+      aedit_options.step_share = c.step_share;
+      // --steps is per replica on average: the replicas together take steps x replicas.
+      aedit_options.budget_steps = c.steps * mesh.num_replicas();
+      aedit_options.time_limit_s = c.time_limit;
+      strategy = std::make_unique<edit::sync::AEDiT>(model, mesh.sync_ptr(), aedit_options);
+      aedit = static_cast<edit::sync::AEDiT*>(strategy.get());
+    } else if (c.strategy == "edit") {
       strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
     } else if (c.strategy == "streaming") {
       edit::sync::StreamingOptions streaming_options;
@@ -480,16 +511,22 @@ int main(int argc, char** argv) {
       });
       return world_mean(mesh, loss);
     };
+    // Progress in steps per replica. With A-EDiT the replicas are at different steps: progress is
+    // their mean as of the last round, and evaluations and checkpoints happen at rounds only (the
+    // one point all replicas share), the first round at or past each multiple of N steps.
+    const auto progress = [&] {
+      return aedit ? aedit->total_steps() / mesh.num_replicas() : trainer.current_step();
+    };
     std::ofstream loss_table;
     if (mesh.rank() == 0) {
       const fs::path table_path = fs::path(c.out_dir) / "loss.tsv";
       // Rows after the step this run starts from came from a run that stopped after its last
       // checkpoint; they are written anew.
       std::vector<std::string> rows;
-      if (trainer.current_step() > 0) {
+      if (progress() > 0) {
         std::ifstream old_table(table_path);
         for (std::string row; std::getline(old_table, row);) {
-          if (row.rfind("#", 0) == 0 || std::atoll(row.c_str()) <= trainer.current_step()) rows.push_back(row);
+          if (row.rfind("#", 0) == 0 || std::atoll(row.c_str()) <= progress()) rows.push_back(row);
         }
       }
       if (rows.empty()) rows.push_back("# step\ttokens\ttrain_loss\tval_loss");
@@ -501,7 +538,7 @@ int main(int argc, char** argv) {
       fs::rename(table_path.string() + ".tmp", table_path);
       loss_table.open(table_path, std::ios::app);
     }
-    if (trainer.current_step() == 0) {  // the starting point of the curves (no train loss yet)
+    if (progress() == 0) {  // the starting point of the curves (no train loss yet)
       const double val_loss = evaluate();
       if (mesh.rank() == 0) {
         loss_table << "0\t0\tnan\t" << val_loss << std::endl;
@@ -509,10 +546,16 @@ int main(int argc, char** argv) {
       }
     }
     const double tokens_per_step = double(c.batch_size) * gpt.seq_len * c.grad_accum * mesh.world_size();
-    while (trainer.current_step() < c.steps) {
+    const auto crossed = [](std::int64_t before, std::int64_t now, int every) {
+      return every > 0 && now / every > before / every;
+    };
+    const auto finished = [&] { return aedit ? aedit->should_stop() : trainer.current_step() >= c.steps; };
+    while (!finished()) {
+      const std::int64_t before = progress();
       const auto m = trainer.step(next_batch, loss_of);
-      const std::int64_t done = trainer.current_step();
-      const bool eval_now = (c.eval_every > 0 && done % c.eval_every == 0) || done == c.steps;
+      if (aedit && !aedit->round_agreed()) continue;
+      const std::int64_t done = progress();
+      const bool eval_now = crossed(before, done, c.eval_every) || finished();
       if (eval_now) {
         const double train_loss = world_mean(mesh, m.loss);  // this step's, over all ranks
         const double val_loss = evaluate();
@@ -523,7 +566,7 @@ int main(int argc, char** argv) {
           EDIT_CHECK(loss_table.good(), "writing ", c.out_dir, "/loss.tsv failed; is the disk full?");
         }
       }
-      if (c.checkpoint_every > 0 && (done % c.checkpoint_every == 0 || done == c.steps)) {
+      if (c.checkpoint_every > 0 && (crossed(before, done, c.checkpoint_every) || finished())) {
         const auto path = checkpointer.save(done);
         if (mesh.rank() == 0) spdlog::info("checkpoint: {}", path);
       }

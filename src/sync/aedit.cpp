@@ -94,12 +94,17 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   // The next deadline: the next multiple of T, or the first one after the latest replica's clock
   // when that replica's step outlasted whole intervals.
   next_deadline_ = std::max(next_deadline_ + 1, static_cast<std::int64_t>(std::floor(latest / interval)) + 1);
-  stop_ = (options_.budget_steps > 0 && total_steps_ >= options_.budget_steps) ||
-          (options_.time_limit_s > 0 && static_cast<double>(next_deadline_) * interval > options_.time_limit_s + 1e-9);
+  stop_ = reached_end();
   if (options_.step_share > 0) core().set_step_shares(steps, options_.step_share);
   request_sync();
   steps_since_round_ = 0;
   round_agreed_ = true;
+}
+
+bool AEDiT::reached_end() const {
+  return (options_.budget_steps > 0 && total_steps_ >= options_.budget_steps) ||
+         (options_.time_limit_s > 0 &&
+          static_cast<double>(next_deadline_) * options_.interval_s > options_.time_limit_s + 1e-9);
 }
 
 SyncStats AEDiT::stats() const {
@@ -119,7 +124,6 @@ StateDict AEDiT::state_dict() {
   state.put("aedit.next_deadline", next_deadline_);
   state.put("aedit.total_steps", total_steps_);
   state.put("aedit.round_time", round_time_);
-  state.put("aedit.stop", static_cast<std::int64_t>(stop_));
   // The last round's steps weight its sync, which may still be ahead (pending).
   for (size_t r = 0; r < round_steps_.size(); ++r) state.put("aedit.round_steps." + std::to_string(r), round_steps_[r]);
   return state;
@@ -132,7 +136,9 @@ void AEDiT::load_state_dict(const StateDict& state) {
   next_deadline_ = state.integer(owner, "aedit.next_deadline");
   total_steps_ = state.integer(owner, "aedit.total_steps");
   round_time_ = state.scalar(owner, "aedit.round_time");
-  stop_ = state.integer(owner, "aedit.stop") != 0;
+  // The end follows from where the run is and this job's budget and limit (a resumed job may
+  // train on past the end of the one that saved).
+  stop_ = rounds_ > 0 && reached_end();
   round_steps_.clear();
   round_waits_.clear();
   if (rounds_ > 0) {

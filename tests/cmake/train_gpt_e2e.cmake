@@ -67,6 +67,32 @@ if(NOT gen_result EQUAL 0 OR sample_length LESS 40)
   message(FATAL_ERROR "edit-generate failed (${gen_result}): ${sample}")
 endif()
 message(STATUS "sample: ${sample}")
+# A-EDiT with rank 1 slowed: syncs on a wall clock, the fast rank takes more steps per round,
+# and a resume from a round's checkpoint trains on to the new budget.
+set(aedit --model tiny --seq-len 32 --batch-size 4 --train-data "${WORK}/data/train_*.bin"
+    --val-data "${WORK}/data/val_*.bin" --strategy aedit --sync-interval 0.4 --lr 3e-3 --warmup-steps 5
+    --eval-every 20 --log-every 0 --checkpoint-every 20 --straggler 1:+25ms --out-dir "${WORK}/aedit")
+run(${MPIEXEC} -np 2 "${TRAIN}" ${aedit} --steps 30)
+run(${MPIEXEC} -np 2 "${TRAIN}" ${aedit} --steps 60 --resume auto)
+file(STRINGS "${WORK}/aedit/loss.tsv" rows)
+list(GET rows -1 last_row)
+string(REGEX MATCH "^[0-9]+" last_progress "${last_row}")
+if(last_progress LESS 60)
+  message(FATAL_ERROR "A-EDiT stopped at ${last_progress} steps per replica, before the resumed budget of 60")
+endif()
+file(STRINGS "${WORK}/aedit/metrics.jsonl" rounds REGEX "\"round_steps\"")
+set(faster 0)
+foreach(line IN LISTS rounds)
+  string(JSON fast GET "${line}" round_steps 0)
+  string(JSON slow GET "${line}" round_steps 1)
+  if(fast GREATER slow)
+    math(EXPR faster "${faster} + 1")
+  endif()
+endforeach()
+list(LENGTH rounds round_count)
+if(round_count LESS 4 OR faster LESS round_count)
+  message(FATAL_ERROR "A-EDiT: ${round_count} rounds, the unslowed rank 0 ahead in ${faster} of them")
+endif()
 # Bad input: a token id beyond the model's vocabulary is refused with the file named.
 execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 5 --vocab-size 64 --out-dir "${WORK}/bad"
                 RESULT_VARIABLE bad_result OUTPUT_VARIABLE bad_out ERROR_VARIABLE bad_err)

@@ -81,6 +81,12 @@ expect_failure streaming_flags_elsewhere 30 "--fragments, --quant only apply to 
 expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by --fragments 3" --steps 4 \
   --strategy streaming --fragments 3 --out-dir "$work/x14"
 
+# A-EDiT: a step count where a wall-clock interval is due, and its options for another strategy.
+expect_failure aedit_sync_every 30 "--sync-every counts steps, but A-EDiT syncs on a wall clock" --steps 4 \
+  --strategy aedit --sync-interval 1 --out-dir "$work/x15"
+expect_failure aedit_flags_elsewhere 30 "--sync-interval, --time-limit only apply to A-EDiT" --steps 4 \
+  --strategy edit --sync-interval 1 --time-limit 30 --out-dir "$work/x16"
+
 # Devices and precision: refused before anything is trained, naming the fix.
 expect_failure bad_dtype 30 "--dtype" --steps 4 --dtype fp8 --out-dir "$work/x10"
 expect_failure nccl_on_cpu 30 "--comm-backend nccl needs CUDA tensors.*--device cuda" --steps 4 --device cpu \

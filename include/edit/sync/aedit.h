@@ -77,6 +77,8 @@ class AEDiT : public EDiT {
 
  private:
   void start_clock();
+  // The budget or the time limit is reached, as of the last round.
+  bool reached_end() const;
 
   AEDiTOptions options_;
   std::shared_ptr<comm::Communicator> sync_;
