@@ -8,6 +8,12 @@
 // quantized exchange) at each H. Columns: tokens/s, ratio to no-communication, bytes sent per
 // inner step per rank (shard + sync groups) on average and in the busiest step, time blocked in
 // the strategy, and the held-out loss after the run (mean over ranks), all from one run.
+//
+// --straggler-factors 2,4 adds a heterogeneous-cluster study: the last replica computes f times
+// as slowly, and Ddp, EDiT (H steps) and A-EDiT run side by side at a constant learning rate.
+// EDiT's run sets the wall-clock budget: A-EDiT gets the same time (its interval makes as many
+// syncs as EDiT's), so its val loss is compared at equal wall-clock time. Columns add the tokens
+// every worker would process alone at its own speed (own_speed_sum) and the job's share of it.
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
@@ -21,6 +27,7 @@
 #include "edit/core/check.h"
 #include "edit/core/log.h"
 #include "edit/shard/flat_adamw.h"
+#include "edit/sync/aedit.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/streaming.h"
 #include "edit/train/trainer.h"
@@ -43,6 +50,8 @@ struct Options {
   std::string out = "bench_sync.csv";
   bool quick = false;
   std::string straggler;  // e.g. "1:2x": rank 1 computes twice as slowly
+  std::vector<double> straggler_factors;  // the heterogeneous-cluster study; empty: none
+  int study_H = 8;
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -79,6 +88,10 @@ struct RunSpec {
   int fragments = 1;
   int overlap = 0;
   std::string quant = "fp32";
+  std::string straggler{};   // this run's slow ranks (else Options::straggler)
+  double time_limit = 0;     // aedit: seconds of training (its end); the others run o.steps
+  double interval = 0;       // aedit: seconds between syncs
+  bool constant_lr = false;  // the study: no decay, so replicas at different steps train alike
 };
 
 struct Result {
@@ -87,6 +100,9 @@ struct Result {
   double peak_bytes_per_step = 0;
   double sync_wait_s = 0;
   double loss = 0;
+  double seconds = 0;        // wall-clock of the timed part (the slowest rank's)
+  double own_speed_sum = 0;  // tokens/s every rank would process alone: sum of tokens / compute time
+  std::int64_t syncs = 0;
 };
 
 Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, const std::string& link) {
@@ -118,15 +134,22 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
     streaming.alpha = spec.overlap == 0 ? 0.0 : 0.5;
     streaming.quant = {edit::sync::parse_quant_format(spec.quant), 128};
     strategy = std::make_unique<edit::sync::StreamingDiLoCo>(model, mesh.sync_ptr(), streaming);
+  } else if (strategy_name == "aedit") {
+    edit::sync::AEDiTOptions aedit;
+    aedit.local = local;
+    aedit.local.use_penalty = true;
+    aedit.interval_s = spec.interval;
+    aedit.time_limit_s = spec.time_limit;
+    strategy = std::make_unique<edit::sync::AEDiT>(model, mesh.sync_ptr(), aedit);
   } else {
     local.use_penalty = true;
     strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
   }
   edit::train::TrainerOptions options;
   options.steps = o.steps;
-  options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, 1e-4};
+  options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, spec.constant_lr ? 1e-3 : 1e-4};
   options.log_every = 0;
-  options.stragglers = edit::train::StragglerPlan::parse(o.straggler);
+  options.stragglers = edit::train::StragglerPlan::parse(spec.straggler.empty() ? o.straggler : spec.straggler);
   edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
   const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.model.batch); };
   const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
@@ -135,21 +158,35 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   mesh.sync().reset_stats();
   mesh.world().barrier()->wait();
   const auto start = std::chrono::steady_clock::now();
-  double blocked = 0.0, peak_bytes = 0.0;
-  while (trainer.current_step() < o.steps) {
+  double blocked = 0.0, peak_bytes = 0.0, compute = 0.0;
+  std::int64_t timed = 0;  // this rank's timed steps (A-EDiT: each rank its own count)
+  const auto more = [&] {
+    return strategy->replicas_in_lockstep() ? trainer.current_step() < o.steps : !strategy->should_stop();
+  };
+  while (more()) {
     const auto m = trainer.step(batch_of, loss_of);
     blocked += m.sync_wait_s;
+    compute += m.seconds - m.sync_wait_s;
+    ++timed;
     peak_bytes = std::max(peak_bytes, static_cast<double>(m.bytes_shard + m.bytes_sync));
   }
   strategy->finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const auto all_seconds = mesh.world().all_gather_values({seconds});
-  const double slowest = *std::max_element(all_seconds.begin(), all_seconds.end());
-  const int timed = o.steps - 1;
+  const auto all = mesh.world().all_gather_values({seconds, static_cast<double>(timed), compute});
+  double slowest = 0.0, steps = 0.0, own_speed_sum = 0.0;
+  const double tokens_per_step = double(o.model.batch) * o.model.seq;
+  for (size_t r = 0; r < all.size(); r += 3) {
+    slowest = std::max(slowest, all[r]);
+    steps += all[r + 1];
+    own_speed_sum += tokens_per_step * all[r + 1] / all[r + 2];
+  }
 
   Result result;
-  result.tokens_per_s = double(o.model.batch) * o.model.seq * mesh.world_size() * timed / slowest;
-  result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / timed;
+  result.seconds = slowest;
+  result.own_speed_sum = own_speed_sum;
+  result.syncs = strategy->stats().syncs;
+  result.tokens_per_s = tokens_per_step * steps / slowest;
+  result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / static_cast<double>(timed);
   result.peak_bytes_per_step = peak_bytes;
   result.sync_wait_s = blocked;
   // Held-out loss: the same 4 batches on every rank, never trained on.
@@ -177,6 +214,9 @@ int main(int argc, char** argv) try {
   app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")->capture_default_str();
   app.add_option("--out", o.out, "CSV path")->capture_default_str();
   app.add_option("--straggler", o.straggler, "slow ranks, as edit-train-gpt's --straggler (e.g. 1:2x)")->capture_default_str();
+  app.add_option("--straggler-factors", o.straggler_factors, "the study: the last replica computes f times as slowly, "
+                 "for each f (e.g. 2,4); Ddp, EDiT and A-EDiT at equal wall-clock time")->delimiter(',');
+  app.add_option("--study-H", o.study_H, "EDiT's H in the straggler study")->capture_default_str();
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
@@ -191,9 +231,23 @@ int main(int argc, char** argv) try {
   edit::log::init(top.rank(), "warn");
   const MarkovData data(o.model.vocab, o.model.seq);
 
-  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "fragments", "overlap", "quant", "link", "straggler",
-                            "tokens_per_s", "ratio_to_nocomm", "bytes_per_step_per_rank", "peak_bytes_per_step",
-                            "sync_wait_s", "loss"});
+  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "interval_s", "fragments", "overlap", "quant", "link",
+                            "straggler", "seconds", "syncs", "tokens_per_s", "ratio_to_nocomm", "own_speed_sum",
+                            "job_over_own", "bytes_per_step_per_rank", "peak_bytes_per_step", "sync_wait_s", "loss"});
+  const auto add_row = [&](const RunSpec& spec, const Result& r, const std::string& link, double reference) {
+    const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
+    const bool streaming = spec.strategy == "streaming";
+    const std::string straggler = spec.straggler.empty() ? o.straggler : spec.straggler;
+    table.add_row({spec.strategy, std::to_string(top.world_size()), std::to_string(o.shard_size),
+                   local_sgd && spec.strategy != "aedit" ? std::to_string(spec.H) : "-",
+                   spec.strategy == "aedit" ? fmt_num(spec.interval, 3) : "-",
+                   streaming ? std::to_string(spec.fragments) : "-", streaming ? std::to_string(spec.overlap) : "-",
+                   streaming ? spec.quant : "-", link.empty() ? "local" : link, straggler.empty() ? "-" : straggler,
+                   fmt_num(r.seconds, 2), std::to_string(r.syncs), fmt_num(r.tokens_per_s, 0),
+                   fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.own_speed_sum, 0),
+                   fmt_num(r.tokens_per_s / r.own_speed_sum, 3), fmt_num(r.bytes_per_step, 0),
+                   fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
+  };
   std::vector<std::string> links = {""};
   if (!o.slow_link.empty()) links.push_back(o.slow_link);
   for (const std::string& link : links) {
@@ -219,15 +273,33 @@ int main(int argc, char** argv) try {
       run.H = std::max(run.H, 1);
       const Result r = run_one(o, data, run, link);
       if (spec.strategy == "none") reference = r.tokens_per_s;
-      const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
-      const bool streaming = spec.strategy == "streaming";
-      table.add_row({spec.strategy, std::to_string(top.world_size()), std::to_string(o.shard_size),
-                     local_sgd ? std::to_string(spec.H) : "-", streaming ? std::to_string(spec.fragments) : "-",
-                     streaming ? std::to_string(spec.overlap) : "-", streaming ? spec.quant : "-",
-                     link.empty() ? "local" : link, o.straggler.empty() ? "-" : o.straggler, fmt_num(r.tokens_per_s, 0), fmt_num(r.tokens_per_s / reference, 3),
-                     fmt_num(r.bytes_per_step, 0), fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3),
-                     fmt_num(r.loss, 4)});
+      add_row(spec, r, link, reference);
     }
+  }
+  for (double factor : o.straggler_factors) {
+    EDIT_CHECK(factor >= 1, "--straggler-factors: a slow-down below 1 (", factor, ") is a speed-up; use values >= 1");
+    EDIT_CHECK(top.num_replicas() >= 2, "the straggler study needs 2 or more replicas; run more ranks or a smaller --shard-size");
+    // Every rank of the last replica, f times as slow.
+    std::string plan;
+    for (int rank = (top.num_replicas() - 1) * o.shard_size; rank < top.world_size(); ++rank) {
+      plan += (plan.empty() ? "" : ",") + std::to_string(rank) + ":" + fmt_num(factor, 2) + "x";
+    }
+    const auto study = [&](RunSpec spec) {
+      spec.straggler = plan;
+      spec.constant_lr = true;
+      return spec;
+    };
+    const RunSpec none = study({"none"}), ddp = study({"ddp"}), edit_spec = study({"edit", o.study_H});
+    const Result r_none = run_one(o, data, none, "");
+    add_row(none, r_none, "", r_none.tokens_per_s);
+    add_row(ddp, run_one(o, data, ddp, ""), "", r_none.tokens_per_s);
+    const Result r_edit = run_one(o, data, edit_spec, "");
+    add_row(edit_spec, r_edit, "", r_none.tokens_per_s);
+    // A-EDiT in EDiT's wall-clock time, with as many syncs.
+    RunSpec aedit = study({"aedit", o.study_H});
+    aedit.time_limit = r_edit.seconds;
+    aedit.interval = r_edit.seconds / static_cast<double>(std::max<std::int64_t>(1, r_edit.syncs));
+    add_row(aedit, run_one(o, data, aedit, ""), "", r_none.tokens_per_s);
   }
   if (top.rank() == 0) {
     table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.model.layers) + " blocks, dim " +
