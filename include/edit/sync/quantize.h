@@ -13,6 +13,9 @@
 // to the lower magnitude for fp4), a pure function of the input: every rank that dequantizes the
 // same packet gets the same floats, bit for bit. A block of zeros has scale 0 and decodes to zeros;
 // a non-finite value makes its block's scale non-finite, so it still shows after the exchange.
+//
+// These are the CPU twins of edit::kernels::quantize_cuda / dequantize_cuda (edit/kernels/quantize.h):
+// the same bytes and floats, bit for bit, from one shared per-value codec (src/sync/quant_codec.h).
 #pragma once
 
 #include <cstdint>
