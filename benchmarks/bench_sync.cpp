@@ -52,6 +52,7 @@ struct Options {
   std::string straggler;  // e.g. "1:2x": rank 1 computes twice as slowly
   std::vector<double> straggler_factors;  // the heterogeneous-cluster study; empty: none
   int study_H = 8;
+  bool study_only = false;
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -217,6 +218,7 @@ int main(int argc, char** argv) try {
   app.add_option("--straggler-factors", o.straggler_factors, "the study: the last replica computes f times as slowly, "
                  "for each f (e.g. 2,4); Ddp, EDiT and A-EDiT at equal wall-clock time")->delimiter(',');
   app.add_option("--study-H", o.study_H, "EDiT's H in the straggler study")->capture_default_str();
+  app.add_flag("--study-only", o.study_only, "run the straggler study alone (not the strategy matrix)");
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
@@ -248,8 +250,9 @@ int main(int argc, char** argv) try {
                    fmt_num(r.tokens_per_s / r.own_speed_sum, 3), fmt_num(r.bytes_per_step, 0),
                    fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
   };
-  std::vector<std::string> links = {""};
-  if (!o.slow_link.empty()) links.push_back(o.slow_link);
+  std::vector<std::string> links;
+  if (!o.study_only) links.push_back("");
+  if (!o.study_only && !o.slow_link.empty()) links.push_back(o.slow_link);
   for (const std::string& link : links) {
     std::vector<RunSpec> runs = {{"none"}, {"ddp"}};
     for (int H : o.sync_every) {

@@ -364,25 +364,33 @@ void expect_gpu_matches_cpu(const std::vector<float>& x, const QuantOptions& opt
 }
 #endif
 
-using KernelCase = std::tuple<QuantFormat, std::int64_t, std::int64_t>;  // format, n, block
-class QuantizeCuda : public testing::TestWithParam<KernelCase> {};
-
-TEST_P(QuantizeCuda, PacketsAndValuesMatchCpuBitForBit) {
+// One test over every case (not a parameterized suite): a process per case would cost minutes
+// of start-up where the suite only skips.
+// n: one value, one pair, a block of 128 minus one (odd: a lone last nibble) and plus one, many
+// blocks, and ~1e6 (odd). block: pairs only (one 4-bit lane per block, 256 blocks a CTA), a warp's
+// worth, the default, and more values than a CTA has threads.
+TEST(QuantizeCuda, PacketsAndValuesMatchCpuBitForBit) {
 #if !EDIT_HAS_KERNELS
   GTEST_SKIP() << "built without kernels/ (EDIT_BUILD_KERNELS=OFF)";
 #else
   if (edit::kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
-  const auto [format, n, block] = GetParam();
-  const QuantOptions options{format, block};
   std::uint32_t seed = 0;
-  for (Pattern pattern : kAllPatterns) {
-    const std::vector<float> x = make_input(pattern, format, n, block, ++seed);
-    for (size_t offset : {size_t{0}, size_t{1}}) {
-      const std::string what = std::string(edit::sync::to_string(format)) + ", n " + std::to_string(n) +
-                               ", block " + std::to_string(block) + ", " + to_string(pattern) +
-                               " inputs, offset " + std::to_string(offset);
-      expect_gpu_matches_cpu(x, options, offset, what);
-      if (HasFatalFailure()) return;
+  for (QuantFormat format : kAllFormats) {
+    for (std::int64_t n : {std::int64_t{1}, std::int64_t{2}, std::int64_t{127}, std::int64_t{129},
+                           std::int64_t{1001}, std::int64_t{(1 << 20) + 1}}) {
+      for (std::int64_t block : {std::int64_t{2}, std::int64_t{32}, std::int64_t{128}, std::int64_t{4096}}) {
+        const QuantOptions options{format, block};
+        for (Pattern pattern : kAllPatterns) {
+          const std::vector<float> x = make_input(pattern, format, n, block, ++seed);
+          for (size_t offset : {size_t{0}, size_t{1}}) {
+            const std::string what = std::string(edit::sync::to_string(format)) + ", n " + std::to_string(n) +
+                                     ", block " + std::to_string(block) + ", " + to_string(pattern) +
+                                     " inputs, offset " + std::to_string(offset);
+            expect_gpu_matches_cpu(x, options, offset, what);
+            if (HasFatalFailure()) return;
+          }
+        }
+      }
     }
   }
 #endif
@@ -403,18 +411,5 @@ TEST(QuantizeCudaOptions, InvalidBlockIsRefusedLikeOnTheCpu) {
   EXPECT_NO_THROW(edit::kernels::quantize_cuda(nullptr, 0, {QuantFormat::kFp4E2M1, 128}, nullptr, nullptr));
 #endif
 }
-
-// n: one value, one pair, a block of 128 minus one (odd: a lone last nibble) and plus one, many
-// blocks, and ~1e6 (odd). block: pairs only (one 4-bit lane per block, 256 blocks a CTA), a warp's
-// worth, the default, and more values than a CTA has threads.
-INSTANTIATE_TEST_SUITE_P(FormatsSizesBlocks, QuantizeCuda,
-                         testing::Combine(testing::ValuesIn(kAllFormats),
-                                          testing::Values<std::int64_t>(1, 2, 127, 129, 1001, (1 << 20) + 1),
-                                          testing::Values<std::int64_t>(2, 32, 128, 4096)),
-                         [](const testing::TestParamInfo<KernelCase>& info) {
-                           return std::string(edit::sync::to_string(std::get<0>(info.param))) + "_n" +
-                                  std::to_string(std::get<1>(info.param)) + "_block" +
-                                  std::to_string(std::get<2>(info.param));
-                         });
 
 }  // namespace
