@@ -14,6 +14,10 @@
 // EDiT's run sets the wall-clock budget: A-EDiT gets the same time (its interval makes as many
 // syncs as EDiT's), so its val loss is compared at equal wall-clock time. Columns add the tokens
 // every worker would process alone at its own speed (own_speed_sum) and the job's share of it.
+//
+// --bandwidth-sweep: for Ddp, DiLoCo and Streaming DiLoCo (P fragments; + overlap; + fp4), the
+// lowest emulated sync-group bandwidth (LinkEmulator, no latency) at which each keeps >= 95% of
+// no-communication tokens/s, walking down a grid from 10 Gbit/s; written to <out stem>_sweep.csv.
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
@@ -53,6 +57,8 @@ struct Options {
   std::vector<double> straggler_factors;  // the heterogeneous-cluster study; empty: none
   int study_H = 8;
   bool study_only = false;
+  bool bandwidth_sweep = false;
+  int sweep_fragments = 4;
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -218,7 +224,10 @@ int main(int argc, char** argv) try {
   app.add_option("--straggler-factors", o.straggler_factors, "the study: the last replica computes f times as slowly, "
                  "for each f (e.g. 2,4); Ddp, EDiT and A-EDiT at equal wall-clock time")->delimiter(',');
   app.add_option("--study-H", o.study_H, "EDiT's H in the straggler study")->capture_default_str();
-  app.add_flag("--study-only", o.study_only, "run the straggler study alone (not the strategy matrix)");
+  app.add_flag("--study-only", o.study_only, "run the straggler study or the sweep alone (not the strategy matrix)");
+  app.add_flag("--bandwidth-sweep", o.bandwidth_sweep, "the lowest sync bandwidth at which each strategy keeps 95% of "
+               "no-communication throughput (H: the first --sync-every)");
+  app.add_option("--sweep-fragments", o.sweep_fragments, "P of Streaming DiLoCo in the sweep")->capture_default_str();
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
@@ -303,6 +312,53 @@ int main(int argc, char** argv) try {
     aedit.time_limit = r_edit.seconds;
     aedit.interval = r_edit.seconds / static_cast<double>(std::max<std::int64_t>(1, r_edit.syncs));
     add_row(aedit, run_one(o, data, aedit, ""), "", r_none.tokens_per_s);
+  }
+  if (o.bandwidth_sweep) {
+    const int H = o.sync_every.at(0);
+    EDIT_CHECK(H % o.sweep_fragments == 0, "--bandwidth-sweep: H = ", H, " is not divisible by --sweep-fragments ",
+               o.sweep_fragments, "; pick values that divide");
+    // The paper's columns: DP, DiLoCo, Streaming, + overlap, + FP4.
+    const std::vector<RunSpec> specs = {{"ddp"},
+                                        {"diloco", H},
+                                        {"streaming", H, o.sweep_fragments, 0, "fp32"},
+                                        {"streaming", H, o.sweep_fragments, 1, "fp32"},
+                                        {"streaming", H, o.sweep_fragments, 1, "fp4"}};
+    // Bit/s, 10 G down to 100 k in steps of about 2x.
+    std::vector<double> grid;
+    for (double decade = 1e10; decade >= 1e5; decade /= 10) {
+      for (double f : {1.0, 0.5, 0.2}) grid.push_back(decade * f);
+    }
+    edit::bench::Table sweep({"strategy", "ranks", "H", "fragments", "overlap", "quant", "lowest_gbit_per_s",
+                              "ratio_at_lowest", "bandwidth_vs_ddp", "bytes_per_step_per_rank"});
+    double ddp_lowest = 0.0;
+    for (const RunSpec& spec : specs) {
+      const double reference = run_one(o, data, {"none"}, "").tokens_per_s;  // measured next to each strategy
+      double lowest = 0.0, ratio_at_lowest = 0.0, bytes = 0.0;
+      for (double bits : grid) {
+        const std::string link = fmt_num(bits / 1e3, 0) + "Kbit@0ms";
+        const Result r = run_one(o, data, spec, link);
+        if (r.tokens_per_s / reference < 0.95) break;  // slower links only get worse
+        lowest = bits;
+        ratio_at_lowest = r.tokens_per_s / reference;
+        bytes = r.bytes_per_step;
+      }
+      if (spec.strategy == "ddp") ddp_lowest = lowest;
+      const bool streaming = spec.strategy == "streaming";
+      sweep.add_row({spec.strategy, std::to_string(top.world_size()), spec.strategy == "ddp" ? "-" : std::to_string(spec.H),
+                     streaming ? std::to_string(spec.fragments) : "-", streaming ? std::to_string(spec.overlap) : "-",
+                     streaming ? spec.quant : "-", lowest > 0 ? fmt_num(lowest / 1e9, 4) : "> 10",
+                     fmt_num(ratio_at_lowest, 3), lowest > 0 && ddp_lowest > 0 ? fmt_num(ddp_lowest / lowest, 1) : "-",
+                     fmt_num(bytes, 0)});
+    }
+    if (top.rank() == 0) {
+      sweep.print("bandwidth sweep: the lowest sync bandwidth keeping >= 95% of no-communication tokens/s (" +
+                  std::to_string(o.steps) + " steps)");
+      std::string path = o.out;
+      const auto dot = path.rfind(".csv");
+      path = (dot == std::string::npos ? path : path.substr(0, dot)) + "_sweep.csv";
+      sweep.write_csv(path);
+      std::cout << "\nwrote " << path << "\n";
+    }
   }
   if (top.rank() == 0) {
     table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.model.layers) + " blocks, dim " +
