@@ -359,11 +359,11 @@ void ShardedModel::zero_grad() {
 }
 
 double ShardedModel::clip_grad_norm(double max_norm) {
-  // Accumulated in double on the gradients' device, without a double copy of any gradient.
+  // Each unit's norm in the gradients' own dtype (asking for a double result makes LibTorch 1.13
+  // copy the whole gradient to double first: 20x slower on the CPU), squared and summed in double
+  // on the gradients' device, so the host reads one number.
   at::Tensor sum_sq = at::zeros({1}, units_.front()->grad_shard_.options().dtype(at::kDouble));
-  for (auto& unit : units_) {
-    sum_sq += at::linalg_vector_norm(unit->grad_shard_, 2, at::OptionalIntArrayRef(), false, at::kDouble).square();
-  }
+  for (auto& unit : units_) sum_sq += at::linalg_vector_norm(unit->grad_shard_, 2).to(at::kDouble).square();
   if (group_->size() > 1) group_->all_reduce(sum_sq)->wait();
   const double norm = std::sqrt(sum_sq.item<double>());
   const double coefficient = max_norm / (norm + 1e-6);

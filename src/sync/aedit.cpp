@@ -74,7 +74,9 @@ void AEDiT::after_step(std::int64_t /*step*/) {
 
   // Round: wait for every replica to be due, and learn where each one is.
   const auto start = std::chrono::steady_clock::now();
-  const auto all = sync_->all_gather_values({now, static_cast<double>(steps_since_round_), last_wait_});
+  constexpr size_t kValues = 4;  // per worker: clock, steps since the last round, last wait, round
+  const auto all = sync_->all_gather_values(
+      {now, static_cast<double>(steps_since_round_), last_wait_, static_cast<double>(rounds_ + 1)});
   last_wait_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats_.blocked_seconds += last_wait_;
   const auto workers = static_cast<size_t>(sync_->size());
@@ -83,10 +85,16 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   round_waits_.assign(workers, 0.0);
   double latest = 0.0;
   for (size_t r = 0; r < workers; ++r) {
-    latest = std::max(latest, all[3 * r]);
-    steps[r] = all[3 * r + 1];
-    round_steps_[r] = static_cast<std::int64_t>(all[3 * r + 1]);
-    round_waits_[r] = all[3 * r + 2];
+    const double* mine = &all[kValues * r];
+    // Rounds are joined in order, so the n-th exchange is round n everywhere; anything else means
+    // the replicas no longer agree where they are (e.g. one resumed from another checkpoint).
+    EDIT_CHECK(mine[3] == static_cast<double>(rounds_ + 1), "A-EDiT: worker ", r, " of ", sync_->name(),
+               " is at round ", mine[3], " but this one is at round ", rounds_ + 1, "; the replicas no longer agree. "
+               "Resume every rank from the same checkpoint");
+    latest = std::max(latest, mine[0]);
+    steps[r] = mine[1];
+    round_steps_[r] = static_cast<std::int64_t>(mine[1]);
+    round_waits_[r] = mine[2];
     total_steps_ += round_steps_[r];
   }
   ++rounds_;
