@@ -14,6 +14,7 @@ packages=(
   fortunes                # demo corpus for the quickstart
   gnuplot-nox             # loss plots (runs/*/loss.png)
   procps                  # pkill, used by the killed-save test
+  nodejs curl             # the GPT-2 tokenizer's reference (npm gpt-3-encoder), run by node
 )
 
 missing=()
@@ -29,24 +30,26 @@ if [[ "${1:-}" == "--check" ]]; then
 fi
 
 # The reference for GPT-2's tokenizer (tests/data/gpt2_tokenizer_test.cpp): the npm package
-# gpt-3-encoder (~2 MB), in .cache/npm where the build looks by default. Optional: without node,
-# npm or a network that test is skipped, so a failure here only warns.
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-gpt2_reference="$root/.cache/npm"
-if [[ ! -f "$gpt2_reference/node_modules/gpt-3-encoder/Encoder.js" ]]; then
-  if command -v npm >/dev/null && command -v node >/dev/null; then
-    if timeout 120 npm install --prefix "$gpt2_reference" --no-audit --no-fund --silent gpt-3-encoder@1.1.4 >/dev/null 2>&1; then
-      echo "install-deps: gpt-3-encoder in $gpt2_reference (reference for the GPT-2 tokenizer test)"
-    else
-      echo "install-deps: warning: npm install gpt-3-encoder failed; the GPT-2 tokenizer reference test will skip" >&2
-    fi
+# gpt-3-encoder (~2 MB), fetched from the npm registry into .cache/npm, where the build looks by
+# default. Optional: without node or the registry that test is skipped, so a failure only warns.
+fetch_gpt2_reference() {
+  local root dest tarball
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  dest="$root/.cache/npm/node_modules/gpt-3-encoder"
+  [[ -f "$dest/Encoder.js" ]] && return 0
+  tarball="https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz"
+  mkdir -p "$dest"
+  if command -v curl >/dev/null && timeout 120 curl -fsSL "$tarball" | tar -xz -C "$dest" --strip-components=1; then
+    echo "install-deps: gpt-3-encoder in $dest (reference for the GPT-2 tokenizer test)"
   else
-    echo "install-deps: no node/npm; the GPT-2 tokenizer reference test will skip (apt-get install npm to run it)"
+    rm -rf "$dest"
+    echo "install-deps: warning: could not fetch $tarball; the GPT-2 tokenizer reference test will skip" >&2
   fi
-fi
+}
 
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#packages[@]} packages present"
+  fetch_gpt2_reference
   exit 0
 fi
 
@@ -60,3 +63,4 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 # Recommends included: LibTorch's CMake config was only ever verified with them installed.
 $sudo apt-get install -y -qq "${missing[@]}"
+fetch_gpt2_reference
