@@ -26,23 +26,31 @@ rm -rf "$out"
 ranks=${EDIT_RANKS:-2}
 # OpenMPI refuses to start as root unless told; one torch thread per rank.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+seq_len=128 batch=8 sync_every=16 steps=${EDIT_STEPS:-200}
 train() {
   mpirun -np "$ranks" --oversubscribe --bind-to none \
-    "$build/examples/train_gpt/edit-train-gpt" --model small --seq-len 128 --batch-size 8 \
+    "$build/examples/train_gpt/edit-train-gpt" --model small --seq-len $seq_len --batch-size $batch \
     --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
-    --strategy edit --sync-every 16 --steps "${EDIT_STEPS:-200}" --lr 2e-3 --warmup-steps 20 \
+    --strategy edit --sync-every $sync_every --steps "$steps" --lr 2e-3 --warmup-steps 20 \
     --eval-every 25 --log-every 25 --checkpoint-every 100 --out-dir "$out" --sample-tokens 200
 }
 phase train train
 
 plot() {
+  # The outer syncs (every H steps) as vertical lines, at the tokens seen by then.
+  local syncs="" tokens
+  for ((s = sync_every; s <= steps; s += sync_every)); do
+    tokens=$((s * batch * seq_len * ranks))
+    syncs+="set arrow from $tokens, graph 0 to $tokens, graph 1 nohead dashtype 2 linecolor rgb '#e69f00'"$'\n'
+  done
   gnuplot <<GNUPLOT
 set terminal png size 900,540
 set output "$out/loss.png"
-set title "EDiT GPT (small) on fortunes, $ranks ranks"
+set title "EDiT GPT (small) on fortunes, $ranks ranks (orange lines: outer syncs, every $sync_every steps)"
 set xlabel "tokens"
 set ylabel "loss (nats per byte)"
-set grid
+set grid ytics
+$syncs
 plot "$out/loss.tsv" using 2:3 with linespoints title "train", \
      "$out/loss.tsv" using 2:4 with linespoints title "val"
 GNUPLOT
