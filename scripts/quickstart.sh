@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install, build, prepare the fortunes corpus, then a short EDiT GPT pretraining on
 # 2 local MPI ranks (a few minutes on 2 cores), an evaluation, a sample, and runs/quickstart/loss.png.
-#   EDIT_RANKS=4 EDIT_STEPS=400 scripts/quickstart.sh    (more ranks, longer run)
+#   EDIT_RANKS=4 EDIT_STEPS=1500 scripts/quickstart.sh    (more ranks, longer run)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${EDIT_BUILD_DIR:-$root/build}
@@ -26,13 +26,15 @@ rm -rf "$out"
 ranks=${EDIT_RANKS:-2}
 # OpenMPI refuses to start as root unless told; one torch thread per rank.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-seq_len=128 batch=8 sync_every=16 steps=${EDIT_STEPS:-200}
+# A 0.8 M-parameter byte GPT (the small preset narrowed to dim 128, 4 blocks): on 2 cores it sees
+# ~2 M tokens in 900 steps and reaches a val loss near 2.15 nats/byte, where samples show words.
+seq_len=128 batch=8 sync_every=32 steps=${EDIT_STEPS:-900}
 train() {
   mpirun -np "$ranks" --oversubscribe --bind-to none \
-    "$build/examples/train_gpt/edit-train-gpt" --model small --seq-len $seq_len --batch-size $batch \
-    --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
-    --strategy edit --sync-every $sync_every --steps "$steps" --lr 2e-3 --warmup-steps 20 \
-    --eval-every 25 --log-every 25 --checkpoint-every 100 --out-dir "$out" --sample-tokens 200
+    "$build/examples/train_gpt/edit-train-gpt" --model small --dim 128 --layers 4 --heads 4 \
+    --seq-len $seq_len --batch-size $batch --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
+    --strategy edit --sync-every $sync_every --steps "$steps" --lr 4e-3 --warmup-steps 50 \
+    --eval-every 100 --log-every 100 --checkpoint-every 300 --out-dir "$out" --sample-tokens 200
 }
 phase train train
 
@@ -46,7 +48,7 @@ plot() {
   gnuplot <<GNUPLOT
 set terminal png size 900,540
 set output "$out/loss.png"
-set title "EDiT GPT (small) on fortunes, $ranks ranks (orange lines: outer syncs, every $sync_every steps)"
+set title "EDiT byte GPT (dim 128, 4 blocks) on fortunes, $ranks ranks (orange lines: outer syncs, every $sync_every steps)"
 set xlabel "tokens"
 set ylabel "loss (nats per byte)"
 set grid ytics
