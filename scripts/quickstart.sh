@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install, build, prepare the fortunes corpus, then a short EDiT GPT pretraining on
 # 2 local MPI ranks (a few minutes on 2 cores), an evaluation, a sample, and runs/quickstart/loss.png.
-#   EDIT_RANKS=4 EDIT_STEPS=1500 scripts/quickstart.sh    (more ranks, longer run)
+#   EDIT_RANKS=4 EDIT_STEPS=1600 scripts/quickstart.sh    (more ranks, longer run)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${EDIT_BUILD_DIR:-$root/build}
@@ -27,8 +27,8 @@ ranks=${EDIT_RANKS:-2}
 # OpenMPI refuses to start as root unless told; one torch thread per rank.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 # A 0.8 M-parameter byte GPT (the small preset narrowed to dim 128, 4 blocks): on 2 cores it sees
-# ~2 M tokens in 900 steps and reaches a val loss near 2.15 nats/byte, where samples show words.
-seq_len=128 batch=8 sync_every=32 steps=${EDIT_STEPS:-900}
+# ~2 M tokens in 1000 steps and reaches a val loss near 2.15 nats/byte, where samples show words.
+seq_len=128 batch=8 sync_every=32 steps=${EDIT_STEPS:-1000}
 train() {
   mpirun -np "$ranks" --oversubscribe --bind-to none \
     "$build/examples/train_gpt/edit-train-gpt" --model small --dim 128 --layers 4 --heads 4 \
