@@ -12,12 +12,7 @@ foreach(i RANGE 1 400)
   string(APPEND corpus "The quick brown fox ${n} jumps over the lazy dog number ${n}.\n")
 endforeach()
 file(WRITE "${WORK}/text/corpus.txt" "${corpus}")
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT result EQUAL 0)
-    message(FATAL_ERROR "failed (${result}): ${ARGN}\n${out}\n${err}")
-  endif()
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/e2e_support.cmake")  # run(), expect_failure()
 run("${PREPARE}" --out "${WORK}/data" --val-fraction 0.1 "${WORK}/text")
 set(common --model tiny --seq-len 32 --batch-size 4 --train-data "${WORK}/data/train_*.bin"
     --val-data "${WORK}/data/val_*.bin" --strategy edit --sync-every 8 --lr 3e-3 --warmup-steps 5
