@@ -49,7 +49,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-train_gpt=$build/examples/train_gpt/edit-train-gpt
+train_gpt=$build/tools/edit-train-gpt
 prepare=$build/tools/edit-prepare-text
 for program in "$train_gpt" "$prepare"; do
   [[ -x $program ]] || { echo "peer_compare.sh: $program is missing; build it first (EDIT_BUILD_TARGETS=\"edit-train-gpt edit-prepare-text\" scripts/build.sh)" >&2; exit 1; }

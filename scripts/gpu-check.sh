@@ -98,7 +98,7 @@ run() {
   log "run $label ($ranks rank(s)): $*"
   local launcher=()
   [[ $ranks -gt 1 ]] && launcher=(mpirun -np "$ranks" --oversubscribe --bind-to none)
-  "${launcher[@]}" "$build/examples/train_gpt/edit-train-gpt" --model 124m --device cuda --dtype bf16 \
+  "${launcher[@]}" "$build/tools/edit-train-gpt" --model 124m --device cuda --dtype bf16 \
     --train-data "$data/train_000.bin" --val-data "$data/val_000.bin" --batch-size "$batch" --lr 6e-4 \
     --warmup-steps 4 --eval-every 0 --eval-batches 1 --log-every 32 --out-dir "$out/$label" --overwrite "$@" \
     > "$out/$label.log" 2>&1 || echo "run $label failed: $(tail -3 "$out/$label.log")"

@@ -31,7 +31,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 seq_len=128 batch=8 sync_every=32 steps=${EDIT_STEPS:-1000}
 train() {
   mpirun -np "$ranks" --oversubscribe --bind-to none \
-    "$build/examples/train_gpt/edit-train-gpt" --model small --dim 128 --layers 4 --heads 4 \
+    "$build/tools/edit-train-gpt" --model small --dim 128 --layers 4 --heads 4 \
     --seq-len $seq_len --batch-size $batch --train-data "$data/train_*.bin" --val-data "$data/val_*.bin" \
     --strategy edit --sync-every $sync_every --steps "$steps" --lr 4e-3 --warmup-steps 50 \
     --eval-every 100 --log-every 100 --checkpoint-every 300 --out-dir "$out" --sample-tokens 200
