@@ -34,7 +34,7 @@
 #include "edit/data/token_dataset.h"
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
-#include "edit/sync/local_sgd.h"
+#include "edit/sync/factory.h"
 #include "edit/train/trainer.h"
 #include "support/table.h"
 
@@ -115,24 +115,16 @@ Result run_one(const Options& o, edit::comm::DeviceMesh& mesh, edit::data::Token
   edit::shard::ShardedModel model(module, mesh.shard_ptr());
   edit::shard::FlatAdamW inner(model, {o.lr});
 
-  edit::sync::LocalSgdOptions local;
-  local.sync_every = o.sync_every;
-  local.outer.lr = o.outer_lr;
-  local.outer.momentum = o.outer_momentum;
-  local.use_penalty = strategy_name == "edit";
-  std::unique_ptr<edit::sync::SyncStrategy> strategy;
-  edit::sync::PseudoGradientSync* core = nullptr;
-  if (strategy_name == "ddp") {
-    strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
-  } else if (strategy_name == "diloco") {
-    auto diloco = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
-    core = &diloco->core();
-    strategy = std::move(diloco);
-  } else {
-    auto edit_strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
-    core = &edit_strategy->core();
-    strategy = std::move(edit_strategy);
-  }
+  edit::sync::StrategyConfig sync;
+  sync.name = strategy_name == "edit-nopenalty" ? "edit" : strategy_name;
+  if (strategy_name == "edit-nopenalty") sync.penalty = false;
+  sync.local.sync_every = o.sync_every;
+  sync.local.outer.lr = o.outer_lr;
+  sync.local.outer.momentum = o.outer_momentum;
+  const auto strategy = edit::sync::make_strategy(sync, model, mesh.sync_ptr());
+  edit::sync::PseudoGradientSync* core = nullptr;  // the spike scenarios reach into its weights
+  if (auto* diloco = dynamic_cast<edit::sync::DiLoCo*>(strategy.get())) core = &diloco->core();
+  if (auto* edit_strategy = dynamic_cast<edit::sync::EDiT*>(strategy.get())) core = &edit_strategy->core();
   std::unique_ptr<SpikeInjector> spiked;
   if (scenario.rfind("spike", 0) == 0) {
     EDIT_CHECK(core != nullptr, "scenario ", scenario, " needs a Local SGD strategy, not ", strategy_name);

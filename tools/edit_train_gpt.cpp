@@ -19,30 +19,36 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_runtime.h"
-#include "edit/core/atomic_file.h"
 #include "edit/core/check.h"
 #include "edit/core/device.h"
 #include "edit/core/log.h"
 #include "edit/data/byte_tokenizer.h"
+#include "edit/data/gpt2_tokenizer.h"
 #include "edit/data/token_dataset.h"
+#include "edit/data/tokenizer_record.h"
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
-#include "edit/sync/aedit.h"
-#include "edit/sync/local_sgd.h"
-#include "edit/sync/streaming.h"
+#include "edit/sync/factory.h"
 #include "edit/train/checkpoint.h"
+#include "edit/train/run_dir.h"
 #include "edit/train/trainer.h"
 
 namespace {
 
-namespace fs = std::filesystem;
-
-// Every knob, with its default; the CLI below is built from these fields.
+// Every knob. The library's option structs hold the defaults; the CLI binds to their fields and
+// prints their values, so a default is stated once. The program's own choices are set in Config().
 struct Config {
+  Config() {
+    trainer.steps = 1000;
+    trainer.schedule.warmup_steps = 50;  // shrinks to --steps in a shorter run; a given value must fit
+    trainer.schedule.min_lr = 1e-4;
+    sync.local.sync_every = 32;
+  }
   // model
   std::string model = "small";
   std::string style = "gpt2";
@@ -54,37 +60,21 @@ struct Config {
   std::string data_format = "tokens";
   double val_fraction = 0.05;  // used when --val-data is not given
   std::uint64_t seed = 1337;
-  // batch and optimizer
   int batch_size = 8;
-  int grad_accum = 1;
-  std::int64_t steps = 1000;
-  double lr = 1e-3, min_lr = 1e-4;
-  std::int64_t warmup_steps = 50;  // the default shrinks to --steps in a shorter run; a given value must fit
-  bool warmup_given = false;
-  double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, clip = 1.0;
-  // strategy and mesh
-  std::string strategy = "edit";
-  // Streaming DiLoCo
-  int fragments = 1, overlap = 0;
-  std::string fragment_layout = "strided";
-  double alpha = 0.5;
-  std::string quant = "fp32";
-  std::int64_t quant_block = 128;
-  bool penalty = false;  // --penalty: the pseudo-gradient penalty for diloco and streaming too
+  // the inner optimizer (--lr is also the schedule's peak), the loop, the synchronization
+  edit::shard::AdamWOptions adamw;
+  edit::train::TrainerOptions trainer;
+  edit::sync::StrategyConfig sync;
+  std::string outer = edit::sync::to_string(sync.local.outer.method);
+  std::string quant = edit::sync::to_string(sync.streaming.quant.format);
+  std::string fragment_layout = sync.streaming.strided ? "strided" : "sequential";
+  bool penalty = false, no_penalty = false;
   std::string streaming_flags_given;  // the Streaming DiLoCo options on the command line, for validate()
-  // A-EDiT
-  double sync_interval = 0, time_limit = 0, step_share = 0.5;
   std::string aedit_flags_given;
-  int sync_every = 32;
-  std::string outer = "nesterov";
-  double outer_lr = 0.7, outer_momentum = 0.9;
-  bool no_penalty = false;
-  double penalty_clip = 10.0, penalty_z = 3.0;
-  int penalty_warmup = 3;
-  int check_replicas_every = 0;
+  bool warmup_given = false;
   int shard_size = 1;
   // evaluation, logging, checkpoints
-  int eval_every = 100, eval_batches = 8, log_every = 10;
+  int eval_every = 100, eval_batches = 8;
   std::string out_dir = "runs/train";
   int checkpoint_every = 0, keep_checkpoints = 3;
   std::string resume = "none";
@@ -97,7 +87,6 @@ struct Config {
   std::string dtype = "auto";         // compute dtype; auto: bf16 on CUDA, fp32 on the CPU
   std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
   std::string comm_backend = "auto";
-  bool offload_outer = false;
   std::string straggler;  // simulated slow ranks, e.g. "1:3x@100-300"
 };
 
@@ -121,54 +110,55 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--seed", c.seed, "data order seed (the same on every rank)")->group(data)->capture_default_str();
   auto* optim = "Optimization";
   app.add_option("--batch-size", c.batch_size, "sequences per rank per micro-batch")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--grad-accum", c.grad_accum, "micro-batches per step")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--steps", c.steps, "inner steps")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", c.lr, "peak learning rate (AdamW)")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--min-lr", c.min_lr, "learning rate at the end of the cosine")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--warmup-steps", c.warmup_steps, "linear warm-up steps")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--weight-decay", c.weight_decay, "decoupled weight decay (matrices)")->group(optim)->capture_default_str();
-  app.add_option("--beta1", c.beta1, "AdamW beta1")->group(optim)->capture_default_str();
-  app.add_option("--beta2", c.beta2, "AdamW beta2")->group(optim)->capture_default_str();
-  app.add_option("--clip", c.clip, "gradient-norm clip (0: off)")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--grad-accum", c.trainer.accumulation, "micro-batches per step")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--steps", c.trainer.steps, "inner steps")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--lr", c.adamw.lr, "peak learning rate (AdamW)")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--min-lr", c.trainer.schedule.min_lr, "learning rate at the end of the cosine")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--warmup-steps", c.trainer.schedule.warmup_steps, "linear warm-up steps")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--weight-decay", c.adamw.weight_decay, "decoupled weight decay (matrices)")->group(optim)->capture_default_str();
+  app.add_option("--beta1", c.adamw.beta1, "AdamW beta1")->group(optim)->capture_default_str();
+  app.add_option("--beta2", c.adamw.beta2, "AdamW beta2")->group(optim)->capture_default_str();
+  app.add_option("--clip", c.trainer.clip_norm, "gradient-norm clip (0: off)")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
   auto* sync = "Synchronization";
-  app.add_option("--strategy", c.strategy, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")->group(sync)
-      ->check(CLI::IsMember({"edit", "aedit", "diloco", "streaming", "ddp", "none"}))->capture_default_str();
+  app.add_option("--strategy", c.sync.name, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")->group(sync)
+      ->check(CLI::IsMember(edit::sync::strategy_names()))->capture_default_str();
   const std::string aedit = "A-EDiT (--strategy aedit): replicas sync on a wall clock, so each takes as many steps as it can";
-  app.add_option("--sync-interval", c.sync_interval, "T: seconds between syncs (replaces --sync-every)")->group(aedit)
-      ->check(CLI::PositiveNumber);
-  app.add_option("--time-limit", c.time_limit, "end at the last sync within this many seconds (0: --steps alone ends it)")
+  app.add_option("--sync-interval", c.sync.aedit.interval_s, "T: seconds between syncs (replaces --sync-every)")->group(aedit)
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--time-limit", c.sync.aedit.time_limit_s, "end at the last sync within this many seconds (0: --steps alone ends it)")
       ->group(aedit)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--step-share", c.step_share, "r: weight w = (1 - r) penalty weight + r share of the inner steps")
+  app.add_option("--step-share", c.sync.aedit.step_share, "r: weight w = (1 - r) penalty weight + r share of the inner steps")
       ->group(aedit)->check(CLI::Range(0.0, 1.0))->capture_default_str();
   const std::string streaming = "Streaming DiLoCo (--strategy streaming)";
-  app.add_option("--fragments", c.fragments, "P: fragments of units that sync in turn, every H / P steps")->group(streaming)
+  app.add_option("--fragments", c.sync.streaming.fragments, "P: fragments of units that sync in turn, every H / P steps")->group(streaming)
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--fragment-layout", c.fragment_layout, "strided (unit u in fragment u mod P) or sequential")->group(streaming)
       ->check(CLI::IsMember({"strided", "sequential"}))->capture_default_str();
-  app.add_option("--overlap", c.overlap, "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
+  app.add_option("--overlap", c.sync.streaming.overlap, "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
       ->group(streaming)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--alpha", c.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")->group(streaming)
+  app.add_option("--alpha", c.sync.streaming.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")->group(streaming)
       ->check(CLI::Range(0.0, 1.0))->capture_default_str();
   app.add_option("--quant", c.quant, "pseudo-gradient exchange: fp32, bf16, int8, int4, fp4 (e2m1), fp4e3m0")->group(streaming)
       ->check(CLI::IsMember({"fp32", "bf16", "int8", "int4", "fp4", "fp4e2m1", "fp4e3m0"}))->capture_default_str();
-  app.add_option("--quant-block", c.quant_block, "values per quantization scale")->group(streaming)
+  app.add_option("--quant-block", c.sync.streaming.quant.block, "values per quantization scale")->group(streaming)
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_flag("--penalty", c.penalty, "the pseudo-gradient penalty for diloco and streaming as well (edit has it on)")->group(streaming);
-  app.add_option("--sync-every", c.sync_every, "H: inner steps between outer syncs")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")->group(sync)->capture_default_str();
-  app.add_option("--outer-lr", c.outer_lr, "outer learning rate")->group(sync)->capture_default_str();
-  app.add_option("--outer-momentum", c.outer_momentum, "outer momentum")->group(sync)->capture_default_str();
+  app.add_option("--sync-every", c.sync.local.sync_every, "H: inner steps between outer syncs")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")->group(sync)
+      ->check(CLI::IsMember({"nesterov", "average", "sign"}))->capture_default_str();
+  app.add_option("--outer-lr", c.sync.local.outer.lr, "outer learning rate")->group(sync)->capture_default_str();
+  app.add_option("--outer-momentum", c.sync.local.outer.momentum, "outer momentum")->group(sync)->capture_default_str();
   app.add_flag("--no-penalty", c.no_penalty, "EDiT without the pseudo-gradient penalty")->group(sync);
-  app.add_option("--penalty-clip", c.penalty_clip, "max norm of a unit's aggregate pseudo-gradient")->group(sync)->capture_default_str();
-  app.add_option("--penalty-z", c.penalty_z, "anomaly z-score threshold")->group(sync)->capture_default_str();
-  app.add_option("--penalty-warmup", c.penalty_warmup, "syncs before anomaly tests start (>= 1)")->group(sync)->capture_default_str();
-  app.add_option("--check-replicas-every", c.check_replicas_every,
+  app.add_option("--penalty-clip", c.sync.local.penalty.clip_norm, "max norm of a unit's aggregate pseudo-gradient")->group(sync)->capture_default_str();
+  app.add_option("--penalty-z", c.sync.local.penalty.z_threshold, "anomaly z-score threshold")->group(sync)->capture_default_str();
+  app.add_option("--penalty-warmup", c.sync.local.penalty.warmup_syncs, "syncs before anomaly tests start (>= 1)")->group(sync)->capture_default_str();
+  app.add_option("--check-replicas-every", c.sync.local.check_replicas_every,
                  "compare a checksum of the replicas' anchors every N syncs (0: only at the start)")->group(sync)->capture_default_str();
   app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
   auto* run = "Evaluation, logging and checkpoints";
   app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--eval-batches", c.eval_batches, "val batches per evaluation and rank")->group(run)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--log-every", c.log_every, "readable log line every N steps (0: none)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--log-every", c.trainer.log_every, "readable log line every N steps (0: none)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--out-dir", c.out_dir, "metrics, loss table and checkpoints go here")->group(run)->capture_default_str();
   app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")->group(run)->check(CLI::PositiveNumber)->capture_default_str();
@@ -176,7 +166,7 @@ void add_options(CLI::App& app, Config& c) {
   app.add_flag("--overwrite", c.overwrite, "start over in an --out-dir that holds a previous run (deletes its checkpoints and logs)")->group(run);
   app.add_option("--comm-timeout", c.comm_timeout, "seconds a collective may wait for a peer before the job fails "
                  "(default: EDIT_COMM_TIMEOUT_S, else 600)")->group(run)->check(CLI::NonNegativeNumber);
-  app.add_option("--sample-tokens", c.sample_tokens, "print a sample of N tokens at the end (byte tokenizer)")->group(run)->check(CLI::NonNegativeNumber);
+  app.add_option("--sample-tokens", c.sample_tokens, "print a sample of N tokens at the end (decoded with the data's recorded tokenizer)")->group(run)->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")->group(run);
   const std::string device = "Device and precision";
   app.add_option("--device", c.device, "auto (a GPU per local rank when CUDA is there), cpu, cuda or cuda:N")->group(device)
@@ -192,7 +182,7 @@ void add_options(CLI::App& app, Config& c) {
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}))->capture_default_str();
   app.add_option("--straggler", c.straggler, "simulate slow ranks: RANK:FACTORx or RANK:+MSms, optionally "
                  "@FROM-TO steps, comma-separated (e.g. 1:3x@100-300)")->group(run);
-  app.add_flag("--offload-outer", c.offload_outer, "keep the outer optimizer's anchors and momentum in pinned host memory")->group(device);
+  app.add_flag("--offload-outer", c.sync.local.outer.offload, "keep the outer optimizer's anchors and momentum in pinned host memory")->group(device);
 }
 
 edit::models::GptConfig model_config(const Config& c) {
@@ -210,24 +200,28 @@ edit::models::GptConfig model_config(const Config& c) {
 
 // Contradictions no single option's check can see. Every rank reaches the same verdict.
 void validate(const Config& c) {
-  EDIT_CHECK(std::isfinite(c.lr), "--lr ", c.lr, " is not a finite number");
-  EDIT_CHECK(c.min_lr <= c.lr, "--min-lr ", c.min_lr, " is above --lr ", c.lr,
+  const double lr = c.adamw.lr;
+  const std::int64_t steps = c.trainer.steps;
+  const std::string& strategy = c.sync.name;
+  EDIT_CHECK(std::isfinite(lr), "--lr ", lr, " is not a finite number");
+  EDIT_CHECK(c.trainer.schedule.min_lr <= lr, "--min-lr ", c.trainer.schedule.min_lr, " is above --lr ", lr,
              "; the cosine decays from --lr down to --min-lr, so --min-lr must be at most --lr");
-  EDIT_CHECK(!c.warmup_given || c.warmup_steps <= c.steps, "--warmup-steps ", c.warmup_steps,
-             " is longer than the run (--steps ", c.steps, "); shorten the warm-up or train longer");
-  EDIT_CHECK(!c.no_penalty || c.strategy == "edit" || c.strategy == "aedit", "--no-penalty switches off EDiT's "
-             "pseudo-gradient penalty, but --strategy is ", c.strategy, "; drop --no-penalty or use --strategy edit");
-  EDIT_CHECK(c.streaming_flags_given.empty() || c.strategy == "streaming", c.streaming_flags_given,
-             " only apply to Streaming DiLoCo, but --strategy is ", c.strategy, "; add --strategy streaming or drop them");
-  EDIT_CHECK(c.aedit_flags_given.empty() || c.strategy == "aedit", c.aedit_flags_given,
-             " only apply to A-EDiT, but --strategy is ", c.strategy, "; add --strategy aedit or drop them");
-  EDIT_CHECK(c.strategy != "aedit" || c.sync_interval > 0, "--strategy aedit syncs on a wall clock: give the interval "
-             "in seconds with --sync-interval (e.g. --sync-interval 10)");
-  EDIT_CHECK(!c.penalty || c.strategy == "diloco" || c.strategy == "streaming" || c.strategy == "edit",
-             "--penalty applies to Local SGD (diloco, streaming; edit has it on), but --strategy is ", c.strategy);
+  EDIT_CHECK(!c.warmup_given || c.trainer.schedule.warmup_steps <= steps, "--warmup-steps ",
+             c.trainer.schedule.warmup_steps, " is longer than the run (--steps ", steps,
+             "); shorten the warm-up or train longer");
+  EDIT_CHECK(!c.no_penalty || edit::sync::default_penalty(strategy), "--no-penalty switches off EDiT's "
+             "pseudo-gradient penalty, but --strategy is ", strategy, "; drop --no-penalty or use --strategy edit");
+  EDIT_CHECK(c.streaming_flags_given.empty() || strategy == "streaming", c.streaming_flags_given,
+             " only apply to Streaming DiLoCo, but --strategy is ", strategy, "; add --strategy streaming or drop them");
+  EDIT_CHECK(c.aedit_flags_given.empty() || strategy == "aedit", c.aedit_flags_given,
+             " only apply to A-EDiT, but --strategy is ", strategy, "; add --strategy aedit or drop them");
+  EDIT_CHECK(!c.penalty || (edit::sync::is_local_sgd(strategy) && !edit::sync::default_penalty(strategy)) ||
+                 strategy == "edit",
+             "--penalty applies to Local SGD (diloco, streaming; edit has it on), but --strategy is ", strategy);
   EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
              " (continue) contradict each other; pass one of them");
-  EDIT_CHECK(std::isfinite(c.outer_lr) && c.outer_lr > 0, "--outer-lr ", c.outer_lr, " must be a positive number");
+  const double outer_lr = c.sync.local.outer.lr;
+  EDIT_CHECK(std::isfinite(outer_lr) && outer_lr > 0, "--outer-lr ", outer_lr, " must be a positive number");
 }
 
 // A rough lower bound of one step's activation memory per rank: the logits (B, T, V) with their
@@ -242,48 +236,6 @@ void check_memory(const edit::models::GptConfig& gpt, const Config& c) {
              gpt.vocab_size, ", ", gpt.heads, " heads) needs at least ", std::ceil(bytes / 1e9),
              " GB per rank for logits and attention scores, more than this machine's ", std::floor(ram / 1e9),
              " GB; lower --seq-len or --batch-size");
-}
-
-// The out-dir holds one run. Collective: rank 0 looks for a previous run, and every rank checks
-// that it can write there (each writes its own checkpoint files), before anything is trained.
-void prepare_out_dir(edit::comm::DeviceMesh& mesh, const Config& c) {
-  const fs::path dir(c.out_dir);
-  std::string previous;
-  double refused = 0.0;
-  if (mesh.rank() == 0) {
-    for (const char* name : {"checkpoints", "metrics.jsonl", "loss.tsv"}) {
-      if (fs::exists(dir / name)) previous += (previous.empty() ? "" : ", ") + std::string(name);
-    }
-    if (!previous.empty() && c.resume == "none") {
-      if (c.overwrite) {
-        for (const char* name : {"checkpoints", "metrics.jsonl", "loss.tsv", "loss.png"}) fs::remove_all(dir / name);
-        spdlog::info("--overwrite: removed the previous run's {} from {}", previous, c.out_dir);
-      } else {
-        refused = 1.0;
-      }
-    }
-  }
-  EDIT_CHECK(mesh.world().all_gather_values({refused}).front() == 0.0, "--out-dir ", c.out_dir,
-             " holds a previous run", previous.empty() ? std::string() : " (" + previous + ")",
-             "; pass --resume auto to continue it, --overwrite to start over (its checkpoints and logs are "
-             "deleted), or choose another --out-dir");
-  std::string problem;
-  try {
-    const fs::path probe = dir / "checkpoints" / (".write-test-" + std::to_string(mesh.rank()));
-    fs::create_directories(probe.parent_path());
-    std::ofstream(probe) << "ok\n";
-    EDIT_CHECK(fs::file_size(probe) == 3, "cannot write ", probe.string());
-    fs::remove(probe);
-  } catch (const std::exception& e) {
-    problem = e.what();
-  }
-  std::string failed;
-  const auto flags = mesh.world().all_gather_values({problem.empty() ? 0.0 : 1.0});
-  for (size_t r = 0; r < flags.size(); ++r) {
-    if (flags[r] != 0.0) failed += (failed.empty() ? "" : ", ") + std::to_string(r);
-  }
-  EDIT_CHECK(failed.empty(), "rank(s) ", failed, " cannot write into ", (dir / "checkpoints").string(),
-             problem.empty() ? std::string() : " (" + problem + ")", "; choose an --out-dir every rank can write");
 }
 
 // CLI11 reads --config files leniently: unknown keys, keys under a [table], repeated keys and
@@ -373,7 +325,7 @@ int main(int argc, char** argv) {
   for (const char* flag : {"--sync-interval", "--time-limit", "--step-share"}) {
     if (app.count(flag) > 0) c.aedit_flags_given += (c.aedit_flags_given.empty() ? "" : ", ") + std::string(flag);
   }
-  EDIT_CHECK(c.strategy != "aedit" || app.count("--sync-every") == 0, "--sync-every counts steps, but A-EDiT syncs "
+  EDIT_CHECK(c.sync.name != "aedit" || app.count("--sync-every") == 0, "--sync-every counts steps, but A-EDiT syncs "
              "on a wall clock; drop --sync-every and give --sync-interval SECONDS");
   try {
     at::set_num_threads(1);
@@ -390,7 +342,24 @@ int main(int argc, char** argv) {
     const auto gpt = model_config(c);
     const at::Device device = mesh.device();
     if (!device.is_cuda()) check_memory(gpt, c);
-    prepare_out_dir(mesh, c);
+    const edit::train::RunDir run(c.out_dir);
+    run.prepare(mesh, c.resume != "none", c.overwrite);
+
+    // What tokenized the data (text is read as bytes; shards of edit-prepare-text carry a record),
+    // checked against the model before the shards' ids are.
+    std::optional<edit::data::TokenizerRecord> tokenizer;
+    if (c.data_format == "text") {
+      tokenizer = edit::data::TokenizerRecord{"byte", 256, ""};
+    } else {
+      tokenizer = edit::data::common_tokenizer_record(edit::data::expand_data_files(c.train_data));
+    }
+    // (Bytes are not checked here: text that uses fewer ids fits a smaller vocabulary, and every
+    // id is checked against it as the shards are read.)
+    EDIT_CHECK(!tokenizer || tokenizer->kind == "byte" || tokenizer->vocab_size <= gpt.vocab_size,
+               "the training data was tokenized by ",
+               tokenizer->kind, " (", tokenizer->vocab_size, " ids, recorded in ", tokenizer->folder,
+               "), more than the model's vocabulary of ", gpt.vocab_size, "; pass --vocab-size ",
+               (tokenizer->vocab_size + 63) / 64 * 64, " (a multiple of 64 at least as large)");
 
     // Data: each rank its own disjoint stream; val from --val-data or the tail of --train-data.
     edit::data::TokenDatasetOptions data_options;
@@ -416,64 +385,35 @@ int main(int argc, char** argv) {
     shard_options.compute_dtype = edit::resolve_dtype(c.dtype, device);
     shard_options.reduce_dtype = edit::resolve_dtype(c.reduce_dtype, device);
     edit::shard::ShardedModel model(module, mesh.shard_ptr(), shard_options);
-    edit::shard::FlatAdamW adamw(model, {c.lr, c.beta1, c.beta2, 1e-8, c.weight_decay});
+    edit::shard::FlatAdamW adamw(model, c.adamw);
     if (mesh.rank() == 0) {
       spdlog::info("device {} ({} ranks), compute {}, gradient reduce {}, collectives {}{}", device.str(),
                    mesh.world_size(), c10::toString(shard_options.compute_dtype), c10::toString(shard_options.reduce_dtype),
                    edit::comm::to_string(mesh.backend()), adamw.fused() ? ", fused AdamW" : "");
     }
 
-    edit::sync::LocalSgdOptions local;
-    local.sync_every = c.sync_every;
-    local.outer = {edit::sync::parse_outer_method(c.outer), c.outer_lr, c.outer_momentum, c.offload_outer};
-    local.use_penalty = ((c.strategy == "edit" || c.strategy == "aedit") && !c.no_penalty) || c.penalty;
-    local.penalty.clip_norm = c.penalty_clip;
-    local.penalty.z_threshold = c.penalty_z;
-    local.penalty.warmup_syncs = c.penalty_warmup;
-    local.check_replicas_every = c.check_replicas_every;
-    std::unique_ptr<edit::sync::SyncStrategy> strategy;
-    edit::sync::AEDiT* aedit = nullptr;  // --strategy aedit: its rounds decide evaluations, checkpoints and the end
-    if (c.strategy == "aedit") {
-      edit::sync::AEDiTOptions aedit_options;
-      aedit_options.local = local;
-      aedit_options.interval_s = c.sync_interval;
-      aedit_options.step_share = c.step_share;
-      // --steps is per replica on average: the replicas together take steps x replicas.
-      aedit_options.budget_steps = c.steps * mesh.num_replicas();
-      aedit_options.time_limit_s = c.time_limit;
-      strategy = std::make_unique<edit::sync::AEDiT>(model, mesh.sync_ptr(), aedit_options);
-      aedit = static_cast<edit::sync::AEDiT*>(strategy.get());
-    } else if (c.strategy == "edit") {
-      strategy = std::make_unique<edit::sync::EDiT>(model, mesh.sync_ptr(), local);
-    } else if (c.strategy == "streaming") {
-      edit::sync::StreamingOptions streaming_options;
-      streaming_options.local = local;
-      streaming_options.fragments = c.fragments;
-      streaming_options.strided = c.fragment_layout == "strided";
-      streaming_options.overlap = c.overlap;
-      streaming_options.alpha = c.alpha;
-      streaming_options.quant = {edit::sync::parse_quant_format(c.quant), c.quant_block};
-      strategy = std::make_unique<edit::sync::StreamingDiLoCo>(model, mesh.sync_ptr(), streaming_options);
-    } else if (c.strategy == "diloco") {
-      strategy = std::make_unique<edit::sync::DiLoCo>(model, mesh.sync_ptr(), local);
-    } else if (c.strategy == "ddp") {
-      strategy = std::make_unique<edit::sync::Ddp>(model, mesh.sync_ptr());
-    } else {
-      strategy = std::make_unique<edit::sync::NoSync>();
-    }
+    edit::sync::StrategyConfig sync = c.sync;
+    sync.local.outer.method = edit::sync::parse_outer_method(c.outer);
+    sync.streaming.strided = c.fragment_layout == "strided";
+    sync.streaming.quant.format = edit::sync::parse_quant_format(c.quant);
+    if (c.penalty) sync.penalty = true;
+    if (c.no_penalty) sync.penalty = false;
+    // --steps is per replica on average: the replicas together take steps x replicas.
+    sync.aedit.budget_steps = c.trainer.steps * mesh.num_replicas();
+    const auto strategy = edit::sync::make_strategy(sync, model, mesh.sync_ptr());
+    // --strategy aedit: its rounds decide evaluations, checkpoints and the end.
+    auto* aedit = dynamic_cast<edit::sync::AEDiT*>(strategy.get());
 
-    edit::train::TrainerOptions options;
-    options.steps = c.steps;
-    options.accumulation = c.grad_accum;
-    options.clip_norm = c.clip;
-    options.schedule = {c.lr, std::min(c.warmup_steps, c.steps), std::max<std::int64_t>(1, c.steps), std::min(c.min_lr, c.lr)};
-    options.metrics_path = (fs::path(c.out_dir) / "metrics.jsonl").string();
-    options.log_every = c.log_every;
+    edit::train::TrainerOptions options = c.trainer;
+    const std::int64_t steps = c.trainer.steps;
+    options.schedule = {c.adamw.lr, std::min(options.schedule.warmup_steps, steps), std::max<std::int64_t>(1, steps),
+                        std::min(options.schedule.min_lr, c.adamw.lr)};
+    options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);
 
     // Every stateful component saves and loads itself; a pending EDiT sync is saved as pending.
-    edit::train::Checkpointer checkpointer(mesh, (fs::path(c.out_dir) / "checkpoints").string(), c.keep_checkpoints);
+    edit::train::Checkpointer checkpointer(mesh, run.checkpoints(), c.keep_checkpoints);
     edit::train::CpuRngState rng;
     checkpointer.track("model", model);
     checkpointer.track("inner", adamw);
@@ -483,13 +423,17 @@ int main(int argc, char** argv) {
     checkpointer.track("trainer", trainer);
     if (c.resume != "none" && !(c.resume == "auto" && !checkpointer.latest())) {
       const auto step = checkpointer.load(c.resume);
-      EDIT_CHECK(step <= c.steps, "the checkpoint is at step ", step, ", past --steps ", c.steps,
+      EDIT_CHECK(step <= steps, "the checkpoint is at step ", step, ", past --steps ", steps,
                  "; pass --steps above ", step, " to train on from it");
       if (mesh.rank() == 0) spdlog::info("resumed from step {} ({})", step, c.resume);
     }
     // The model's configuration, for edit-export and edit-generate: written once every option and
     // the checkpoint have been checked, and atomically, so a refused start never breaks a run.
-    if (mesh.rank() == 0) edit::write_file_atomically((fs::path(c.out_dir) / "config.json").string(), gpt.to_json() + "\n");
+    // With it, what tokenized the training data, when its folder says (edit-prepare-text records it).
+    if (mesh.rank() == 0) {
+      run.write_config(gpt.to_json());
+      if (tokenizer) edit::data::copy_tokenizer_record(*tokenizer, run.path());
+    }
 
     const auto next_batch = [&](std::int64_t, int) {
       auto b = train.next_batch(c.batch_size, gpt.seq_len);
@@ -517,39 +461,17 @@ int main(int argc, char** argv) {
     const auto progress = [&] {
       return aedit ? aedit->total_steps() / mesh.num_replicas() : trainer.current_step();
     };
-    std::ofstream loss_table;
-    if (mesh.rank() == 0) {
-      const fs::path table_path = fs::path(c.out_dir) / "loss.tsv";
-      // Rows after the step this run starts from came from a run that stopped after its last
-      // checkpoint; they are written anew.
-      std::vector<std::string> rows;
-      if (progress() > 0) {
-        std::ifstream old_table(table_path);
-        for (std::string row; std::getline(old_table, row);) {
-          if (row.rfind("#", 0) == 0 || std::atoll(row.c_str()) <= progress()) rows.push_back(row);
-        }
-      }
-      if (rows.empty()) rows.push_back("# step\ttokens\ttrain_loss\tval_loss");
-      {  // written beside the table and renamed over it: a crash now loses none of the kept rows
-        std::ofstream rewritten(table_path.string() + ".tmp", std::ios::trunc);
-        for (const auto& row : rows) rewritten << row << '\n';
-        EDIT_CHECK(rewritten.flush().good(), "cannot write ", table_path.string(), ".tmp; is the disk full?");
-      }
-      fs::rename(table_path.string() + ".tmp", table_path);
-      loss_table.open(table_path, std::ios::app);
-    }
+    std::optional<edit::train::LossTable> loss_table;
+    if (mesh.rank() == 0) loss_table.emplace(run.loss_table_path(), progress());
     if (progress() == 0) {  // the starting point of the curves (no train loss yet)
       const double val_loss = evaluate();
-      if (mesh.rank() == 0) {
-        loss_table << "0\t0\tnan\t" << val_loss << std::endl;
-        EDIT_CHECK(loss_table.good(), "writing ", c.out_dir, "/loss.tsv failed; is the disk full?");
-      }
+      if (loss_table) loss_table->add(0, 0, NAN, val_loss);
     }
-    const double tokens_per_step = double(c.batch_size) * gpt.seq_len * c.grad_accum * mesh.world_size();
+    const double tokens_per_step = double(c.batch_size) * gpt.seq_len * c.trainer.accumulation * mesh.world_size();
     const auto crossed = [](std::int64_t before, std::int64_t now, int every) {
       return every > 0 && now / every > before / every;
     };
-    const auto finished = [&] { return aedit ? aedit->should_stop() : trainer.current_step() >= c.steps; };
+    const auto finished = [&] { return aedit ? aedit->should_stop() : trainer.current_step() >= steps; };
     while (!finished()) {
       const std::int64_t before = progress();
       const auto m = trainer.step(next_batch, loss_of);
@@ -561,9 +483,7 @@ int main(int argc, char** argv) {
         const double val_loss = evaluate();
         if (mesh.rank() == 0) {
           spdlog::info("eval at step {}: val loss {:.4f} (train {:.4f})", done, val_loss, train_loss);
-          loss_table << done << '\t' << static_cast<std::int64_t>(done * tokens_per_step) << '\t' << train_loss << '\t'
-                     << val_loss << std::endl;
-          EDIT_CHECK(loss_table.good(), "writing ", c.out_dir, "/loss.tsv failed; is the disk full?");
+          loss_table->add(done, static_cast<std::int64_t>(done * tokens_per_step), train_loss, val_loss);
         }
       }
       if (c.checkpoint_every > 0 && (crossed(before, done, c.checkpoint_every) || finished())) {
@@ -574,22 +494,38 @@ int main(int argc, char** argv) {
     strategy->finish();
 
     if (c.sample_tokens > 0) {
+      // Decoded with the data's tokenizer: GPT-2's when recorded, else bytes (a model of more than
+      // 256 ids without a record has no known decoding, so it is not sampled).
+      std::optional<edit::data::Gpt2Tokenizer> gpt2;
+      if (tokenizer && tokenizer->kind == "gpt2") gpt2.emplace(edit::data::Gpt2Tokenizer::from_dir(tokenizer->folder));
+      const std::int64_t known_ids = gpt2 ? gpt2->vocab_size() : 256;
+      if (!gpt2 && gpt.vocab_size > 256) {
+        if (mesh.rank() == 0) spdlog::warn("no sample: the data's tokenizer is not recorded beside its shards");
+        return 0;
+      }
       // Every rank samples the same way (same seed), as sharded forwards are collective.
       c10::NoGradGuard no_grad;
       at::manual_seed(7);
-      const edit::data::ByteTokenizer tokenizer;
-      auto prompt = tokenizer.encode("\n");
-      at::Tensor tokens = at::tensor(std::vector<std::int64_t>(prompt.begin(), prompt.end()), at::kLong).unsqueeze(0);
+      std::vector<std::int64_t> prompt = {gpt2 ? std::int64_t{gpt2->encode("\n").front()} : std::int64_t{'\n'}};
+      at::Tensor tokens = at::tensor(prompt, at::kLong).unsqueeze(0);
       for (int i = 0; i < c.sample_tokens; ++i) {
         const at::Tensor window = tokens.narrow(1, std::max<std::int64_t>(0, tokens.size(1) - gpt.seq_len),
                                                 std::min<std::int64_t>(tokens.size(1), gpt.seq_len));
-        const at::Tensor logits = module->forward(window.to(device)).select(1, -1).to(at::kCPU, at::kFloat) / 0.8;  // temperature 0.8
-        tokens = at::cat({tokens, at::multinomial(at::softmax(logits, -1), 1)}, 1);
+        const at::Tensor logits = module->forward(window.to(device)).select(1, -1).to(at::kCPU, at::kFloat);
+        // Temperature 0.8, among the ids the tokenizer can decode (a padded vocabulary has more).
+        const at::Tensor probs = at::softmax(logits.narrow(-1, 0, std::min<std::int64_t>(known_ids, gpt.vocab_size)) / 0.8, -1);
+        tokens = at::cat({tokens, at::multinomial(probs, 1)}, 1);
       }
       if (mesh.rank() == 0) {
-        std::vector<std::uint16_t> ids;
-        for (std::int64_t i = 0; i < tokens.size(1); ++i) ids.push_back(static_cast<std::uint16_t>(tokens[0][i].item<std::int64_t>()));
-        std::cout << "----- sample -----" << tokenizer.decode(ids) << "\n------------------" << std::endl;
+        std::vector<std::uint32_t> ids;
+        for (std::int64_t i = 0; i < tokens.size(1); ++i) ids.push_back(static_cast<std::uint32_t>(tokens[0][i].item<std::int64_t>()));
+        std::string text;
+        if (gpt2) {
+          text = gpt2->decode(ids);
+        } else {
+          text = edit::data::ByteTokenizer().decode(std::vector<std::uint16_t>(ids.begin(), ids.end()));
+        }
+        std::cout << "----- sample -----" << text << "\n------------------" << std::endl;
       }
     }
     return 0;

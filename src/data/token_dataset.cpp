@@ -21,23 +21,6 @@ struct GlobResult {
   ~GlobResult() { globfree(&value); }
 };
 
-std::vector<std::string> expand(const std::vector<std::string>& patterns) {
-  EDIT_CHECK(!patterns.empty(),
-             "no data files given; pass a path or a glob pattern such as data/train_*.bin");
-  std::vector<std::string> files;
-  for (const std::string& pattern : patterns) {
-    GlobResult result;
-    // glob(3) sorts its matches, so every rank sees the files in the same order.
-    const int rc = ::glob(pattern.c_str(), GLOB_ERR, nullptr, &result.value);
-    EDIT_CHECK(rc != GLOB_NOMATCH, "no file matches the data pattern '", pattern,
-               "'; check the path (run edit-prepare-text first to make token shards)");
-    EDIT_CHECK(rc == 0, "cannot expand the data pattern '", pattern, "' (glob error ", rc, ": ",
-               std::strerror(errno), "); check that its folders exist and are readable");
-    for (std::size_t i = 0; i < result.value.gl_pathc; ++i) files.emplace_back(result.value.gl_pathv[i]);
-  }
-  return files;
-}
-
 // splitmix64 (Steele, Lea, Flood 2014): tiny, fully specified, and good enough to shuffle.
 std::uint64_t mix(std::uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -68,6 +51,24 @@ class SplitMix64 {
 
 }  // namespace
 
+std::vector<std::string> expand_data_files(const std::vector<std::string>& patterns) {
+  EDIT_CHECK(!patterns.empty(),
+             "no data files given; pass a path or a glob pattern such as data/train_*.bin");
+  std::vector<std::string> files;
+  for (const std::string& pattern : patterns) {
+    GlobResult result;
+    // glob(3) sorts its matches, so every rank sees the files in the same order.
+    const int rc = ::glob(pattern.c_str(), GLOB_ERR, nullptr, &result.value);
+    EDIT_CHECK(rc != GLOB_NOMATCH, "no file matches the data pattern '", pattern,
+               "'; check the path (run edit-prepare-text first to make token shards)");
+    EDIT_CHECK(rc == 0, "cannot expand the data pattern '", pattern, "' (glob error ", rc, ": ",
+               std::strerror(errno), "); check that its folders exist and are readable");
+    for (std::size_t i = 0; i < result.value.gl_pathc; ++i) files.emplace_back(result.value.gl_pathv[i]);
+  }
+  return files;
+}
+
+
 TokenDataset::TokenDataset(const std::vector<std::string>& patterns, TokenDatasetOptions options)
     : options_(std::move(options)) {
   const TokenDatasetOptions& o = options_;
@@ -86,7 +87,7 @@ TokenDataset::TokenDataset(const std::vector<std::string>& patterns, TokenDatase
   EDIT_CHECK(o.format != "text" || o.vocab_size >= ByteTokenizer::kVocabSize, "format \"text\" makes byte ",
              "tokens 0..255, but the vocab size is ", o.vocab_size, "; use a model vocab of at least 256");
 
-  files_ = expand(patterns);
+  files_ = expand_data_files(patterns);
   for (const std::string& file : files_) {
     shards_.push_back(o.format == "tokens" ? MappedTokenFile::open_shard(file) : MappedTokenFile::open_text(file));
     offsets_.push_back(offsets_.back() + shards_.back().size());

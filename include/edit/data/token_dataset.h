@@ -55,6 +55,10 @@ struct TokenBatch {
   at::Tensor targets;  // (batch, seq) kLong: inputs shifted left by one token
 };
 
+// The files of `patterns` (paths or glob(3) patterns), each pattern's matches sorted, in the order
+// given; a pattern that matches nothing is an error naming it.
+std::vector<std::string> expand_data_files(const std::vector<std::string>& patterns);
+
 // Stateful: the cursor ("epoch", "position").
 class TokenDataset : public Stateful {
  public:
