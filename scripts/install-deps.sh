@@ -15,6 +15,7 @@ packages=(
   gnuplot-nox             # loss plots (runs/*/loss.png)
   procps                  # pkill, used by the killed-save test
   nodejs curl             # the GPT-2 tokenizer's reference (npm gpt-3-encoder), run by node
+  python3-torch           # the reference forward that checks edit-export --format hf (tests/models/hf_reference.py)
 )
 
 missing=()

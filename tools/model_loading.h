@@ -16,6 +16,11 @@ struct LoadedModel {
   std::string checkpoint;  // the folder the weights came from
 };
 
+// The model configuration of the run in `run_dir` (its config.json).
+inline models::GptConfig read_run_config(const std::string& run_dir) {
+  return models::GptConfig::from_json(train::RunDir(run_dir).read_config());
+}
+
 // `run_dir` holds config.json and checkpoints/ (edit-train-gpt --out-dir); `checkpoint` is a
 // folder or "latest".
 inline LoadedModel load_run(const std::string& run_dir, const std::string& checkpoint, bool prefer_anchor) {

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -129,6 +130,95 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   out.write(text.data(), text.size());
   for (const auto& t : data) out.write(t.data_ptr(), static_cast<std::size_t>(t.numel()) * t.element_size());
   out.commit();
+}
+
+namespace {
+
+// `dir` as an absolute path without a trailing separator, so that its parent and a folder beside
+// it can be named ("." and "runs/x/" included).
+fs::path absolute_folder(const std::string& dir) {
+  EDIT_CHECK(!dir.empty(), "the export folder is an empty path; name the folder to export into");
+  fs::path path = fs::absolute(fs::path(dir)).lexically_normal();
+  if (!path.has_filename() && path.has_parent_path() && path != path.root_path()) path = path.parent_path();
+  return path;
+}
+
+void rename_or_throw(const fs::path& from, const fs::path& to) {
+  EDIT_CHECK(std::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from.string(), " to ", to.string(),
+             ": ", std::strerror(errno), "; check the permissions of ", to.parent_path().string());
+}
+
+// Persists the renames in `folder` (its entries); best effort, as AtomicFile's.
+void fsync_folder(const fs::path& folder) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+void check_export_folder(const std::string& dir, bool overwrite) {
+  const fs::path path = absolute_folder(dir);
+  std::error_code ec;
+  const auto status = fs::status(path, ec);
+  if (!fs::exists(status)) return;
+  EDIT_CHECK(fs::is_directory(status), dir, " exists and is not a folder; name a folder to export into");
+  const bool empty = fs::is_empty(path, ec);
+  EDIT_CHECK(!ec, "cannot list ", dir, ": ", ec.message(), "; check its permissions");
+  EDIT_CHECK(empty || overwrite, dir,
+             " is a folder with files in it (perhaps another export or a run); pass ",
+             "--overwrite to replace the export's files in it, or export into a new folder");
+}
+
+void write_export_folder(const std::string& dir, const ExportFolder& folder, bool overwrite) {
+  check_export_folder(dir, overwrite);
+  const fs::path target = absolute_folder(dir);
+  std::vector<std::string> names{folder.tensors_file};
+  for (const auto& [name, text] : folder.text_files) names.push_back(name);
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
+    EDIT_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
+               "an export file is named '", name, "'; export files need plain names, without a folder");
+    EDIT_CHECK(std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), name) ==
+                   names.begin() + static_cast<std::ptrdiff_t>(i),
+               "two export files are named '", name, "'");
+  }
+  std::error_code ec;
+  fs::create_directories(target.parent_path(), ec);
+  EDIT_CHECK(!ec, "cannot create ", target.parent_path().string(), ": ", ec.message(),
+             "; check the permissions of the folders above it");
+  // Beside the target, on its file system, so that the renames below are atomic and need no space.
+  fs::path staging = target;
+  staging += ".staged-" + std::to_string(::getpid());
+  fs::remove_all(staging, ec);
+  fs::create_directory(staging, ec);
+  EDIT_CHECK(!ec, "cannot create ", staging.string(), ": ", ec.message(), "; check the permissions of ",
+             target.parent_path().string());
+  try {
+    write_safetensors((staging / folder.tensors_file).string(), folder.tensors, folder.metadata);
+    for (const auto& [name, text] : folder.text_files) write_file_atomically((staging / name).string(), text);
+    const bool fresh = !fs::exists(target, ec) || fs::is_empty(target, ec);
+    if (fresh) {
+      rename_or_throw(staging, target);  // replaces an empty folder too
+      fsync_folder(target.parent_path());
+      return;
+    }
+    for (const auto& name : names) rename_or_throw(staging / name, target / name);
+    for (const auto& name : folder.stale) {
+      if (std::find(names.begin(), names.end(), name) != names.end()) continue;
+      fs::remove(target / name, ec);
+      EDIT_CHECK(!ec, "cannot remove ", (target / name).string(),
+                 ", left by an earlier export: ", ec.message(),
+                 "; remove it by hand, it does not belong to the new export");
+    }
+    fsync_folder(target);
+    fs::remove(staging, ec);
+  } catch (...) {
+    fs::remove_all(staging, ec);
+    throw;
+  }
 }
 
 }  // namespace edit::train
