@@ -15,12 +15,14 @@
 #include <vector>
 
 #include "edit/core/check.h"
+#include "error_of.h"
 #include "temp_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using edit::data::Gpt2Tokenizer;
+using edit::testing_support::error_of;
 using edit::testing_support::read_bytes;
 using edit::testing_support::TempDir;
 using edit::testing_support::write_bytes;
@@ -44,16 +46,6 @@ std::vector<std::string> pretokens(const std::string& text) {
   std::vector<std::string> out;
   for (const std::string_view piece : edit::data::gpt2_pretokenize(text)) out.emplace_back(piece);
   return out;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const edit::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(Gpt2Tokenizer, TinyVocabularyMergesByRank) {

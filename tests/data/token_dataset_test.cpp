@@ -16,6 +16,7 @@
 #include "edit/core/check.h"
 #include "edit/data/byte_tokenizer.h"
 #include "edit/data/token_file.h"
+#include "error_of.h"
 #include "fifo_watchdog.h"
 #include "temp_dir.h"
 
@@ -25,6 +26,7 @@ using edit::data::Cursor;
 using edit::data::TokenBatch;
 using edit::data::TokenDataset;
 using edit::data::TokenDatasetOptions;
+using edit::testing_support::error_of;
 using edit::testing_support::FifoWatchdog;
 using edit::testing_support::TempDir;
 
@@ -53,15 +55,6 @@ std::vector<std::int64_t> next_starts(TokenDataset& data, std::int64_t count) {
   const TokenBatch batch = data.next_batch(count, data.options().seq_len);
   const at::Tensor first = batch.inputs.select(1, 0).contiguous();
   return std::vector<std::int64_t>(first.data_ptr<std::int64_t>(), first.data_ptr<std::int64_t>() + count);
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const edit::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(TokenDataset, TargetsAreInputsShiftedByOne) {
@@ -284,8 +277,10 @@ std::string llmc_header(std::int32_t magic, std::int32_t version, std::int32_t c
   std::string header(1024, '\0');
   for (int i = 0; i < 4; ++i) {
     header[static_cast<size_t>(i)] = static_cast<char>((static_cast<std::uint32_t>(magic) >> (8 * i)) & 0xff);
-    header[static_cast<size_t>(4 + i)] = static_cast<char>((static_cast<std::uint32_t>(version) >> (8 * i)) & 0xff);
-    header[static_cast<size_t>(8 + i)] = static_cast<char>((static_cast<std::uint32_t>(count) >> (8 * i)) & 0xff);
+    header[static_cast<size_t>(4 + i)] =
+        static_cast<char>((static_cast<std::uint32_t>(version) >> (8 * i)) & 0xff);
+    header[static_cast<size_t>(8 + i)] =
+        static_cast<char>((static_cast<std::uint32_t>(count) >> (8 * i)) & 0xff);
   }
   return header;
 }
@@ -328,11 +323,14 @@ TEST(TokenDataset, Llama3ShardsOfUint32Tokens) {
   }
   o.vocab_size = 128100;  // id 128100 first appears at index 100: byte offset 1024 + 400
   const std::string what = error_of([&] { TokenDataset(dir.file("llama.bin"), o); });
-  EXPECT_NE(what.find("token id 128100 at index 100 (byte offset 1424) is >= the vocab size 128100"), std::string::npos)
+  EXPECT_NE(what.find("token id 128100 at index 100 (byte offset 1424) is >= the vocab size 128100"),
+            std::string::npos)
       << what;
   // A GPT-2 magic with the llama version (or the reverse) is refused, naming both layouts.
   edit::testing_support::write_bytes(dir.file("mixed.bin"), llmc_header(20240520, 7, 0));
-  EXPECT_NE(error_of([&] { TokenDataset(dir.file("mixed.bin"), options(1)); }).find("unsupported version 7 at byte offset 4"),
+  EXPECT_NE(error_of([&] {
+              TokenDataset(dir.file("mixed.bin"), options(1));
+            }).find("unsupported version 7 at byte offset 4"),
             std::string::npos);
 }
 

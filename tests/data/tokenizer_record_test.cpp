@@ -9,11 +9,13 @@
 #include <functional>
 #include <string>
 
+#include "error_of.h"
 #include "temp_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using edit::testing_support::error_of;
 using edit::testing_support::TempDir;
 
 void write(const std::string& path, const std::string& text) {
@@ -30,15 +32,6 @@ std::string read(const std::string& path) {
 void write_bpe(const std::string& dir) {
   write(dir + "/encoder.json", R"({"a": 0, "b": 1, "c": 2, "ab": 3, "\u0120": 4})");
   write(dir + "/vocab.bpe", "#version: 0.2\na b\n");
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(TokenizerRecord, ByteRoundTripAndAbsence) {
