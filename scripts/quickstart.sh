@@ -9,7 +9,7 @@ cd "$root"
 
 source "$root/scripts/phases.sh"
 
-phase deps bash scripts/install-deps.sh
+phase deps bash scripts/install-deps.sh --programs  # the tests' references come with scripts/test.sh
 # The configuration scripts/test.sh uses (so it reuses this build), and only the programs run here.
 phase build env EDIT_BUILD_TARGETS="edit-prepare-text edit-train-gpt" bash scripts/build.sh -DEDIT_WERROR=ON
 

@@ -215,9 +215,8 @@ void validate(const Config& c) {
              " only apply to Streaming DiLoCo, but --strategy is ", strategy, "; add --strategy streaming or drop them");
   EDIT_CHECK(c.aedit_flags_given.empty() || strategy == "aedit", c.aedit_flags_given,
              " only apply to A-EDiT, but --strategy is ", strategy, "; add --strategy aedit or drop them");
-  EDIT_CHECK(!c.penalty || (edit::sync::is_local_sgd(strategy) && !edit::sync::default_penalty(strategy)) ||
-                 strategy == "edit",
-             "--penalty applies to Local SGD (diloco, streaming; edit has it on), but --strategy is ", strategy);
+  EDIT_CHECK(!c.penalty || edit::sync::is_local_sgd(strategy), "--penalty applies to Local SGD (diloco, streaming; ",
+             "edit and aedit have it on), but --strategy is ", strategy);
   EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
              " (continue) contradict each other; pass one of them");
   const double outer_lr = c.sync.local.outer.lr;
