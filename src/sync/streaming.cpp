@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -14,23 +15,72 @@ namespace edit::sync {
 void StreamingOptions::validate(int num_units) const {
   local.validate();
   const int H = local.sync_every;
-  EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ", num_units,
-             " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
+  EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ",
+             num_units, " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
   EDIT_CHECK(H % fragments == 0, "--sync-every ", H, " is not divisible by --fragments ", fragments,
              ": fragments sync every H / P steps in turn; pick H a multiple of P");
   EDIT_CHECK(overlap >= 0 && overlap < H, "--overlap ", overlap, " must lie in [0, --sync-every ", H,
              "): a fragment's exchange must merge before the fragment syncs again");
-  EDIT_CHECK(alpha >= 0.0 && alpha <= 1.0, "--alpha ", alpha, " must lie in [0, 1] (0: restart from the new anchor)");
+  EDIT_CHECK(alpha >= 0.0 && alpha <= 1.0, "--alpha ", alpha,
+             " must lie in [0, 1] (0: restart from the new anchor)");
   quant.validate();
 }
 
-std::vector<std::vector<int>> fragment_units(int num_units, int fragments, bool strided) {
-  std::vector<std::vector<int>> out(static_cast<size_t>(fragments));
-  for (int u = 0; u < num_units; ++u) {
-    const int p = strided ? u % fragments
-                          : static_cast<int>(static_cast<std::int64_t>(u) * fragments / num_units);
-    out[static_cast<size_t>(p)].push_back(u);
+FragmentLayout parse_fragment_layout(const std::string& name) {
+  if (name == "strided") return FragmentLayout::kStrided;
+  if (name == "sequential") return FragmentLayout::kSequential;
+  if (name == "balanced") return FragmentLayout::kBalanced;
+  EDIT_FAIL("unknown fragment layout '", name, "'; use strided, sequential or balanced");
+}
+
+const char* to_string(FragmentLayout layout) {
+  switch (layout) {
+    case FragmentLayout::kStrided:
+      return "strided";
+    case FragmentLayout::kSequential:
+      return "sequential";
+    case FragmentLayout::kBalanced:
+      return "balanced";
   }
+  return "?";
+}
+
+std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& unit_sizes, int fragments,
+                                             FragmentLayout layout) {
+  const int num_units = static_cast<int>(unit_sizes.size());
+  EDIT_CHECK(fragments >= 1 && fragments <= num_units, fragments, " fragments of ", num_units,
+             " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
+  std::vector<std::vector<int>> out(static_cast<size_t>(fragments));
+  if (layout != FragmentLayout::kBalanced) {
+    for (int u = 0; u < num_units; ++u) {
+      const int p = layout == FragmentLayout::kStrided
+                        ? u % fragments
+                        : static_cast<int>(static_cast<std::int64_t>(u) * fragments / num_units);
+      out[static_cast<size_t>(p)].push_back(u);
+    }
+    return out;
+  }
+  // Longest processing time first: the biggest units are placed while every fragment is still
+  // light, the small ones then even out the rest. Positive sizes put one of the first P units in
+  // each fragment, so none stays empty.
+  for (int u = 0; u < num_units; ++u) {
+    EDIT_CHECK(unit_sizes[static_cast<size_t>(u)] >= 1, "unit ", u, " has ",
+               unit_sizes[static_cast<size_t>(u)],
+               " elements; a balanced layout needs every unit's size (>= 1)");
+  }
+  std::vector<int> order(static_cast<size_t>(num_units));
+  for (int u = 0; u < num_units; ++u) order[static_cast<size_t>(u)] = u;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return unit_sizes[static_cast<size_t>(a)] > unit_sizes[static_cast<size_t>(b)];
+  });
+  std::vector<std::int64_t> load(static_cast<size_t>(fragments), 0);
+  for (int u : order) {
+    // The lightest fragment; the first one among equals.
+    const auto lightest = std::min_element(load.begin(), load.end()) - load.begin();
+    load[static_cast<size_t>(lightest)] += unit_sizes[static_cast<size_t>(u)];
+    out[static_cast<size_t>(lightest)].push_back(u);
+  }
+  for (auto& units : out) std::sort(units.begin(), units.end());
   return out;
 }
 
@@ -45,9 +95,14 @@ std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments)
 
 StreamingDiLoCo::StreamingDiLoCo(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
                                  StreamingOptions options)
-    : options_(std::move(options)), model_(model), sync_(sync_group), core_(model, std::move(sync_group), options_.local) {
+    : options_(std::move(options)),
+      model_(model),
+      sync_(sync_group),
+      core_(model, std::move(sync_group), options_.local) {
   options_.validate(model.num_units());
-  fragments_ = fragment_units(model.num_units(), options_.fragments, options_.strided);
+  std::vector<std::int64_t> sizes;
+  for (int u = 0; u < model.num_units(); ++u) sizes.push_back(model.unit(u).shard_numel());
+  fragments_ = fragment_units(sizes, options_.fragments, options_.layout);
 }
 
 StreamingDiLoCo::~StreamingDiLoCo() {
@@ -236,11 +291,38 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
     const std::string prefix = "streaming." + std::to_string(k) + ".";
     Exchange exchange;
     exchange.fragment = static_cast<int>(state.integer(owner, prefix + "fragment"));
-    EDIT_CHECK(exchange.fragment >= 0 && exchange.fragment < options_.fragments, "the checkpoint has an exchange of "
-               "fragment ", exchange.fragment, " in flight, but this job has ", options_.fragments,
+    EDIT_CHECK(exchange.fragment >= 0 && exchange.fragment < options_.fragments,
+               "the checkpoint has an exchange of fragment ", exchange.fragment,
+               " in flight, but this job has ", options_.fragments,
                " fragments; resume with the same --fragments");
     exchange.merge_after = state.integer(owner, prefix + "merge_after");
-    for (int u : fragments_[static_cast<size_t>(exchange.fragment)]) {
+    // The units the checkpoint's exchange carries (one "unit<u>.skip" each) must be this job's
+    // fragment: another --fragment-layout or model regroups them.
+    std::vector<int> saved;
+    for (const auto& [key, value] : state.scalars) {
+      const std::string unit_prefix = prefix + "unit";
+      const std::string suffix = ".skip";
+      if (key.rfind(unit_prefix, 0) != 0 || key.size() <= unit_prefix.size() + suffix.size() ||
+          key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        continue;
+      }
+      saved.push_back(
+          std::stoi(key.substr(unit_prefix.size(), key.size() - unit_prefix.size() - suffix.size())));
+    }
+    std::sort(saved.begin(), saved.end());
+    const std::vector<int>& units = fragments_[static_cast<size_t>(exchange.fragment)];
+    if (saved != units) {
+      const auto list = [](const std::vector<int>& v) {
+        std::string out;
+        for (int u : v) out += (out.empty() ? "" : ",") + std::to_string(u);
+        return "{" + out + "}";
+      };
+      EDIT_FAIL("the checkpoint has an exchange of fragment ", exchange.fragment, " in flight with units ",
+                list(saved), ", but this job's fragment ", exchange.fragment, " holds units ", list(units),
+                " (--fragment-layout ", to_string(options_.layout),
+                "); resume with the same --fragments and --fragment-layout");
+    }
+    for (int u : units) {
       const std::string key = prefix + "unit" + std::to_string(u) + ".";
       UnitExchange unit;
       unit.unit = u;
@@ -252,9 +334,11 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
       unit.decision.skip = state.integer(owner, key + "skip") != 0;
       if (!unit.decision.skip) {
         unit.gathered = state.tensor(owner, key + "gathered").clone();
-        EDIT_CHECK(unit.gathered.numel() == packet_bytes(model_.unit(u).shard_numel(), options_.quant) * sync_->size(),
-                   "the checkpoint's exchange of unit ", u, " has ", unit.gathered.numel(),
-                   " bytes, which does not fit this job's shard and --quant; resume with the same configuration");
+        EDIT_CHECK(
+            unit.gathered.numel() ==
+                packet_bytes(model_.unit(u).shard_numel(), options_.quant) * sync_->size(),
+            "the checkpoint's exchange of unit ", u, " has ", unit.gathered.numel(),
+            " bytes, which does not fit this job's shard and --quant; resume with the same configuration");
       }
       exchange.units.push_back(std::move(unit));
     }

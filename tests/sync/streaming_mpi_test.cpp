@@ -1,11 +1,11 @@
-// Streaming DiLoCo on real ranks: the fragment schedule against hand-written tables, P = 1,
-// tau = 0, alpha = 0, fp32 against DiLoCo (bit for bit), bit-identical anchors on every replica
-// with fp4 after many syncs (3 and 4 replicas), several exchanges in flight without waiting, and
-// an exact resume from a checkpoint taken with exchanges in flight.
+// Streaming DiLoCo on real ranks: P = 1, tau = 0, alpha = 0, fp32 against DiLoCo (bit for bit),
+// bit-identical anchors on every replica with fp4 after many syncs (3 and 4 replicas), several
+// exchanges in flight without waiting, an exact resume from a checkpoint taken with exchanges in
+// flight (each fragment layout), and a resume into another layout refused. The schedule and the
+// layouts' tables: streaming_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <map>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/core/check.h"
@@ -25,38 +25,6 @@ using edit::testing_support::tiny_batch;
 using edit::testing_support::TinyConfig;
 using edit::testing_support::TinyTransformer;
 using edit::testing_support::world;
-
-TEST(StreamingSchedule, FragmentsSyncInTurnAsTheTablesSay) {
-  // After which 0-based inner steps each fragment syncs, written out by hand.
-  struct Case {
-    int H, P;
-    std::map<std::int64_t, std::vector<int>> due;  // steps 0 .. 2H-1; the others: none
-  };
-  const std::vector<Case> cases = {
-      {5, 1, {{4, {0}}, {9, {0}}}},
-      {8, 2, {{3, {1}}, {7, {0}}, {11, {1}}, {15, {0}}}},
-      {6, 3, {{1, {1}}, {3, {2}}, {5, {0}}, {7, {1}}, {9, {2}}, {11, {0}}}},
-      {4, 4, {{0, {1}}, {1, {2}}, {2, {3}}, {3, {0}}, {4, {1}}, {5, {2}}, {6, {3}}, {7, {0}}}},
-  };
-  for (const Case& c : cases) {
-    for (std::int64_t step = 0; step < 2 * c.H; ++step) {
-      const auto found = c.due.find(step);
-      const std::vector<int> want = found == c.due.end() ? std::vector<int>{} : found->second;
-      EXPECT_EQ(edit::sync::fragments_due(step, c.H, c.P), want) << "H " << c.H << " P " << c.P << " step " << step;
-    }
-  }
-  EXPECT_EQ(edit::sync::fragment_units(5, 2, true), (std::vector<std::vector<int>>{{0, 2, 4}, {1, 3}}));
-  EXPECT_EQ(edit::sync::fragment_units(5, 2, false), (std::vector<std::vector<int>>{{0, 1, 2}, {3, 4}}));
-  StreamingOptions bad;
-  bad.local.sync_every = 10;
-  bad.fragments = 4;
-  EXPECT_THROW(bad.validate(8), edit::Error);  // H not divisible by P
-  bad.fragments = 5;
-  EXPECT_THROW(bad.validate(4), edit::Error);  // more fragments than units
-  bad.overlap = 10;
-  bad.fragments = 2;
-  EXPECT_THROW(bad.validate(8), edit::Error);  // an exchange that would outlive its fragment's next sync
-}
 
 int shard_size_for_world() { return world()->size() == 4 ? 2 : 1; }
 
@@ -90,7 +58,8 @@ struct Worker {
   }
 };
 
-void expect_identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b, const std::string& what) {
+void expect_identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
+                      const std::string& what) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t u = 0; u < a.size(); ++u) EXPECT_TRUE(at::equal(a[u], b[u])) << what << ", unit " << u;
 }
@@ -140,7 +109,8 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
   }
   EXPECT_EQ(streaming->streaming_stats().max_in_flight, 2);
   EXPECT_EQ(streaming->streaming_stats().issued, 20);
-  EXPECT_EQ(streaming->streaming_stats().merged, streaming->streaming_stats().issued - streaming->in_flight());
+  EXPECT_EQ(streaming->streaming_stats().merged,
+            streaming->streaming_stats().issued - streaming->in_flight());
   streaming->finish();
   EXPECT_EQ(streaming->in_flight(), 0);
   // fp4 packets: half a byte a value plus a 4-byte scale per 32 values.
@@ -162,12 +132,22 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
   streaming->core().check_replicas();  // the library's own check agrees
 }
 
-// A checkpoint taken with exchanges in flight resumes onto exactly the uninterrupted path.
-TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
+// Saves (copies: the dicts alias live state).
+edit::StateDict copy(edit::StateDict state) {
+  for (auto& [key, t] : state.tensors) t = t.clone();
+  return state;
+}
+
+// A checkpoint taken with exchanges in flight resumes onto exactly the uninterrupted path, in
+// every layout.
+class StreamingResume : public ::testing::TestWithParam<edit::sync::FragmentLayout> {};
+
+TEST_P(StreamingResume, WithExchangesInFlightIsExact) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   StreamingOptions options;
   options.local.sync_every = 6;
   options.fragments = 3;
+  options.layout = GetParam();
   options.overlap = 2;
   options.quant = {edit::sync::QuantFormat::kInt8, 16};
   const auto make = [&](Worker& w) {
@@ -179,12 +159,8 @@ TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
   make(first);
   for (int s = 0; s < 14; ++s) straight.step(mesh, s);
   for (int s = 0; s < 8; ++s) first.step(mesh, s);
-  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0) << "the test needs an exchange in flight";
-  // Save (copies: the dicts alias live state), then load into a fresh worker.
-  auto copy = [](edit::StateDict state) {
-    for (auto& [key, t] : state.tensors) t = t.clone();
-    return state;
-  };
+  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0)
+      << "the test needs an exchange in flight";
   const edit::StateDict model_state = copy(first.model->state_dict());
   const edit::StateDict inner_state = copy(first.inner->state_dict());
   const edit::StateDict strategy_state = copy(first.strategy->state_dict());
@@ -198,6 +174,40 @@ TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
     EXPECT_TRUE(at::equal(static_cast<StreamingDiLoCo&>(*straight.strategy).core().outer().anchor(u),
                           static_cast<StreamingDiLoCo&>(*resumed.strategy).core().outer().anchor(u)))
         << "anchor of unit " << u;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, StreamingResume,
+                         ::testing::Values(edit::sync::FragmentLayout::kStrided,
+                                           edit::sync::FragmentLayout::kSequential,
+                                           edit::sync::FragmentLayout::kBalanced),
+                         [](const auto& info) { return std::string(edit::sync::to_string(info.param)); });
+
+// An exchange in flight belongs to its fragment's units: a job that groups them otherwise refuses
+// the checkpoint, naming the layout, instead of merging it into the wrong units.
+TEST(StreamingDiLoCo, ResumeIntoAnotherLayoutIsRefused) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  StreamingOptions options;
+  options.local.sync_every = 6;
+  options.fragments = 3;  // 5 units: strided {0, 3}, {1, 4}, {2}; sequential {0, 1}, {2, 3}, {4}
+  options.overlap = 2;
+  Worker first(7), resumed(7);
+  first.build(mesh);
+  first.strategy = std::make_unique<StreamingDiLoCo>(*first.model, mesh.sync_ptr(), options);
+  for (int s = 0; s < 8; ++s) first.step(mesh, s);
+  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0)
+      << "the test needs an exchange in flight";
+  const edit::StateDict strategy_state = copy(first.strategy->state_dict());
+  options.layout = edit::sync::FragmentLayout::kSequential;
+  resumed.build(mesh);
+  resumed.strategy = std::make_unique<StreamingDiLoCo>(*resumed.model, mesh.sync_ptr(), options);
+  try {
+    resumed.strategy->load_state_dict(strategy_state);
+    FAIL() << "a checkpoint of another layout was loaded";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("resume with the same --fragments and --fragment-layout"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -27,28 +27,42 @@
 
 namespace edit::sync {
 
+// How units are grouped into fragments. Fragments hold whole units, so a fragment's bytes on the
+// wire are the sum of its units' sizes: only `balanced` looks at them.
+enum class FragmentLayout {
+  kStrided,     // unit u in fragment u mod P
+  kSequential,  // P runs of consecutive units
+  kBalanced,    // sizes as equal as whole units allow (longest-processing-time greedy)
+};
+FragmentLayout parse_fragment_layout(const std::string& name);  // strided, sequential, balanced
+const char* to_string(FragmentLayout layout);
+
 struct StreamingOptions {
-  LocalSgdOptions local;   // H (sync_every), outer optimizer, penalty, replica checks
-  int fragments = 1;       // P
-  bool strided = true;     // unit u in fragment u mod P; false: P runs of consecutive units
-  int overlap = 0;         // tau: inner steps between a fragment's exchange and its merge
-  double alpha = 0.5;      // the merge's weight on the worker's own parameters
-  QuantOptions quant;      // fp32 by default
+  LocalSgdOptions local;  // H (sync_every), outer optimizer, penalty, replica checks
+  int fragments = 1;      // P
+  FragmentLayout layout = FragmentLayout::kStrided;  // which units each fragment holds
+  int overlap = 0;     // tau: inner steps between a fragment's exchange and its merge
+  double alpha = 0.5;  // the merge's weight on the worker's own parameters
+  QuantOptions quant;  // fp32 by default
   void validate(int num_units) const;
 };
 
-// The units of each fragment.
-std::vector<std::vector<int>> fragment_units(int num_units, int fragments, bool strided);
+// The units of each fragment, each list in ascending order; unit_sizes[u] is unit u's element
+// count (>= 1), the same on every rank. Balanced: units by size descending (ties: lower index
+// first), each to the fragment with the fewest elements so far (ties: lower fragment index). A pure
+// function of its arguments, so every rank builds the same fragments.
+std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& unit_sizes, int fragments,
+                                             FragmentLayout layout);
 // The fragments whose exchange is issued after inner step `step`.
 std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments);
 
 struct StreamingStats {
-  std::int64_t issued = 0;           // fragment exchanges issued
+  std::int64_t issued = 0;  // fragment exchanges issued
   std::int64_t merged = 0;
   std::int64_t merges_that_waited = 0;  // the exchange had not landed by its merge step
   std::int64_t max_in_flight = 0;
-  std::int64_t payload_bytes = 0;    // sent by this rank: quantized values
-  std::int64_t scale_bytes = 0;      // ... and their block scales
+  std::int64_t payload_bytes = 0;  // sent by this rank: quantized values
+  std::int64_t scale_bytes = 0;    // ... and their block scales
 };
 
 class StreamingDiLoCo : public SyncStrategy {
