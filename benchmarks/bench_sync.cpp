@@ -8,6 +8,9 @@
 // quantized exchange) at each H. Columns: tokens/s, ratio to no-communication, bytes sent per
 // inner step per rank (shard + sync groups) on average and in the busiest step, time blocked in
 // the strategy, and the held-out loss after the run (mean over ranks), all from one run.
+// Communicators count an operation's bytes when it completes, so an overlapped exchange may be
+// split over two steps in peak_bytes_per_step; peak_exchange_bytes (Streaming DiLoCo) counts the
+// packets issued after one step, exactly: payload and scales, what each rank puts on the wire.
 //
 // --straggler-factors 2,4 adds a heterogeneous-cluster study: the last replica computes f times
 // as slowly, and Ddp, EDiT (H steps) and A-EDiT run side by side at a constant learning rate.
@@ -107,6 +110,7 @@ struct Result {
   double tokens_per_s = 0;
   double bytes_per_step = 0;
   double peak_bytes_per_step = 0;
+  double peak_exchange_bytes = 0;  // Streaming DiLoCo: the most packet bytes issued after one step
   double sync_wait_s = 0;
   double loss = 0;
   double seconds = 0;        // wall-clock of the timed part (the slowest rank's)
@@ -180,6 +184,9 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   result.tokens_per_s = tokens_per_step * steps / slowest;
   result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / static_cast<double>(timed);
   result.peak_bytes_per_step = peak_bytes;
+  if (const auto* streaming = dynamic_cast<const edit::sync::StreamingDiLoCo*>(strategy.get())) {
+    result.peak_exchange_bytes = static_cast<double>(streaming->streaming_stats().max_step_bytes);
+  }
   result.sync_wait_s = blocked;
   // Held-out loss: the same 4 batches on every rank, never trained on.
   c10::NoGradGuard no_grad;
@@ -244,7 +251,7 @@ int main(int argc, char** argv) try {
   edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "interval_s", "fragments", "layout", "overlap",
                             "quant", "link", "straggler", "seconds", "syncs", "tokens_per_s", "ratio_to_nocomm",
                             "own_speed_sum", "job_over_own", "bytes_per_step_per_rank", "peak_bytes_per_step",
-                            "sync_wait_s", "loss"});
+                            "peak_exchange_bytes", "sync_wait_s", "loss"});
   const auto add_row = [&](const RunSpec& spec, const Result& r, const std::string& link, double reference) {
     const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
     const bool streaming = spec.strategy == "streaming";
@@ -258,7 +265,8 @@ int main(int argc, char** argv) try {
                    fmt_num(r.seconds, 2), std::to_string(r.syncs), fmt_num(r.tokens_per_s, 0),
                    fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.own_speed_sum, 0),
                    fmt_num(r.tokens_per_s / r.own_speed_sum, 3), fmt_num(r.bytes_per_step, 0),
-                   fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
+                   fmt_num(r.peak_bytes_per_step, 0), streaming ? fmt_num(r.peak_exchange_bytes, 0) : "-",
+                   fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
   };
   std::vector<std::string> links;
   if (!o.study_only) links.push_back("");

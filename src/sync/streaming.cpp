@@ -125,9 +125,10 @@ double StreamingDiLoCo::shard_group_sum(double local) {
   return total;
 }
 
-void StreamingDiLoCo::issue(int fragment, std::int64_t step) {
+std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   c10::NoGradGuard no_grad;
   const int workers = sync_->size();
+  std::int64_t issued_bytes = 0;
   Exchange exchange;
   exchange.fragment = fragment;
   exchange.merge_after = step + options_.overlap;
@@ -159,12 +160,14 @@ void StreamingDiLoCo::issue(int fragment, std::int64_t step) {
       unit.work = sync_->all_gather(unit.gathered, unit.packet);
       streaming_.payload_bytes += payload_bytes(n, options_.quant);
       streaming_.scale_bytes += scale_bytes(n, options_.quant);
+      issued_bytes += bytes;
     }
     exchange.units.push_back(std::move(unit));
   }
   ++streaming_.issued;
   in_flight_.push_back(std::move(exchange));
   streaming_.max_in_flight = std::max<std::int64_t>(streaming_.max_in_flight, in_flight());
+  return issued_bytes;
 }
 
 void StreamingDiLoCo::merge(Exchange& exchange) {
@@ -228,13 +231,15 @@ void StreamingDiLoCo::after_step(std::int64_t step) {
     merge(in_flight_.front());
     in_flight_.erase(in_flight_.begin());
   }
+  std::int64_t step_bytes = 0;
   for (int fragment : fragments_due(step, options_.local.sync_every, options_.fragments)) {
-    issue(fragment, step);
+    step_bytes += issue(fragment, step);
     if (options_.overlap == 0) {
       merge(in_flight_.back());
       in_flight_.pop_back();
     }
   }
+  streaming_.max_step_bytes = std::max(streaming_.max_step_bytes, step_bytes);
   stats_.blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -116,6 +116,16 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
   // fp4 packets: half a byte a value plus a 4-byte scale per 32 values.
   const auto& stats = streaming->streaming_stats();
   EXPECT_NEAR(static_cast<double>(stats.scale_bytes) / static_cast<double>(stats.payload_bytes), 0.25, 0.02);
+  // The busiest step issued the biggest fragment's packets (one fragment every 2 steps).
+  std::vector<std::int64_t> sizes;
+  for (int u = 0; u < worker.model->num_units(); ++u) sizes.push_back(worker.model->unit(u).shard_numel());
+  std::int64_t biggest = 0;
+  for (const auto& units : edit::sync::fragment_units(sizes, options.fragments, options.layout)) {
+    std::int64_t bytes = 0;
+    for (int u : units) bytes += edit::sync::packet_bytes(sizes[static_cast<size_t>(u)], options.quant);
+    biggest = std::max(biggest, bytes);
+  }
+  EXPECT_EQ(stats.max_step_bytes, biggest);
   // The checksum of every anchor, exactly equal across the replicas of this shard index.
   double sum = 0.0, squares = 0.0;
   for (int u = 0; u < worker.model->num_units(); ++u) {

@@ -63,6 +63,10 @@ struct StreamingStats {
   std::int64_t max_in_flight = 0;
   std::int64_t payload_bytes = 0;  // sent by this rank: quantized values
   std::int64_t scale_bytes = 0;    // ... and their block scales
+  // The most packet bytes (payload and scales) this rank issued after any one inner step: the
+  // busiest step's exchange, counted when issued (a communicator counts bytes as an operation
+  // completes, which may fall in the next step).
+  std::int64_t max_step_bytes = 0;
 };
 
 class StreamingDiLoCo : public SyncStrategy {
@@ -97,7 +101,7 @@ class StreamingDiLoCo : public SyncStrategy {
     std::int64_t merge_after = 0;  // merged in after_step of this step
     std::vector<UnitExchange> units;
   };
-  void issue(int fragment, std::int64_t step);
+  std::int64_t issue(int fragment, std::int64_t step);  // returns the packet bytes issued
   void merge(Exchange& exchange);
   double shard_group_sum(double local);
 
