@@ -9,6 +9,7 @@
 
 #include "edit/core/check.h"
 #include "edit/sync/pseudo_grad.h"
+#include "rank_sum.h"
 
 namespace edit::sync {
 
@@ -117,14 +118,6 @@ StreamingDiLoCo::~StreamingDiLoCo() {
   }
 }
 
-double StreamingDiLoCo::shard_group_sum(double local) {
-  comm::Communicator& group = model_.shard_group();
-  if (group.size() == 1) return local;
-  double total = 0.0;
-  for (double part : group.all_gather_values({local})) total += part;  // rank order: identical everywhere
-  return total;
-}
-
 std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   c10::NoGradGuard no_grad;
   const int workers = sync_->size();
@@ -142,7 +135,8 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
             .to(at::kCPU, at::kFloat)
             .contiguous();
     if (penalty) {
-      unit.decision = penalty->decide(u, sync_->all_gather_values({std::sqrt(shard_group_sum(sqnorm))}));
+      const double norm = std::sqrt(sum_over_ranks(model_.shard_group(), {sqnorm}).front());
+      unit.decision = penalty->decide(u, sync_->all_gather_values({norm}));
       dropped_workers_ += unit.decision.dropped_count();
       level_shifts_ += unit.decision.level_shift ? 1 : 0;
     } else {
@@ -206,7 +200,8 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
       aggregate.add_(part.mul_(weight));
     }
     if (penalty && penalty->options().clip) {
-      const double scale = penalty->clip_scale(std::sqrt(shard_group_sum(squared_norm(aggregate))));
+      const double sqnorm = sum_over_ranks(model_.shard_group(), {squared_norm(aggregate)}).front();
+      const double scale = penalty->clip_scale(std::sqrt(sqnorm));
       if (scale < 1.0) aggregate.mul_(scale);
     }
     aggregate = aggregate.to(theta.device());

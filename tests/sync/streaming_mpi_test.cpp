@@ -86,6 +86,24 @@ TEST(StreamingDiLoCo, OneFragmentNoOverlapFp32IsDiLoCoBitForBit) {
   EXPECT_EQ(streaming.strategy->stats().syncs, 3);
 }
 
+// The checksum of every anchor, exactly equal across the replicas of this shard index.
+void expect_anchors_identical_across_replicas(StreamingDiLoCo& streaming, const ShardedModel& model,
+                                              edit::comm::DeviceMesh& mesh) {
+  double sum = 0.0, squares = 0.0;
+  for (int u = 0; u < model.num_units(); ++u) {
+    const at::Tensor anchor = streaming.core().outer().anchor(u).to(at::kDouble);
+    sum += anchor.sum().item<double>();
+    squares += anchor.pow(2).sum().item<double>();
+    EXPECT_TRUE(anchor.isfinite().all().item<bool>());
+  }
+  const auto all = mesh.sync().all_gather_values({sum, squares});
+  for (int r = 1; r < mesh.num_replicas(); ++r) {
+    EXPECT_EQ(all[2 * static_cast<size_t>(r)], all[0]) << "replica " << r;
+    EXPECT_EQ(all[2 * static_cast<size_t>(r) + 1], all[1]) << "replica " << r;
+  }
+  streaming.core().check_replicas();  // the library's own check agrees
+}
+
 // Every rank dequantizes the same packets and adds them in the same order: after many fp4 syncs,
 // with several fragments in flight, the anchors are bit-identical on every replica.
 TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlight) {
@@ -126,20 +144,31 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
     biggest = std::max(biggest, bytes);
   }
   EXPECT_EQ(stats.max_step_bytes, biggest);
-  // The checksum of every anchor, exactly equal across the replicas of this shard index.
-  double sum = 0.0, squares = 0.0;
-  for (int u = 0; u < worker.model->num_units(); ++u) {
-    const at::Tensor anchor = streaming->core().outer().anchor(u).to(at::kDouble);
-    sum += anchor.sum().item<double>();
-    squares += anchor.pow(2).sum().item<double>();
-    EXPECT_TRUE(anchor.isfinite().all().item<bool>());
-  }
-  const auto all = mesh.sync().all_gather_values({sum, squares});
-  for (int r = 1; r < mesh.num_replicas(); ++r) {
-    EXPECT_EQ(all[2 * static_cast<size_t>(r)], all[0]) << "replica " << r;
-    EXPECT_EQ(all[2 * static_cast<size_t>(r) + 1], all[1]) << "replica " << r;
-  }
-  streaming->core().check_replicas();  // the library's own check agrees
+  expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
+}
+
+// With the penalty (weights, clip) and sharded units (S = 2 on 4 ranks), the norms are summed
+// over the shard group in rank order: every replica takes the same decisions and clip scales, so
+// the anchors stay bit-identical.
+TEST(StreamingDiLoCo, PenaltyAndClipOverShardsKeepAnchorsIdentical) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker worker(200 + world()->rank());
+  worker.build(mesh);
+  StreamingOptions options;
+  options.local.sync_every = 6;
+  options.local.use_penalty = true;
+  options.local.penalty.warmup_syncs = 1;
+  options.local.penalty.clip_norm = 1e-3;  // small enough that every merge clips
+  options.fragments = 3;
+  options.layout = edit::sync::FragmentLayout::kBalanced;
+  options.overlap = 1;
+  options.quant = {edit::sync::QuantFormat::kFp4E2M1, 32};
+  auto* streaming = new StreamingDiLoCo(*worker.model, mesh.sync_ptr(), options);
+  worker.strategy.reset(streaming);
+  for (int s = 0; s < 30; ++s) worker.step(mesh, s);
+  streaming->finish();
+  EXPECT_EQ(streaming->streaming_stats().merged, 15);
+  expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
 }
 
 // Saves (copies: the dicts alias live state).

@@ -103,7 +103,6 @@ class StreamingDiLoCo : public SyncStrategy {
   };
   std::int64_t issue(int fragment, std::int64_t step);  // returns the packet bytes issued
   void merge(Exchange& exchange);
-  double shard_group_sum(double local);
 
   StreamingOptions options_;
   shard::ShardedModel& model_;
