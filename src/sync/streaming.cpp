@@ -104,6 +104,16 @@ StreamingDiLoCo::StreamingDiLoCo(shard::ShardedModel& model, std::shared_ptr<com
   std::vector<std::int64_t> sizes;
   for (int u = 0; u < model.num_units(); ++u) sizes.push_back(model.unit(u).shard_numel());
   fragments_ = fragment_units(sizes, options_.fragments, options_.layout);
+  // The buffers every exchange reuses: scratch for the largest shard, slots for the biggest fragment.
+  const std::int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+  scratch_ = at::empty({largest}, at::kFloat);
+  aggregate_ = at::empty({largest}, at::kFloat);
+  streaming_.buffer_bytes = 2 * largest * static_cast<std::int64_t>(sizeof(float));
+  for (const auto& units : fragments_) {
+    std::int64_t bytes = 0;
+    for (int u : units) bytes += packet_bytes(sizes[static_cast<size_t>(u)], options_.quant);
+    slot_bytes_ = std::max(slot_bytes_, bytes);
+  }
 }
 
 StreamingDiLoCo::~StreamingDiLoCo() {
@@ -118,6 +128,42 @@ StreamingDiLoCo::~StreamingDiLoCo() {
   }
 }
 
+size_t StreamingDiLoCo::acquire_slot() {
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    if (!slots_[k].busy) {
+      slots_[k].busy = true;
+      return k;
+    }
+  }
+  Slot slot;
+  slot.packets = at::empty({slot_bytes_}, at::kByte);
+  slot.gathered = at::empty({slot_bytes_ * sync_->size()}, at::kByte);
+  slot.busy = true;
+  streaming_.buffer_bytes += slot.packets.numel() + slot.gathered.numel();
+  slots_.push_back(std::move(slot));
+  return slots_.size() - 1;
+}
+
+void StreamingDiLoCo::place_packets(Exchange& exchange) {
+  const Slot& slot = slots_.at(exchange.slot);
+  const std::int64_t workers = sync_->size();
+  std::int64_t offset = 0;
+  for (UnitExchange& unit : exchange.units) {
+    const std::int64_t bytes = packet_bytes(model_.unit(unit.unit).shard_numel(), options_.quant);
+    unit.packet = slot.packets.narrow(0, offset, bytes);
+    unit.gathered = slot.gathered.narrow(0, offset * workers, bytes * workers);
+    offset += bytes;
+  }
+}
+
+namespace {
+
+bool host_float(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
+}  // namespace
+
 std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   c10::NoGradGuard no_grad;
   const int workers = sync_->size();
@@ -125,15 +171,25 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   Exchange exchange;
   exchange.fragment = fragment;
   exchange.merge_after = step + options_.overlap;
+  exchange.slot = acquire_slot();
+  for (int u : fragments_[static_cast<size_t>(fragment)]) exchange.units.emplace_back().unit = u;
+  place_packets(exchange);
   PseudoGradPenalty* penalty = core_.penalty();
-  for (int u : fragments_[static_cast<size_t>(fragment)]) {
-    UnitExchange unit;
-    unit.unit = u;
+  for (UnitExchange& unit : exchange.units) {
+    const int u = unit.unit;
+    // (shard,) pseudo-gradient on the host, in the scratch buffer: the fused pass of
+    // pseudo_gradient() when the shard is a host float tensor, else computed where it lives.
+    const at::Tensor& anchor = core_.outer().anchor(u);
+    const at::Tensor& local = model_.unit(u).shard();
+    const std::int64_t n = local.numel();
+    at::Tensor delta = scratch_.narrow(0, 0, n);
     double sqnorm = 0.0;
-    const at::Tensor delta =
-        pseudo_gradient(core_.outer().anchor(u), model_.unit(u).shard(), penalty ? &sqnorm : nullptr)
-            .to(at::kCPU, at::kFloat)
-            .contiguous();
+    if (host_float(anchor) && host_float(local)) {
+      sqnorm = pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
+                                      delta.data_ptr<float>(), n);
+    } else {
+      delta.copy_(pseudo_gradient(anchor, local, penalty ? &sqnorm : nullptr));
+    }
     if (penalty) {
       const double norm = std::sqrt(sum_over_ranks(model_.shard_group(), {sqnorm}).front());
       unit.decision = penalty->decide(u, sync_->all_gather_values({norm}));
@@ -145,18 +201,13 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
     }
     if (unit.decision.skip) {
       ++skipped_units_;
-    } else {
-      const std::int64_t n = delta.numel();
-      const std::int64_t bytes = packet_bytes(n, options_.quant);
-      unit.packet = at::empty({bytes}, at::kByte);
-      quantize(delta.data_ptr<float>(), n, options_.quant, unit.packet.data_ptr<std::uint8_t>());
-      unit.gathered = at::empty({bytes * workers}, at::kByte);
-      unit.work = sync_->all_gather(unit.gathered, unit.packet);
-      streaming_.payload_bytes += payload_bytes(n, options_.quant);
-      streaming_.scale_bytes += scale_bytes(n, options_.quant);
-      issued_bytes += bytes;
+      continue;
     }
-    exchange.units.push_back(std::move(unit));
+    quantize(delta.data_ptr<float>(), n, options_.quant, unit.packet.data_ptr<std::uint8_t>());
+    unit.work = sync_->all_gather(unit.gathered, unit.packet);
+    streaming_.payload_bytes += payload_bytes(n, options_.quant);
+    streaming_.scale_bytes += scale_bytes(n, options_.quant);
+    issued_bytes += packet_bytes(n, options_.quant);
   }
   ++streaming_.issued;
   in_flight_.push_back(std::move(exchange));
@@ -190,8 +241,8 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
     // every rank. A dropped worker (w = 0) is left out, not multiplied: 0 x NaN is NaN.
     const std::int64_t n = theta.numel();
     const std::int64_t bytes = packet_bytes(n, options_.quant);
-    at::Tensor aggregate = at::zeros({n}, at::kFloat);
-    at::Tensor part = at::empty({n}, at::kFloat);
+    at::Tensor aggregate = aggregate_.narrow(0, 0, n).zero_();
+    at::Tensor part = scratch_.narrow(0, 0, n);
     const std::uint8_t* gathered = unit.gathered.data_ptr<std::uint8_t>();
     for (int i = 0; i < workers; ++i) {
       const double weight = unit.decision.weights.at(static_cast<size_t>(i));
@@ -204,7 +255,12 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
       const double scale = penalty->clip_scale(std::sqrt(sqnorm));
       if (scale < 1.0) aggregate.mul_(scale);
     }
-    aggregate = aggregate.to(theta.device());
+    if (!theta.device().is_cpu()) {
+      if (!aggregate_on_device_.defined() || aggregate_on_device_.device() != theta.device()) {
+        aggregate_on_device_ = at::empty({aggregate_.numel()}, theta.options().dtype(at::kFloat));
+      }
+      aggregate = aggregate_on_device_.narrow(0, 0, n).copy_(aggregate);
+    }
     if (alpha == 0.0) {
       core_.outer().step_and_reset(unit.unit, aggregate);  // DiLoCo's own path: restart from phi_new
     } else {
@@ -214,6 +270,7 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
     unit.gathered = at::Tensor();
     unit.packet = at::Tensor();
   }
+  slots_.at(exchange.slot).busy = false;
   ++streaming_.merged;
   streaming_.merges_that_waited += waited ? 1 : 0;
   core_.end_sync();
@@ -285,7 +342,14 @@ StateDict StreamingDiLoCo::state_dict() {
 void StreamingDiLoCo::load_state_dict(const StateDict& state) {
   const std::string owner = "Streaming DiLoCo";
   core_.load_state_dict(state);
+  // Exchanges of this run still on the wire write into their slots: let them land first.
+  for (auto& exchange : in_flight_) {
+    for (auto& unit : exchange.units) {
+      if (unit.work) unit.work->wait();
+    }
+  }
   in_flight_.clear();
+  for (Slot& slot : slots_) slot.busy = false;
   const std::int64_t count = state.integer(owner, "streaming.in_flight");
   for (std::int64_t k = 0; k < count; ++k) {
     const std::string prefix = "streaming." + std::to_string(k) + ".";
@@ -322,10 +386,12 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
                 " (--fragment-layout ", to_string(options_.layout),
                 "); resume with the same --fragments and --fragment-layout");
     }
-    for (int u : units) {
+    exchange.slot = acquire_slot();
+    for (int u : units) exchange.units.emplace_back().unit = u;
+    place_packets(exchange);
+    for (UnitExchange& unit : exchange.units) {
+      const int u = unit.unit;
       const std::string key = prefix + "unit" + std::to_string(u) + ".";
-      UnitExchange unit;
-      unit.unit = u;
       const at::Tensor weights = state.tensor(owner, key + "weights").to(at::kDouble).contiguous();
       EDIT_CHECK(weights.numel() == sync_->size(), "the checkpoint's exchange has ", weights.numel(),
                  " workers, this job ", sync_->size(), "; resume with the same number of replicas");
@@ -333,14 +399,13 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
       unit.decision.dropped.assign(static_cast<size_t>(weights.numel()), false);
       unit.decision.skip = state.integer(owner, key + "skip") != 0;
       if (!unit.decision.skip) {
-        unit.gathered = state.tensor(owner, key + "gathered").clone();
-        EDIT_CHECK(
-            unit.gathered.numel() ==
-                packet_bytes(model_.unit(u).shard_numel(), options_.quant) * sync_->size(),
-            "the checkpoint's exchange of unit ", u, " has ", unit.gathered.numel(),
-            " bytes, which does not fit this job's shard and --quant; resume with the same configuration");
+        const at::Tensor& gathered = state.tensor(owner, key + "gathered");
+        EDIT_CHECK(gathered.numel() == unit.gathered.numel() && gathered.scalar_type() == at::kByte,
+                   "the checkpoint's exchange of unit ", u, " has ", gathered.numel(),
+                   " bytes, which does not fit this job's shard and --quant (", unit.gathered.numel(),
+                   "); resume with the same configuration");
+        unit.gathered.copy_(gathered);
       }
-      exchange.units.push_back(std::move(unit));
     }
     in_flight_.push_back(std::move(exchange));
   }

@@ -5,6 +5,7 @@
 // layouts' tables: streaming_test.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "edit/comm/device_mesh.h"
@@ -118,12 +119,14 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
   options.quant = {edit::sync::QuantFormat::kFp4E2M1, 32};
   auto* streaming = new StreamingDiLoCo(*worker.model, mesh.sync_ptr(), options);
   worker.strategy.reset(streaming);
+  std::int64_t buffers_after_first_round = 0;
   for (int s = 0; s < 40; ++s) {
     worker.step(mesh, s);
     // Between an issue and its merge nothing waits: the exchange stays in flight.
     if (s >= 1) {
       EXPECT_GE(streaming->in_flight(), 1) << "step " << s;
     }
+    if (s == options.local.sync_every) buffers_after_first_round = streaming->streaming_stats().buffer_bytes;
   }
   EXPECT_EQ(streaming->streaming_stats().max_in_flight, 2);
   EXPECT_EQ(streaming->streaming_stats().issued, 20);
@@ -144,6 +147,11 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
     biggest = std::max(biggest, bytes);
   }
   EXPECT_EQ(stats.max_step_bytes, biggest);
+  // The buffers were sized in the first round and reused since: two fp32 scratch vectors of the
+  // largest shard, and one slot (packets and their all-gather) per exchange in flight at once.
+  const std::int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+  EXPECT_EQ(stats.buffer_bytes, 2 * largest * 4 + stats.max_in_flight * biggest * (1 + mesh.sync().size()));
+  EXPECT_EQ(stats.buffer_bytes, buffers_after_first_round);
   expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
 }
 

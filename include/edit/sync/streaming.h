@@ -67,6 +67,10 @@ struct StreamingStats {
   // busiest step's exchange, counted when issued (a communicator counts bytes as an operation
   // completes, which may fall in the next step).
   std::int64_t max_step_bytes = 0;
+  // Host bytes of the reusable exchange buffers: two fp32 scratch vectors of the largest shard,
+  // and per exchange in flight at once, the biggest fragment's packets and their all-gather.
+  // Sized in the first round, then constant.
+  std::int64_t buffer_bytes = 0;
 };
 
 class StreamingDiLoCo : public SyncStrategy {
@@ -91,18 +95,30 @@ class StreamingDiLoCo : public SyncStrategy {
  private:
   struct UnitExchange {
     int unit = 0;
-    at::Tensor packet;    // this rank's quantized pseudo-gradient shard
-    at::Tensor gathered;  // every worker's packet, in rank order
+    at::Tensor packet;    // this rank's quantized pseudo-gradient shard (a view into its slot)
+    at::Tensor gathered;  // every worker's packet, in rank order (a view into its slot)
     comm::WorkPtr work;
     PenaltyDecision decision;
   };
   struct Exchange {
     int fragment = 0;
     std::int64_t merge_after = 0;  // merged in after_step of this step
+    size_t slot = 0;               // the buffers its packets live in
     std::vector<UnitExchange> units;
+  };
+  // The packets of one exchange in flight, sized once for the biggest fragment and reused: the
+  // schedule bounds how many exchanges are in flight together (one when tau < H / P), so the
+  // slots stop growing after the first round.
+  struct Slot {
+    at::Tensor packets;   // (biggest fragment's packet bytes,) uint8
+    at::Tensor gathered;  // (workers x that,) uint8
+    bool busy = false;
   };
   std::int64_t issue(int fragment, std::int64_t step);  // returns the packet bytes issued
   void merge(Exchange& exchange);
+  size_t acquire_slot();
+  // Views of the exchange's slot for each of its units, in the fragment's order.
+  void place_packets(Exchange& exchange);
 
   StreamingOptions options_;
   shard::ShardedModel& model_;
@@ -110,6 +126,12 @@ class StreamingDiLoCo : public SyncStrategy {
   PseudoGradientSync core_;  // anchors, outer optimizer, penalty, replica checks, state
   std::vector<std::vector<int>> fragments_;
   std::vector<Exchange> in_flight_;  // in issue order
+  std::vector<Slot> slots_;
+  std::int64_t slot_bytes_ = 0;  // the biggest fragment's packet bytes
+  // (largest shard,) fp32 scratch, sized once: the pseudo-gradient at an issue, then the
+  // aggregate and each dequantized packet at a merge (on theta's device too when it is not the
+  // host).
+  at::Tensor scratch_, aggregate_, aggregate_on_device_;
   StreamingStats streaming_;
   std::int64_t dropped_workers_ = 0, skipped_units_ = 0, level_shifts_ = 0;
 };
