@@ -8,6 +8,9 @@
 // quantized exchange) at each H. Columns: tokens/s, ratio to no-communication, bytes sent per
 // inner step per rank (shard + sync groups) on average and in the busiest step, time blocked in
 // the strategy, and the held-out loss after the run (mean over ranks), all from one run.
+// Communicators count an operation's bytes when it completes, so an overlapped exchange may be
+// split over two steps in peak_bytes_per_step; peak_exchange_bytes (Streaming DiLoCo) counts the
+// packets issued after one step, exactly: payload and scales, what each rank puts on the wire.
 //
 // --straggler-factors 2,4 adds a heterogeneous-cluster study: the last replica computes f times
 // as slowly, and Ddp, EDiT (H steps) and A-EDiT run side by side at a constant learning rate.
@@ -57,6 +60,9 @@ struct Options {
   bool study_only = false;
   bool bandwidth_sweep = false;
   int sweep_fragments = 4;
+  std::vector<int> fragments = {2, 4};             // P of the Streaming DiLoCo rows
+  std::vector<std::string> quants;                 // empty: fp32 for P = 2, fp32 to fp4 for the others
+  std::vector<std::string> layouts = {"strided"};  // fragment layouts of the Streaming DiLoCo rows
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -93,6 +99,7 @@ struct RunSpec {
   int fragments = 1;
   int overlap = 0;
   std::string quant = "fp32";
+  std::string layout = "strided";
   std::string straggler{};   // this run's slow ranks (else Options::straggler)
   double time_limit = 0;     // aedit: seconds of training (its end); the others run o.steps
   double interval = 0;       // aedit: seconds between syncs
@@ -103,6 +110,7 @@ struct Result {
   double tokens_per_s = 0;
   double bytes_per_step = 0;
   double peak_bytes_per_step = 0;
+  double peak_exchange_bytes = 0;  // Streaming DiLoCo: the most packet bytes issued after one step
   double sync_wait_s = 0;
   double loss = 0;
   double seconds = 0;        // wall-clock of the timed part (the slowest rank's)
@@ -129,6 +137,7 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   sync.streaming.overlap = spec.overlap;
   sync.streaming.alpha = spec.overlap == 0 ? 0.0 : 0.5;
   sync.streaming.quant = {edit::sync::parse_quant_format(spec.quant), 128};
+  sync.streaming.layout = edit::sync::parse_fragment_layout(spec.layout);
   sync.aedit.interval_s = spec.interval;
   sync.aedit.time_limit_s = spec.time_limit;
   const auto strategy = edit::sync::make_strategy(sync, model, mesh.sync_ptr());
@@ -175,6 +184,9 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   result.tokens_per_s = tokens_per_step * steps / slowest;
   result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / static_cast<double>(timed);
   result.peak_bytes_per_step = peak_bytes;
+  if (const auto* streaming = dynamic_cast<const edit::sync::StreamingDiLoCo*>(strategy.get())) {
+    result.peak_exchange_bytes = static_cast<double>(streaming->streaming_stats().max_step_bytes);
+  }
   result.sync_wait_s = blocked;
   // Held-out loss: the same 4 batches on every rank, never trained on.
   c10::NoGradGuard no_grad;
@@ -208,6 +220,18 @@ int main(int argc, char** argv) try {
   app.add_flag("--bandwidth-sweep", o.bandwidth_sweep, "the lowest sync bandwidth at which each strategy keeps 95% of "
                "no-communication throughput (H: the first --sync-every)");
   app.add_option("--sweep-fragments", o.sweep_fragments, "P of Streaming DiLoCo in the sweep")->capture_default_str();
+  app.add_option("--fragments", o.fragments, "values of P for the Streaming DiLoCo rows")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--quants", o.quants,
+                 "quantizations of the Streaming DiLoCo rows, each for every P (default: fp32 "
+                 "for P = 2; fp32, int8, int4 and fp4 for the others)")
+      ->delimiter(',');
+  app.add_option("--fragment-layout", o.layouts,
+                 "fragment layouts of the Streaming DiLoCo rows: strided, sequential, "
+                 "balanced (a list runs each)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
@@ -217,14 +241,17 @@ int main(int argc, char** argv) try {
     o.steps = 40;
     o.sync_every = {8};
   }
+  for (const auto& layout : o.layouts) edit::sync::parse_fragment_layout(layout);  // refuses a bad name early
+  for (const auto& quant : o.quants) edit::sync::parse_quant_format(quant);
   at::set_num_threads(1);
   edit::comm::DeviceMesh top = edit::comm::DeviceMesh::from_env({o.shard_size});
   edit::log::init(top.rank(), "warn");
   const MarkovData data(o.model.vocab, o.model.seq);
 
-  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "interval_s", "fragments", "overlap", "quant", "link",
-                            "straggler", "seconds", "syncs", "tokens_per_s", "ratio_to_nocomm", "own_speed_sum",
-                            "job_over_own", "bytes_per_step_per_rank", "peak_bytes_per_step", "sync_wait_s", "loss"});
+  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "interval_s", "fragments", "layout", "overlap",
+                            "quant", "link", "straggler", "seconds", "syncs", "tokens_per_s", "ratio_to_nocomm",
+                            "own_speed_sum", "job_over_own", "bytes_per_step_per_rank", "peak_bytes_per_step",
+                            "peak_exchange_bytes", "sync_wait_s", "loss"});
   const auto add_row = [&](const RunSpec& spec, const Result& r, const std::string& link, double reference) {
     const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
     const bool streaming = spec.strategy == "streaming";
@@ -232,12 +259,14 @@ int main(int argc, char** argv) try {
     table.add_row({spec.strategy, std::to_string(top.world_size()), std::to_string(o.shard_size),
                    local_sgd && spec.strategy != "aedit" ? std::to_string(spec.H) : "-",
                    spec.strategy == "aedit" ? fmt_num(spec.interval, 3) : "-",
-                   streaming ? std::to_string(spec.fragments) : "-", streaming ? std::to_string(spec.overlap) : "-",
+                   streaming ? std::to_string(spec.fragments) : "-", streaming ? spec.layout : "-",
+                   streaming ? std::to_string(spec.overlap) : "-",
                    streaming ? spec.quant : "-", link.empty() ? "local" : link, straggler.empty() ? "-" : straggler,
                    fmt_num(r.seconds, 2), std::to_string(r.syncs), fmt_num(r.tokens_per_s, 0),
                    fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.own_speed_sum, 0),
                    fmt_num(r.tokens_per_s / r.own_speed_sum, 3), fmt_num(r.bytes_per_step, 0),
-                   fmt_num(r.peak_bytes_per_step, 0), fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
+                   fmt_num(r.peak_bytes_per_step, 0), streaming ? fmt_num(r.peak_exchange_bytes, 0) : "-",
+                   fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
   };
   std::vector<std::string> links;
   if (!o.study_only) links.push_back("");
@@ -248,14 +277,16 @@ int main(int argc, char** argv) try {
       runs.push_back({"diloco", H});
       runs.push_back({"edit", H});
       // Streaming DiLoCo: one fragment blocking (DiLoCo itself), then P fragments overlapped by
-      // one step and quantized ever more coarsely.
+      // one step and quantized ever more coarsely, in each layout.
       if (!o.quick) runs.push_back({"streaming", H, 1, 0, "fp32"});
-      for (int P : o.quick ? std::vector<int>{2} : std::vector<int>{2, 4}) {
+      for (int P : o.quick ? std::vector<int>{2} : o.fragments) {
         if (H % P != 0) continue;
-        for (const char* quant : o.quick ? std::vector<const char*>{"fp4"}
-                                         : std::vector<const char*>{"fp32", "int8", "int4", "fp4"}) {
-          if (P == 2 && std::string(quant) != "fp32" && !o.quick) continue;  // P = 2 in fp32 only
-          runs.push_back({"streaming", H, P, 1, quant});
+        std::vector<std::string> quants = o.quants;
+        if (quants.empty() && o.quick) quants = {"fp4"};
+        if (quants.empty()) quants = P == 2 ? std::vector<std::string>{"fp32"}
+                                            : std::vector<std::string>{"fp32", "int8", "int4", "fp4"};
+        for (const std::string& quant : quants) {
+          for (const std::string& layout : o.layouts) runs.push_back({"streaming", H, P, 1, quant, layout});
         }
       }
     }

@@ -67,7 +67,7 @@ struct Config {
   edit::sync::StrategyConfig sync;
   std::string outer = edit::sync::to_string(sync.local.outer.method);
   std::string quant = edit::sync::to_string(sync.streaming.quant.format);
-  std::string fragment_layout = sync.streaming.strided ? "strided" : "sequential";
+  std::string fragment_layout = edit::sync::to_string(sync.streaming.layout);
   bool penalty = false, no_penalty = false;
   std::string streaming_flags_given;  // the Streaming DiLoCo options on the command line, for validate()
   std::string aedit_flags_given;
@@ -132,8 +132,12 @@ void add_options(CLI::App& app, Config& c) {
   const std::string streaming = "Streaming DiLoCo (--strategy streaming)";
   app.add_option("--fragments", c.sync.streaming.fragments, "P: fragments of units that sync in turn, every H / P steps")->group(streaming)
       ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--fragment-layout", c.fragment_layout, "strided (unit u in fragment u mod P) or sequential")->group(streaming)
-      ->check(CLI::IsMember({"strided", "sequential"}))->capture_default_str();
+  app.add_option("--fragment-layout", c.fragment_layout,
+                 "strided (unit u in fragment u mod P), sequential (runs of consecutive units) or balanced "
+                 "(fragments of equal bytes, as far as whole units allow)")
+      ->group(streaming)
+      ->check(CLI::IsMember({"strided", "sequential", "balanced"}))
+      ->capture_default_str();
   app.add_option("--overlap", c.sync.streaming.overlap, "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
       ->group(streaming)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--alpha", c.sync.streaming.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")->group(streaming)
@@ -393,7 +397,7 @@ int main(int argc, char** argv) {
 
     edit::sync::StrategyConfig sync = c.sync;
     sync.local.outer.method = edit::sync::parse_outer_method(c.outer);
-    sync.streaming.strided = c.fragment_layout == "strided";
+    sync.streaming.layout = edit::sync::parse_fragment_layout(c.fragment_layout);
     sync.streaming.quant.format = edit::sync::parse_quant_format(c.quant);
     if (c.penalty) sync.penalty = true;
     if (c.no_penalty) sync.penalty = false;

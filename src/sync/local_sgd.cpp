@@ -12,6 +12,7 @@
 
 #include "edit/core/check.h"
 #include "edit/sync/pseudo_grad.h"
+#include "rank_sum.h"
 
 namespace edit::sync {
 namespace {
@@ -178,16 +179,6 @@ at::Tensor host_values(const std::vector<double>& values) {
   return t;
 }
 
-// all = every rank's n values, rank r's at [r * n, (r + 1) * n): the sum over ranks of value k,
-// added in rank order so every rank gets the bit-identical total (an all_reduce does not promise
-// that).
-double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k) {
-  const double* values = all.data_ptr<double>();
-  double total = 0.0;
-  for (std::int64_t i = k; i < all.numel(); i += n) total += values[i];
-  return total;
-}
-
 }  // namespace
 
 void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas) {
@@ -213,19 +204,12 @@ void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas
   const auto n = static_cast<std::int64_t>(units.size());
   // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group (the
   // fast group, idle when a sync starts: waited here, once for all these units).
-  at::Tensor mine = host_values(sqnorms);
-  double* norms = mine.data_ptr<double>();
-  comm::Communicator& shard = model_.shard_group();
-  if (shard.size() > 1) {
-    at::Tensor all = at::empty({shard.size() * n}, at::kDouble);
-    shard.all_gather(all, host_values(sqnorms))->wait();
-    for (std::int64_t k = 0; k < n; ++k) norms[k] = sum_over_ranks(all, n, k);
-  }
-  for (std::int64_t k = 0; k < n; ++k) norms[k] = std::sqrt(norms[k]);
+  std::vector<double> norms = sum_over_ranks(model_.shard_group(), sqnorms);
+  for (double& norm : norms) norm = std::sqrt(norm);
   // Every worker's norms, over the sync group: not waited here.
   auto exchange = std::make_unique<NormExchange>();
   exchange->units = units;
-  exchange->mine = mine;
+  exchange->mine = host_values(norms);
   exchange->all = at::empty({sync_->size() * n}, at::kDouble);
   exchange->work = sync_->all_gather(exchange->all, exchange->mine);
   norms_in_flight_ = std::move(exchange);

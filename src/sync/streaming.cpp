@@ -3,34 +3,85 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
 #include "edit/core/check.h"
 #include "edit/sync/pseudo_grad.h"
+#include "rank_sum.h"
 
 namespace edit::sync {
 
 void StreamingOptions::validate(int num_units) const {
   local.validate();
   const int H = local.sync_every;
-  EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ", num_units,
-             " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
+  EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ",
+             num_units, " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
   EDIT_CHECK(H % fragments == 0, "--sync-every ", H, " is not divisible by --fragments ", fragments,
              ": fragments sync every H / P steps in turn; pick H a multiple of P");
   EDIT_CHECK(overlap >= 0 && overlap < H, "--overlap ", overlap, " must lie in [0, --sync-every ", H,
              "): a fragment's exchange must merge before the fragment syncs again");
-  EDIT_CHECK(alpha >= 0.0 && alpha <= 1.0, "--alpha ", alpha, " must lie in [0, 1] (0: restart from the new anchor)");
+  EDIT_CHECK(alpha >= 0.0 && alpha <= 1.0, "--alpha ", alpha,
+             " must lie in [0, 1] (0: restart from the new anchor)");
   quant.validate();
 }
 
-std::vector<std::vector<int>> fragment_units(int num_units, int fragments, bool strided) {
-  std::vector<std::vector<int>> out(static_cast<size_t>(fragments));
-  for (int u = 0; u < num_units; ++u) {
-    const int p = strided ? u % fragments
-                          : static_cast<int>(static_cast<std::int64_t>(u) * fragments / num_units);
-    out[static_cast<size_t>(p)].push_back(u);
+FragmentLayout parse_fragment_layout(const std::string& name) {
+  if (name == "strided") return FragmentLayout::kStrided;
+  if (name == "sequential") return FragmentLayout::kSequential;
+  if (name == "balanced") return FragmentLayout::kBalanced;
+  EDIT_FAIL("unknown fragment layout '", name, "'; use strided, sequential or balanced");
+}
+
+const char* to_string(FragmentLayout layout) {
+  switch (layout) {
+    case FragmentLayout::kStrided:
+      return "strided";
+    case FragmentLayout::kSequential:
+      return "sequential";
+    case FragmentLayout::kBalanced:
+      return "balanced";
   }
+  return "?";
+}
+
+std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& unit_sizes, int fragments,
+                                             FragmentLayout layout) {
+  const int num_units = static_cast<int>(unit_sizes.size());
+  EDIT_CHECK(fragments >= 1 && fragments <= num_units, fragments, " fragments of ", num_units,
+             " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
+  std::vector<std::vector<int>> out(static_cast<size_t>(fragments));
+  if (layout != FragmentLayout::kBalanced) {
+    for (int u = 0; u < num_units; ++u) {
+      const int p = layout == FragmentLayout::kStrided
+                        ? u % fragments
+                        : static_cast<int>(static_cast<std::int64_t>(u) * fragments / num_units);
+      out[static_cast<size_t>(p)].push_back(u);
+    }
+    return out;
+  }
+  // Longest processing time first: the biggest units are placed while every fragment is still
+  // light, the small ones then even out the rest. Positive sizes put one of the first P units in
+  // each fragment, so none stays empty.
+  for (int u = 0; u < num_units; ++u) {
+    EDIT_CHECK(unit_sizes[static_cast<size_t>(u)] >= 1, "unit ", u, " has ",
+               unit_sizes[static_cast<size_t>(u)],
+               " elements; a balanced layout needs every unit's size (>= 1)");
+  }
+  std::vector<int> order(static_cast<size_t>(num_units));
+  for (int u = 0; u < num_units; ++u) order[static_cast<size_t>(u)] = u;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return unit_sizes[static_cast<size_t>(a)] > unit_sizes[static_cast<size_t>(b)];
+  });
+  std::vector<std::int64_t> load(static_cast<size_t>(fragments), 0);
+  for (int u : order) {
+    // The lightest fragment; the first one among equals.
+    const auto lightest = std::min_element(load.begin(), load.end()) - load.begin();
+    load[static_cast<size_t>(lightest)] += unit_sizes[static_cast<size_t>(u)];
+    out[static_cast<size_t>(lightest)].push_back(u);
+  }
+  for (auto& units : out) std::sort(units.begin(), units.end());
   return out;
 }
 
@@ -45,9 +96,24 @@ std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments)
 
 StreamingDiLoCo::StreamingDiLoCo(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group,
                                  StreamingOptions options)
-    : options_(std::move(options)), model_(model), sync_(sync_group), core_(model, std::move(sync_group), options_.local) {
+    : options_(std::move(options)),
+      model_(model),
+      sync_(sync_group),
+      core_(model, std::move(sync_group), options_.local) {
   options_.validate(model.num_units());
-  fragments_ = fragment_units(model.num_units(), options_.fragments, options_.strided);
+  std::vector<std::int64_t> sizes;
+  for (int u = 0; u < model.num_units(); ++u) sizes.push_back(model.unit(u).shard_numel());
+  fragments_ = fragment_units(sizes, options_.fragments, options_.layout);
+  // The buffers every exchange reuses: scratch for the largest shard, slots for the biggest fragment.
+  const std::int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+  scratch_ = at::empty({largest}, at::kFloat);
+  aggregate_ = at::empty({largest}, at::kFloat);
+  streaming_.buffer_bytes = 2 * largest * static_cast<std::int64_t>(sizeof(float));
+  for (const auto& units : fragments_) {
+    std::int64_t bytes = 0;
+    for (int u : units) bytes += packet_bytes(sizes[static_cast<size_t>(u)], options_.quant);
+    slot_bytes_ = std::max(slot_bytes_, bytes);
+  }
 }
 
 StreamingDiLoCo::~StreamingDiLoCo() {
@@ -62,31 +128,71 @@ StreamingDiLoCo::~StreamingDiLoCo() {
   }
 }
 
-double StreamingDiLoCo::shard_group_sum(double local) {
-  comm::Communicator& group = model_.shard_group();
-  if (group.size() == 1) return local;
-  double total = 0.0;
-  for (double part : group.all_gather_values({local})) total += part;  // rank order: identical everywhere
-  return total;
+size_t StreamingDiLoCo::acquire_slot() {
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    if (!slots_[k].busy) {
+      slots_[k].busy = true;
+      return k;
+    }
+  }
+  Slot slot;
+  slot.packets = at::empty({slot_bytes_}, at::kByte);
+  slot.gathered = at::empty({slot_bytes_ * sync_->size()}, at::kByte);
+  slot.busy = true;
+  streaming_.buffer_bytes += slot.packets.numel() + slot.gathered.numel();
+  slots_.push_back(std::move(slot));
+  return slots_.size() - 1;
 }
 
-void StreamingDiLoCo::issue(int fragment, std::int64_t step) {
+void StreamingDiLoCo::place_packets(Exchange& exchange) {
+  const Slot& slot = slots_.at(exchange.slot);
+  const std::int64_t workers = sync_->size();
+  std::int64_t offset = 0;
+  for (UnitExchange& unit : exchange.units) {
+    const std::int64_t bytes = packet_bytes(model_.unit(unit.unit).shard_numel(), options_.quant);
+    unit.packet = slot.packets.narrow(0, offset, bytes);
+    unit.gathered = slot.gathered.narrow(0, offset * workers, bytes * workers);
+    offset += bytes;
+  }
+}
+
+namespace {
+
+bool host_float(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
+}  // namespace
+
+std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   c10::NoGradGuard no_grad;
   const int workers = sync_->size();
+  std::int64_t issued_bytes = 0;
   Exchange exchange;
   exchange.fragment = fragment;
   exchange.merge_after = step + options_.overlap;
+  exchange.slot = acquire_slot();
+  for (int u : fragments_[static_cast<size_t>(fragment)]) exchange.units.emplace_back().unit = u;
+  place_packets(exchange);
   PseudoGradPenalty* penalty = core_.penalty();
-  for (int u : fragments_[static_cast<size_t>(fragment)]) {
-    UnitExchange unit;
-    unit.unit = u;
+  for (UnitExchange& unit : exchange.units) {
+    const int u = unit.unit;
+    // (shard,) pseudo-gradient on the host, in the scratch buffer: the fused pass of
+    // pseudo_gradient() when the shard is a host float tensor, else computed where it lives.
+    const at::Tensor& anchor = core_.outer().anchor(u);
+    const at::Tensor& local = model_.unit(u).shard();
+    const std::int64_t n = local.numel();
+    at::Tensor delta = scratch_.narrow(0, 0, n);
     double sqnorm = 0.0;
-    const at::Tensor delta =
-        pseudo_gradient(core_.outer().anchor(u), model_.unit(u).shard(), penalty ? &sqnorm : nullptr)
-            .to(at::kCPU, at::kFloat)
-            .contiguous();
+    if (host_float(anchor) && host_float(local)) {
+      sqnorm = pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
+                                      delta.data_ptr<float>(), n);
+    } else {
+      delta.copy_(pseudo_gradient(anchor, local, penalty ? &sqnorm : nullptr));
+    }
     if (penalty) {
-      unit.decision = penalty->decide(u, sync_->all_gather_values({std::sqrt(shard_group_sum(sqnorm))}));
+      const double norm = std::sqrt(sum_over_ranks(model_.shard_group(), {sqnorm}).front());
+      unit.decision = penalty->decide(u, sync_->all_gather_values({norm}));
       dropped_workers_ += unit.decision.dropped_count();
       level_shifts_ += unit.decision.level_shift ? 1 : 0;
     } else {
@@ -95,21 +201,18 @@ void StreamingDiLoCo::issue(int fragment, std::int64_t step) {
     }
     if (unit.decision.skip) {
       ++skipped_units_;
-    } else {
-      const std::int64_t n = delta.numel();
-      const std::int64_t bytes = packet_bytes(n, options_.quant);
-      unit.packet = at::empty({bytes}, at::kByte);
-      quantize(delta.data_ptr<float>(), n, options_.quant, unit.packet.data_ptr<std::uint8_t>());
-      unit.gathered = at::empty({bytes * workers}, at::kByte);
-      unit.work = sync_->all_gather(unit.gathered, unit.packet);
-      streaming_.payload_bytes += payload_bytes(n, options_.quant);
-      streaming_.scale_bytes += scale_bytes(n, options_.quant);
+      continue;
     }
-    exchange.units.push_back(std::move(unit));
+    quantize(delta.data_ptr<float>(), n, options_.quant, unit.packet.data_ptr<std::uint8_t>());
+    unit.work = sync_->all_gather(unit.gathered, unit.packet);
+    streaming_.payload_bytes += payload_bytes(n, options_.quant);
+    streaming_.scale_bytes += scale_bytes(n, options_.quant);
+    issued_bytes += packet_bytes(n, options_.quant);
   }
   ++streaming_.issued;
   in_flight_.push_back(std::move(exchange));
   streaming_.max_in_flight = std::max<std::int64_t>(streaming_.max_in_flight, in_flight());
+  return issued_bytes;
 }
 
 void StreamingDiLoCo::merge(Exchange& exchange) {
@@ -138,8 +241,8 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
     // every rank. A dropped worker (w = 0) is left out, not multiplied: 0 x NaN is NaN.
     const std::int64_t n = theta.numel();
     const std::int64_t bytes = packet_bytes(n, options_.quant);
-    at::Tensor aggregate = at::zeros({n}, at::kFloat);
-    at::Tensor part = at::empty({n}, at::kFloat);
+    at::Tensor aggregate = aggregate_.narrow(0, 0, n).zero_();
+    at::Tensor part = scratch_.narrow(0, 0, n);
     const std::uint8_t* gathered = unit.gathered.data_ptr<std::uint8_t>();
     for (int i = 0; i < workers; ++i) {
       const double weight = unit.decision.weights.at(static_cast<size_t>(i));
@@ -148,10 +251,16 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
       aggregate.add_(part.mul_(weight));
     }
     if (penalty && penalty->options().clip) {
-      const double scale = penalty->clip_scale(std::sqrt(shard_group_sum(squared_norm(aggregate))));
+      const double sqnorm = sum_over_ranks(model_.shard_group(), {squared_norm(aggregate)}).front();
+      const double scale = penalty->clip_scale(std::sqrt(sqnorm));
       if (scale < 1.0) aggregate.mul_(scale);
     }
-    aggregate = aggregate.to(theta.device());
+    if (!theta.device().is_cpu()) {
+      if (!aggregate_on_device_.defined() || aggregate_on_device_.device() != theta.device()) {
+        aggregate_on_device_ = at::empty({aggregate_.numel()}, theta.options().dtype(at::kFloat));
+      }
+      aggregate = aggregate_on_device_.narrow(0, 0, n).copy_(aggregate);
+    }
     if (alpha == 0.0) {
       core_.outer().step_and_reset(unit.unit, aggregate);  // DiLoCo's own path: restart from phi_new
     } else {
@@ -161,6 +270,7 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
     unit.gathered = at::Tensor();
     unit.packet = at::Tensor();
   }
+  slots_.at(exchange.slot).busy = false;
   ++streaming_.merged;
   streaming_.merges_that_waited += waited ? 1 : 0;
   core_.end_sync();
@@ -173,13 +283,15 @@ void StreamingDiLoCo::after_step(std::int64_t step) {
     merge(in_flight_.front());
     in_flight_.erase(in_flight_.begin());
   }
+  std::int64_t step_bytes = 0;
   for (int fragment : fragments_due(step, options_.local.sync_every, options_.fragments)) {
-    issue(fragment, step);
+    step_bytes += issue(fragment, step);
     if (options_.overlap == 0) {
       merge(in_flight_.back());
       in_flight_.pop_back();
     }
   }
+  streaming_.max_step_bytes = std::max(streaming_.max_step_bytes, step_bytes);
   stats_.blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -230,20 +342,56 @@ StateDict StreamingDiLoCo::state_dict() {
 void StreamingDiLoCo::load_state_dict(const StateDict& state) {
   const std::string owner = "Streaming DiLoCo";
   core_.load_state_dict(state);
+  // Exchanges of this run still on the wire write into their slots: let them land first.
+  for (auto& exchange : in_flight_) {
+    for (auto& unit : exchange.units) {
+      if (unit.work) unit.work->wait();
+    }
+  }
   in_flight_.clear();
+  for (Slot& slot : slots_) slot.busy = false;
   const std::int64_t count = state.integer(owner, "streaming.in_flight");
   for (std::int64_t k = 0; k < count; ++k) {
     const std::string prefix = "streaming." + std::to_string(k) + ".";
     Exchange exchange;
     exchange.fragment = static_cast<int>(state.integer(owner, prefix + "fragment"));
-    EDIT_CHECK(exchange.fragment >= 0 && exchange.fragment < options_.fragments, "the checkpoint has an exchange of "
-               "fragment ", exchange.fragment, " in flight, but this job has ", options_.fragments,
+    EDIT_CHECK(exchange.fragment >= 0 && exchange.fragment < options_.fragments,
+               "the checkpoint has an exchange of fragment ", exchange.fragment,
+               " in flight, but this job has ", options_.fragments,
                " fragments; resume with the same --fragments");
     exchange.merge_after = state.integer(owner, prefix + "merge_after");
-    for (int u : fragments_[static_cast<size_t>(exchange.fragment)]) {
+    // The units the checkpoint's exchange carries (one "unit<u>.skip" each) must be this job's
+    // fragment: another --fragment-layout or model regroups them.
+    std::vector<int> saved;
+    for (const auto& [key, value] : state.scalars) {
+      const std::string unit_prefix = prefix + "unit";
+      const std::string suffix = ".skip";
+      if (key.rfind(unit_prefix, 0) != 0 || key.size() <= unit_prefix.size() + suffix.size() ||
+          key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        continue;
+      }
+      saved.push_back(
+          std::stoi(key.substr(unit_prefix.size(), key.size() - unit_prefix.size() - suffix.size())));
+    }
+    std::sort(saved.begin(), saved.end());
+    const std::vector<int>& units = fragments_[static_cast<size_t>(exchange.fragment)];
+    if (saved != units) {
+      const auto list = [](const std::vector<int>& v) {
+        std::string out;
+        for (int u : v) out += (out.empty() ? "" : ",") + std::to_string(u);
+        return "{" + out + "}";
+      };
+      EDIT_FAIL("the checkpoint has an exchange of fragment ", exchange.fragment, " in flight with units ",
+                list(saved), ", but this job's fragment ", exchange.fragment, " holds units ", list(units),
+                " (--fragment-layout ", to_string(options_.layout),
+                "); resume with the same --fragments and --fragment-layout");
+    }
+    exchange.slot = acquire_slot();
+    for (int u : units) exchange.units.emplace_back().unit = u;
+    place_packets(exchange);
+    for (UnitExchange& unit : exchange.units) {
+      const int u = unit.unit;
       const std::string key = prefix + "unit" + std::to_string(u) + ".";
-      UnitExchange unit;
-      unit.unit = u;
       const at::Tensor weights = state.tensor(owner, key + "weights").to(at::kDouble).contiguous();
       EDIT_CHECK(weights.numel() == sync_->size(), "the checkpoint's exchange has ", weights.numel(),
                  " workers, this job ", sync_->size(), "; resume with the same number of replicas");
@@ -251,12 +399,13 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
       unit.decision.dropped.assign(static_cast<size_t>(weights.numel()), false);
       unit.decision.skip = state.integer(owner, key + "skip") != 0;
       if (!unit.decision.skip) {
-        unit.gathered = state.tensor(owner, key + "gathered").clone();
-        EDIT_CHECK(unit.gathered.numel() == packet_bytes(model_.unit(u).shard_numel(), options_.quant) * sync_->size(),
-                   "the checkpoint's exchange of unit ", u, " has ", unit.gathered.numel(),
-                   " bytes, which does not fit this job's shard and --quant; resume with the same configuration");
+        const at::Tensor& gathered = state.tensor(owner, key + "gathered");
+        EDIT_CHECK(gathered.numel() == unit.gathered.numel() && gathered.scalar_type() == at::kByte,
+                   "the checkpoint's exchange of unit ", u, " has ", gathered.numel(),
+                   " bytes, which does not fit this job's shard and --quant (", unit.gathered.numel(),
+                   "); resume with the same configuration");
+        unit.gathered.copy_(gathered);
       }
-      exchange.units.push_back(std::move(unit));
     }
     in_flight_.push_back(std::move(exchange));
   }

@@ -1,11 +1,12 @@
-// Streaming DiLoCo on real ranks: the fragment schedule against hand-written tables, P = 1,
-// tau = 0, alpha = 0, fp32 against DiLoCo (bit for bit), bit-identical anchors on every replica
-// with fp4 after many syncs (3 and 4 replicas), several exchanges in flight without waiting, and
-// an exact resume from a checkpoint taken with exchanges in flight.
+// Streaming DiLoCo on real ranks: P = 1, tau = 0, alpha = 0, fp32 against DiLoCo (bit for bit),
+// bit-identical anchors on every replica with fp4 after many syncs (3 and 4 replicas), several
+// exchanges in flight without waiting, an exact resume from a checkpoint taken with exchanges in
+// flight (each fragment layout), and a resume into another layout refused. The schedule and the
+// layouts' tables: streaming_test.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
-#include <map>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/core/check.h"
@@ -25,38 +26,6 @@ using edit::testing_support::tiny_batch;
 using edit::testing_support::TinyConfig;
 using edit::testing_support::TinyTransformer;
 using edit::testing_support::world;
-
-TEST(StreamingSchedule, FragmentsSyncInTurnAsTheTablesSay) {
-  // After which 0-based inner steps each fragment syncs, written out by hand.
-  struct Case {
-    int H, P;
-    std::map<std::int64_t, std::vector<int>> due;  // steps 0 .. 2H-1; the others: none
-  };
-  const std::vector<Case> cases = {
-      {5, 1, {{4, {0}}, {9, {0}}}},
-      {8, 2, {{3, {1}}, {7, {0}}, {11, {1}}, {15, {0}}}},
-      {6, 3, {{1, {1}}, {3, {2}}, {5, {0}}, {7, {1}}, {9, {2}}, {11, {0}}}},
-      {4, 4, {{0, {1}}, {1, {2}}, {2, {3}}, {3, {0}}, {4, {1}}, {5, {2}}, {6, {3}}, {7, {0}}}},
-  };
-  for (const Case& c : cases) {
-    for (std::int64_t step = 0; step < 2 * c.H; ++step) {
-      const auto found = c.due.find(step);
-      const std::vector<int> want = found == c.due.end() ? std::vector<int>{} : found->second;
-      EXPECT_EQ(edit::sync::fragments_due(step, c.H, c.P), want) << "H " << c.H << " P " << c.P << " step " << step;
-    }
-  }
-  EXPECT_EQ(edit::sync::fragment_units(5, 2, true), (std::vector<std::vector<int>>{{0, 2, 4}, {1, 3}}));
-  EXPECT_EQ(edit::sync::fragment_units(5, 2, false), (std::vector<std::vector<int>>{{0, 1, 2}, {3, 4}}));
-  StreamingOptions bad;
-  bad.local.sync_every = 10;
-  bad.fragments = 4;
-  EXPECT_THROW(bad.validate(8), edit::Error);  // H not divisible by P
-  bad.fragments = 5;
-  EXPECT_THROW(bad.validate(4), edit::Error);  // more fragments than units
-  bad.overlap = 10;
-  bad.fragments = 2;
-  EXPECT_THROW(bad.validate(8), edit::Error);  // an exchange that would outlive its fragment's next sync
-}
 
 int shard_size_for_world() { return world()->size() == 4 ? 2 : 1; }
 
@@ -90,7 +59,8 @@ struct Worker {
   }
 };
 
-void expect_identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b, const std::string& what) {
+void expect_identical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
+                      const std::string& what) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t u = 0; u < a.size(); ++u) EXPECT_TRUE(at::equal(a[u], b[u])) << what << ", unit " << u;
 }
@@ -117,6 +87,24 @@ TEST(StreamingDiLoCo, OneFragmentNoOverlapFp32IsDiLoCoBitForBit) {
   EXPECT_EQ(streaming.strategy->stats().syncs, 3);
 }
 
+// The checksum of every anchor, exactly equal across the replicas of this shard index.
+void expect_anchors_identical_across_replicas(StreamingDiLoCo& streaming, const ShardedModel& model,
+                                              edit::comm::DeviceMesh& mesh) {
+  double sum = 0.0, squares = 0.0;
+  for (int u = 0; u < model.num_units(); ++u) {
+    const at::Tensor anchor = streaming.core().outer().anchor(u).to(at::kDouble);
+    sum += anchor.sum().item<double>();
+    squares += anchor.pow(2).sum().item<double>();
+    EXPECT_TRUE(anchor.isfinite().all().item<bool>());
+  }
+  const auto all = mesh.sync().all_gather_values({sum, squares});
+  for (int r = 1; r < mesh.num_replicas(); ++r) {
+    EXPECT_EQ(all[2 * static_cast<size_t>(r)], all[0]) << "replica " << r;
+    EXPECT_EQ(all[2 * static_cast<size_t>(r) + 1], all[1]) << "replica " << r;
+  }
+  streaming.core().check_replicas();  // the library's own check agrees
+}
+
 // Every rank dequantizes the same packets and adds them in the same order: after many fp4 syncs,
 // with several fragments in flight, the anchors are bit-identical on every replica.
 TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlight) {
@@ -131,43 +119,82 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
   options.quant = {edit::sync::QuantFormat::kFp4E2M1, 32};
   auto* streaming = new StreamingDiLoCo(*worker.model, mesh.sync_ptr(), options);
   worker.strategy.reset(streaming);
+  std::int64_t buffers_after_first_round = 0;
   for (int s = 0; s < 40; ++s) {
     worker.step(mesh, s);
     // Between an issue and its merge nothing waits: the exchange stays in flight.
     if (s >= 1) {
       EXPECT_GE(streaming->in_flight(), 1) << "step " << s;
     }
+    if (s == options.local.sync_every) buffers_after_first_round = streaming->streaming_stats().buffer_bytes;
   }
   EXPECT_EQ(streaming->streaming_stats().max_in_flight, 2);
   EXPECT_EQ(streaming->streaming_stats().issued, 20);
-  EXPECT_EQ(streaming->streaming_stats().merged, streaming->streaming_stats().issued - streaming->in_flight());
+  EXPECT_EQ(streaming->streaming_stats().merged,
+            streaming->streaming_stats().issued - streaming->in_flight());
   streaming->finish();
   EXPECT_EQ(streaming->in_flight(), 0);
   // fp4 packets: half a byte a value plus a 4-byte scale per 32 values.
   const auto& stats = streaming->streaming_stats();
   EXPECT_NEAR(static_cast<double>(stats.scale_bytes) / static_cast<double>(stats.payload_bytes), 0.25, 0.02);
-  // The checksum of every anchor, exactly equal across the replicas of this shard index.
-  double sum = 0.0, squares = 0.0;
-  for (int u = 0; u < worker.model->num_units(); ++u) {
-    const at::Tensor anchor = streaming->core().outer().anchor(u).to(at::kDouble);
-    sum += anchor.sum().item<double>();
-    squares += anchor.pow(2).sum().item<double>();
-    EXPECT_TRUE(anchor.isfinite().all().item<bool>());
+  // The busiest step issued the biggest fragment's packets (one fragment every 2 steps).
+  std::vector<std::int64_t> sizes;
+  for (int u = 0; u < worker.model->num_units(); ++u) sizes.push_back(worker.model->unit(u).shard_numel());
+  std::int64_t biggest = 0;
+  for (const auto& units : edit::sync::fragment_units(sizes, options.fragments, options.layout)) {
+    std::int64_t bytes = 0;
+    for (int u : units) bytes += edit::sync::packet_bytes(sizes[static_cast<size_t>(u)], options.quant);
+    biggest = std::max(biggest, bytes);
   }
-  const auto all = mesh.sync().all_gather_values({sum, squares});
-  for (int r = 1; r < mesh.num_replicas(); ++r) {
-    EXPECT_EQ(all[2 * static_cast<size_t>(r)], all[0]) << "replica " << r;
-    EXPECT_EQ(all[2 * static_cast<size_t>(r) + 1], all[1]) << "replica " << r;
-  }
-  streaming->core().check_replicas();  // the library's own check agrees
+  EXPECT_EQ(stats.max_step_bytes, biggest);
+  // The buffers were sized in the first round and reused since: two fp32 scratch vectors of the
+  // largest shard, and one slot (packets and their all-gather) per exchange in flight at once.
+  const std::int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+  EXPECT_EQ(stats.buffer_bytes, 2 * largest * 4 + stats.max_in_flight * biggest * (1 + mesh.sync().size()));
+  EXPECT_EQ(stats.buffer_bytes, buffers_after_first_round);
+  expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
 }
 
-// A checkpoint taken with exchanges in flight resumes onto exactly the uninterrupted path.
-TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
+// With the penalty (weights, clip) and sharded units (S = 2 on 4 ranks), the norms are summed
+// over the shard group in rank order: every replica takes the same decisions and clip scales, so
+// the anchors stay bit-identical.
+TEST(StreamingDiLoCo, PenaltyAndClipOverShardsKeepAnchorsIdentical) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker worker(200 + world()->rank());
+  worker.build(mesh);
+  StreamingOptions options;
+  options.local.sync_every = 6;
+  options.local.use_penalty = true;
+  options.local.penalty.warmup_syncs = 1;
+  options.local.penalty.clip_norm = 1e-3;  // small enough that every merge clips
+  options.fragments = 3;
+  options.layout = edit::sync::FragmentLayout::kBalanced;
+  options.overlap = 1;
+  options.quant = {edit::sync::QuantFormat::kFp4E2M1, 32};
+  auto* streaming = new StreamingDiLoCo(*worker.model, mesh.sync_ptr(), options);
+  worker.strategy.reset(streaming);
+  for (int s = 0; s < 30; ++s) worker.step(mesh, s);
+  streaming->finish();
+  EXPECT_EQ(streaming->streaming_stats().merged, 15);
+  expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
+}
+
+// Saves (copies: the dicts alias live state).
+edit::StateDict copy(edit::StateDict state) {
+  for (auto& [key, t] : state.tensors) t = t.clone();
+  return state;
+}
+
+// A checkpoint taken with exchanges in flight resumes onto exactly the uninterrupted path, in
+// every layout.
+class StreamingResume : public ::testing::TestWithParam<edit::sync::FragmentLayout> {};
+
+TEST_P(StreamingResume, WithExchangesInFlightIsExact) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   StreamingOptions options;
   options.local.sync_every = 6;
   options.fragments = 3;
+  options.layout = GetParam();
   options.overlap = 2;
   options.quant = {edit::sync::QuantFormat::kInt8, 16};
   const auto make = [&](Worker& w) {
@@ -179,12 +206,8 @@ TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
   make(first);
   for (int s = 0; s < 14; ++s) straight.step(mesh, s);
   for (int s = 0; s < 8; ++s) first.step(mesh, s);
-  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0) << "the test needs an exchange in flight";
-  // Save (copies: the dicts alias live state), then load into a fresh worker.
-  auto copy = [](edit::StateDict state) {
-    for (auto& [key, t] : state.tensors) t = t.clone();
-    return state;
-  };
+  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0)
+      << "the test needs an exchange in flight";
   const edit::StateDict model_state = copy(first.model->state_dict());
   const edit::StateDict inner_state = copy(first.inner->state_dict());
   const edit::StateDict strategy_state = copy(first.strategy->state_dict());
@@ -198,6 +221,40 @@ TEST(StreamingDiLoCo, ResumeWithExchangesInFlightIsExact) {
     EXPECT_TRUE(at::equal(static_cast<StreamingDiLoCo&>(*straight.strategy).core().outer().anchor(u),
                           static_cast<StreamingDiLoCo&>(*resumed.strategy).core().outer().anchor(u)))
         << "anchor of unit " << u;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, StreamingResume,
+                         ::testing::Values(edit::sync::FragmentLayout::kStrided,
+                                           edit::sync::FragmentLayout::kSequential,
+                                           edit::sync::FragmentLayout::kBalanced),
+                         [](const auto& info) { return std::string(edit::sync::to_string(info.param)); });
+
+// An exchange in flight belongs to its fragment's units: a job that groups them otherwise refuses
+// the checkpoint, naming the layout, instead of merging it into the wrong units.
+TEST(StreamingDiLoCo, ResumeIntoAnotherLayoutIsRefused) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  StreamingOptions options;
+  options.local.sync_every = 6;
+  options.fragments = 3;  // 5 units: strided {0, 3}, {1, 4}, {2}; sequential {0, 1}, {2, 3}, {4}
+  options.overlap = 2;
+  Worker first(7), resumed(7);
+  first.build(mesh);
+  first.strategy = std::make_unique<StreamingDiLoCo>(*first.model, mesh.sync_ptr(), options);
+  for (int s = 0; s < 8; ++s) first.step(mesh, s);
+  ASSERT_GT(static_cast<StreamingDiLoCo&>(*first.strategy).in_flight(), 0)
+      << "the test needs an exchange in flight";
+  const edit::StateDict strategy_state = copy(first.strategy->state_dict());
+  options.layout = edit::sync::FragmentLayout::kSequential;
+  resumed.build(mesh);
+  resumed.strategy = std::make_unique<StreamingDiLoCo>(*resumed.model, mesh.sync_ptr(), options);
+  try {
+    resumed.strategy->load_state_dict(strategy_state);
+    FAIL() << "a checkpoint of another layout was loaded";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("resume with the same --fragments and --fragment-layout"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -27,28 +27,50 @@
 
 namespace edit::sync {
 
+// How units are grouped into fragments. Fragments hold whole units, so a fragment's bytes on the
+// wire are the sum of its units' sizes: only `balanced` looks at them.
+enum class FragmentLayout {
+  kStrided,     // unit u in fragment u mod P
+  kSequential,  // P runs of consecutive units
+  kBalanced,    // sizes as equal as whole units allow (longest-processing-time greedy)
+};
+FragmentLayout parse_fragment_layout(const std::string& name);  // strided, sequential, balanced
+const char* to_string(FragmentLayout layout);
+
 struct StreamingOptions {
-  LocalSgdOptions local;   // H (sync_every), outer optimizer, penalty, replica checks
-  int fragments = 1;       // P
-  bool strided = true;     // unit u in fragment u mod P; false: P runs of consecutive units
-  int overlap = 0;         // tau: inner steps between a fragment's exchange and its merge
-  double alpha = 0.5;      // the merge's weight on the worker's own parameters
-  QuantOptions quant;      // fp32 by default
+  LocalSgdOptions local;  // H (sync_every), outer optimizer, penalty, replica checks
+  int fragments = 1;      // P
+  FragmentLayout layout = FragmentLayout::kStrided;  // which units each fragment holds
+  int overlap = 0;     // tau: inner steps between a fragment's exchange and its merge
+  double alpha = 0.5;  // the merge's weight on the worker's own parameters
+  QuantOptions quant;  // fp32 by default
   void validate(int num_units) const;
 };
 
-// The units of each fragment.
-std::vector<std::vector<int>> fragment_units(int num_units, int fragments, bool strided);
+// The units of each fragment, each list in ascending order; unit_sizes[u] is unit u's element
+// count (>= 1), the same on every rank. Balanced: units by size descending (ties: lower index
+// first), each to the fragment with the fewest elements so far (ties: lower fragment index). A pure
+// function of its arguments, so every rank builds the same fragments.
+std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& unit_sizes, int fragments,
+                                             FragmentLayout layout);
 // The fragments whose exchange is issued after inner step `step`.
 std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments);
 
 struct StreamingStats {
-  std::int64_t issued = 0;           // fragment exchanges issued
+  std::int64_t issued = 0;  // fragment exchanges issued
   std::int64_t merged = 0;
   std::int64_t merges_that_waited = 0;  // the exchange had not landed by its merge step
   std::int64_t max_in_flight = 0;
-  std::int64_t payload_bytes = 0;    // sent by this rank: quantized values
-  std::int64_t scale_bytes = 0;      // ... and their block scales
+  std::int64_t payload_bytes = 0;  // sent by this rank: quantized values
+  std::int64_t scale_bytes = 0;    // ... and their block scales
+  // The most packet bytes (payload and scales) this rank issued after any one inner step: the
+  // busiest step's exchange, counted when issued (a communicator counts bytes as an operation
+  // completes, which may fall in the next step).
+  std::int64_t max_step_bytes = 0;
+  // Host bytes of the reusable exchange buffers: two fp32 scratch vectors of the largest shard,
+  // and per exchange in flight at once, the biggest fragment's packets and their all-gather.
+  // Sized in the first round, then constant.
+  std::int64_t buffer_bytes = 0;
 };
 
 class StreamingDiLoCo : public SyncStrategy {
@@ -73,19 +95,30 @@ class StreamingDiLoCo : public SyncStrategy {
  private:
   struct UnitExchange {
     int unit = 0;
-    at::Tensor packet;    // this rank's quantized pseudo-gradient shard
-    at::Tensor gathered;  // every worker's packet, in rank order
+    at::Tensor packet;    // this rank's quantized pseudo-gradient shard (a view into its slot)
+    at::Tensor gathered;  // every worker's packet, in rank order (a view into its slot)
     comm::WorkPtr work;
     PenaltyDecision decision;
   };
   struct Exchange {
     int fragment = 0;
     std::int64_t merge_after = 0;  // merged in after_step of this step
+    size_t slot = 0;               // the buffers its packets live in
     std::vector<UnitExchange> units;
   };
-  void issue(int fragment, std::int64_t step);
+  // The packets of one exchange in flight, sized once for the biggest fragment and reused: the
+  // schedule bounds how many exchanges are in flight together (one when tau < H / P), so the
+  // slots stop growing after the first round.
+  struct Slot {
+    at::Tensor packets;   // (biggest fragment's packet bytes,) uint8
+    at::Tensor gathered;  // (workers x that,) uint8
+    bool busy = false;
+  };
+  std::int64_t issue(int fragment, std::int64_t step);  // returns the packet bytes issued
   void merge(Exchange& exchange);
-  double shard_group_sum(double local);
+  size_t acquire_slot();
+  // Views of the exchange's slot for each of its units, in the fragment's order.
+  void place_packets(Exchange& exchange);
 
   StreamingOptions options_;
   shard::ShardedModel& model_;
@@ -93,6 +126,12 @@ class StreamingDiLoCo : public SyncStrategy {
   PseudoGradientSync core_;  // anchors, outer optimizer, penalty, replica checks, state
   std::vector<std::vector<int>> fragments_;
   std::vector<Exchange> in_flight_;  // in issue order
+  std::vector<Slot> slots_;
+  std::int64_t slot_bytes_ = 0;  // the biggest fragment's packet bytes
+  // (largest shard,) fp32 scratch, sized once: the pseudo-gradient at an issue, then the
+  // aggregate and each dequantized packet at a merge (on theta's device too when it is not the
+  // host).
+  at::Tensor scratch_, aggregate_, aggregate_on_device_;
   StreamingStats streaming_;
   std::int64_t dropped_workers_ = 0, skipped_units_ = 0, level_shifts_ = 0;
 };

@@ -1,0 +1,42 @@
+#include "rank_sum.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "edit/core/check.h"
+
+namespace edit::sync {
+namespace {
+
+double sum_over_ranks(const double* all, std::int64_t count, std::int64_t n, std::int64_t k) {
+  double total = 0.0;
+  for (std::int64_t i = k; i < count; i += n) total += all[i];  // rank order
+  return total;
+}
+
+}  // namespace
+
+double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k) {
+  EDIT_CHECK(all.scalar_type() == at::kDouble && all.is_contiguous() && all.device().is_cpu() && n >= 1 &&
+                 k >= 0 && k < n && all.numel() % n == 0,
+             "sum_over_ranks needs a contiguous host float64 tensor of ranks x ", n,
+             " values and k < n; got ", all.numel(), " values of ", all.scalar_type(), ", k ", k);
+  return sum_over_ranks(all.data_ptr<double>(), all.numel(), n, k);
+}
+
+std::vector<double> sum_over_ranks(comm::Communicator& group, const std::vector<double>& mine) {
+  if (group.size() == 1 || mine.empty()) return mine;
+  // Host float64 tensors take the host transport on every mesh, as all_gather_values() does, but
+  // as an ordinary all_gather: the exchange shows (and is waited) like every other collective.
+  const auto n = static_cast<std::int64_t>(mine.size());
+  at::Tensor local = at::empty({n}, at::kDouble);
+  std::copy(mine.begin(), mine.end(), local.data_ptr<double>());
+  at::Tensor all = at::empty({group.size() * n}, at::kDouble);
+  group.all_gather(all, local)->wait();
+  std::vector<double> out(mine.size());
+  for (std::int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sum_over_ranks(all, n, k);
+  return out;
+}
+
+}  // namespace edit::sync

@@ -1,0 +1,23 @@
+// Sums over the ranks of a group that every rank gets bit for bit: each rank holds every rank's
+// values (gathered) and adds them in rank order, in double. An all_reduce does not promise that
+// (its order may differ per rank), and a penalty decision or a clip scale that differed in the
+// last bit between ranks would let their anchors drift apart. The pseudo-gradient norms and the
+// clip norm are summed over the shard group this way by every Local SGD strategy.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "edit/comm/communicator.h"
+
+namespace edit::sync {
+
+// all = every rank's n float64 values, rank r's at [r n, (r + 1) n): the sum over ranks of value k.
+double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k);
+
+// Each of `mine` summed over `group` (blocking; a group of one returns `mine`).
+std::vector<double> sum_over_ranks(comm::Communicator& group, const std::vector<double>& mine);
+
+}  // namespace edit::sync
