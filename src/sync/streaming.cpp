@@ -9,7 +9,15 @@
 
 #include "edit/core/check.h"
 #include "edit/sync/pseudo_grad.h"
+#include "fused_cuda.h"
 #include "rank_sum.h"
+
+#if EDIT_SYNC_CUDA_KERNELS
+#include <c10/core/DeviceGuard.h>
+
+#include "edit/comm/cuda_stream.h"
+#include "edit/kernels/quantize.h"
+#endif
 
 namespace edit::sync {
 
@@ -162,7 +170,73 @@ bool host_float(const at::Tensor& t) {
   return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
 }
 
+// A CUDA float tensor the kernels of kernels/ can quantize and dequantize in place of the host.
+bool device_quantizable(const at::Tensor& t) {
+  return EDIT_SYNC_CUDA_KERNELS && t.is_cuda() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
+// `buffer` holding at least n elements of `options` on `device`, grown (reallocated) when not.
+at::Tensor sized(at::Tensor& buffer, std::int64_t n, const at::TensorOptions& options) {
+  if (!buffer.defined() || buffer.numel() < n || buffer.device() != options.device()) {
+    buffer = at::empty({n}, options);
+  }
+  return buffer.narrow(0, 0, n);
+}
+
 }  // namespace
+
+void StreamingDiLoCo::quantize_into(const at::Tensor& delta, at::Tensor& packet) {
+#if EDIT_SYNC_CUDA_KERNELS
+  if (device_quantizable(delta)) {
+    const c10::DeviceGuard guard(delta.device());  // the launch and the current stream: delta's device
+    at::Tensor on_device = sized(device_packet_, packet.numel(), delta.options().dtype(at::kByte));
+    kernels::quantize_cuda(delta.data_ptr<float>(), delta.numel(), options_.quant,
+                           on_device.data_ptr<std::uint8_t>(), comm::torch_current_stream()());
+    packet.copy_(on_device);  // waits for the kernel: the packet goes out next
+    return;
+  }
+#endif
+  EDIT_CHECK(host_float(delta), "Streaming DiLoCo quantizes fp32 pseudo-gradients; got ", delta.scalar_type(),
+             " on ", delta.device().str());
+  quantize(delta.data_ptr<float>(), delta.numel(), options_.quant, packet.data_ptr<std::uint8_t>());
+}
+
+at::Tensor StreamingDiLoCo::weighted_sum(const UnitExchange& unit, std::int64_t n, const at::Device& device) {
+  // A dropped worker (w = 0) is left out, not multiplied: 0 x NaN is NaN.
+  const int workers = sync_->size();
+  const std::int64_t bytes = packet_bytes(n, options_.quant);
+#if EDIT_SYNC_CUDA_KERNELS
+  if (device.is_cuda()) {
+    const c10::DeviceGuard guard(device);
+    const at::TensorOptions on_gpu = at::TensorOptions().device(device);
+    at::Tensor gathered =
+        sized(device_gathered_, bytes * workers, on_gpu.dtype(at::kByte)).copy_(unit.gathered);
+    at::Tensor aggregate =
+        sized(aggregate_on_device_, aggregate_.numel(), on_gpu.dtype(at::kFloat)).narrow(0, 0, n);
+    at::Tensor part = sized(device_part_, n, on_gpu.dtype(at::kFloat));
+    aggregate.zero_();
+    for (int i = 0; i < workers; ++i) {
+      const double weight = unit.decision.weights.at(static_cast<size_t>(i));
+      if (weight == 0.0) continue;
+      kernels::dequantize_cuda(gathered.data_ptr<std::uint8_t>() + bytes * i, n, options_.quant,
+                               part.data_ptr<float>(), comm::torch_current_stream()());
+      aggregate.add_(part.mul_(weight));
+    }
+    return aggregate;
+  }
+#endif
+  EDIT_CHECK(device.is_cpu(), "no CUDA kernels in this build to sum packets on ", device.str());
+  at::Tensor aggregate = aggregate_.narrow(0, 0, n).zero_();
+  at::Tensor part = scratch_.narrow(0, 0, n);
+  const std::uint8_t* gathered = unit.gathered.data_ptr<std::uint8_t>();
+  for (int i = 0; i < workers; ++i) {
+    const double weight = unit.decision.weights.at(static_cast<size_t>(i));
+    if (weight == 0.0) continue;
+    dequantize(gathered + bytes * i, n, options_.quant, part.data_ptr<float>());
+    aggregate.add_(part.mul_(weight));
+  }
+  return aggregate;
+}
 
 std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   c10::NoGradGuard no_grad;
@@ -188,7 +262,12 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
       sqnorm = pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
                                       delta.data_ptr<float>(), n);
     } else {
-      delta.copy_(pseudo_gradient(anchor, local, penalty ? &sqnorm : nullptr));
+      at::Tensor where_it_lives = pseudo_gradient(anchor, local, penalty ? &sqnorm : nullptr);
+      if (device_quantizable(where_it_lives)) {
+        delta = where_it_lives;  // quantized on its GPU
+      } else {
+        delta.copy_(where_it_lives);
+      }
     }
     if (penalty) {
       const double norm = std::sqrt(sum_over_ranks(model_.shard_group(), {sqnorm}).front());
@@ -203,7 +282,7 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
       ++skipped_units_;
       continue;
     }
-    quantize(delta.data_ptr<float>(), n, options_.quant, unit.packet.data_ptr<std::uint8_t>());
+    quantize_into(delta, unit.packet);
     unit.work = sync_->all_gather(unit.gathered, unit.packet);
     streaming_.payload_bytes += payload_bytes(n, options_.quant);
     streaming_.scale_bytes += scale_bytes(n, options_.quant);
@@ -217,7 +296,6 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
 
 void StreamingDiLoCo::merge(Exchange& exchange) {
   c10::NoGradGuard no_grad;
-  const int workers = sync_->size();
   const double alpha = options_.alpha;
   PseudoGradPenalty* penalty = core_.penalty();
   bool waited = false;
@@ -240,26 +318,17 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
     // sum_i w_i delta_i over the dequantized packets, in rank order, in fp32: the same floats on
     // every rank. A dropped worker (w = 0) is left out, not multiplied: 0 x NaN is NaN.
     const std::int64_t n = theta.numel();
-    const std::int64_t bytes = packet_bytes(n, options_.quant);
-    at::Tensor aggregate = aggregate_.narrow(0, 0, n).zero_();
-    at::Tensor part = scratch_.narrow(0, 0, n);
-    const std::uint8_t* gathered = unit.gathered.data_ptr<std::uint8_t>();
-    for (int i = 0; i < workers; ++i) {
-      const double weight = unit.decision.weights.at(static_cast<size_t>(i));
-      if (weight == 0.0) continue;
-      dequantize(gathered + bytes * i, n, options_.quant, part.data_ptr<float>());
-      aggregate.add_(part.mul_(weight));
-    }
+    at::Tensor aggregate =
+        weighted_sum(unit, n, device_quantizable(theta) ? theta.device() : at::Device(at::kCPU));
     if (penalty && penalty->options().clip) {
       const double sqnorm = sum_over_ranks(model_.shard_group(), {squared_norm(aggregate)}).front();
       const double scale = penalty->clip_scale(std::sqrt(sqnorm));
       if (scale < 1.0) aggregate.mul_(scale);
     }
-    if (!theta.device().is_cpu()) {
-      if (!aggregate_on_device_.defined() || aggregate_on_device_.device() != theta.device()) {
-        aggregate_on_device_ = at::empty({aggregate_.numel()}, theta.options().dtype(at::kFloat));
-      }
-      aggregate = aggregate_on_device_.narrow(0, 0, n).copy_(aggregate);
+    if (aggregate.device() != theta.device()) {
+      aggregate = sized(aggregate_on_device_, aggregate_.numel(), theta.options().dtype(at::kFloat))
+                      .narrow(0, 0, n)
+                      .copy_(aggregate);
     }
     if (alpha == 0.0) {
       core_.outer().step_and_reset(unit.unit, aggregate);  // DiLoCo's own path: restart from phi_new

@@ -10,6 +10,7 @@
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/outer_optimizer.h"
 #include "edit/sync/penalty.h"
+#include "edit/sync/streaming.h"
 #include "loopback_communicator.h"
 #if EDIT_HAS_KERNELS
 #include "edit/kernels/pseudo_grad.h"  // cuda_device_count()
@@ -133,7 +134,8 @@ TEST(Penalty, RisingCommonNormNeverLeavesAUnitSkipped) {
 TEST(Penalty, ATenfoldSpikeOfOneWorkerIsDroppedWhileTheOthersGoThrough) {
   PseudoGradPenalty penalty;
   for (int sync = 0; sync < 20; ++sync) {
-    const auto d = penalty.decide(0, {1.0 + 0.01 * (sync % 4), 1.02 - 0.01 * (sync % 3), 0.99, 1.01 + 0.01 * (sync % 2)});
+    const auto d = penalty.decide(
+        0, {1.0 + 0.01 * (sync % 4), 1.02 - 0.01 * (sync % 3), 0.99, 1.01 + 0.01 * (sync % 2)});
     ASSERT_EQ(d.dropped_count(), 0) << "sync " << sync;
   }
   const auto d = penalty.decide(0, {1.0, 1.01, 10.0, 0.98});
@@ -233,10 +235,65 @@ TEST(PseudoGradientSyncCuda, MatchesTheCpuToRounding) {
       cpu.finish(0);
       gpu.finish(0);
       const at::Tensor phi = gpu.outer().anchor(0).cpu();
-      EXPECT_TRUE(at::allclose(phi, cpu.outer().anchor(0), 1e-5, 1e-6)) << "offload " << offload << ", sync " << s;
+      EXPECT_TRUE(at::allclose(phi, cpu.outer().anchor(0), 1e-5, 1e-6))
+          << "offload " << offload << ", sync " << s;
       EXPECT_TRUE(at::allclose(gpu.outer().momentum(0).cpu(), cpu.outer().momentum(0), 1e-5, 1e-6));
       EXPECT_TRUE(at::equal(gpu_model.unit(0).shard().cpu(), phi)) << "theta = phi after the sync";
     }
+  }
+#endif
+}
+
+// Streaming DiLoCo on CUDA shards quantizes and dequantizes with the kernels of kernels/ (only the
+// packets cross to the host) and must follow the same run on the CPU: the packets are the CPU's
+// bit for bit (QuantizeCuda tests that), so the anchors and workers differ by the rounding of the
+// fused outer step and the merge at most. One worker (a loopback group), 2 units, fp4 and int8,
+// exchanges overlapped by one step.
+TEST(StreamingDiLoCoCuda, FollowsTheCpuRun) {
+#if !EDIT_WITH_CUDA || !EDIT_HAS_KERNELS
+  GTEST_SKIP() << "needs a CUDA LibTorch (EDIT_WITH_CUDA) and kernels/ (EDIT_BUILD_KERNELS)";
+#else
+  if (edit::kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  struct Two : torch::nn::Module {
+    Two() {
+      a = register_module("a", edit::shard::Unit(torch::nn::Linear(300, 7)));
+      b = register_module("b", edit::shard::Unit(torch::nn::Linear(50, 40)));
+    }
+    edit::shard::Unit a{nullptr}, b{nullptr};
+  };
+  for (const char* format : {"fp4", "int8"}) {
+    edit::sync::StreamingOptions options;
+    options.local.sync_every = 4;
+    options.fragments = 2;
+    options.overlap = 1;
+    options.quant = {edit::sync::parse_quant_format(format), 64};
+    auto cpu_module = std::make_shared<Two>();
+    auto gpu_module = std::make_shared<Two>();
+    gpu_module->to(at::Device(at::kCUDA, 0));
+    edit::shard::ShardedModel cpu_model(cpu_module, std::make_shared<LoopbackCommunicator>());
+    edit::shard::ShardedModel gpu_model(gpu_module, std::make_shared<LoopbackCommunicator>());
+    for (int u = 0; u < 2; ++u) gpu_model.unit(u).shard().copy_(cpu_model.unit(u).shard());
+    edit::sync::StreamingDiLoCo cpu(cpu_model, std::make_shared<LoopbackCommunicator>(), options);
+    edit::sync::StreamingDiLoCo gpu(gpu_model, std::make_shared<LoopbackCommunicator>(), options);
+    at::manual_seed(5);
+    for (std::int64_t step = 0; step < 12; ++step) {
+      for (int u = 0; u < 2; ++u) {
+        const at::Tensor drift = 0.01 * at::randn({cpu_model.unit(u).shard().numel()});
+        cpu_model.unit(u).shard().add_(drift);
+        gpu_model.unit(u).shard().add_(drift.to(at::kCUDA));
+      }
+      cpu.after_step(step);
+      gpu.after_step(step);
+      for (int u = 0; u < 2; ++u) {
+        EXPECT_TRUE(
+            at::allclose(gpu.core().outer().anchor(u).cpu(), cpu.core().outer().anchor(u), 1e-6, 1e-7))
+            << format << ", unit " << u << ", step " << step;
+        EXPECT_TRUE(at::allclose(gpu_model.unit(u).shard().cpu(), cpu_model.unit(u).shard(), 1e-6, 1e-7))
+            << format << ", unit " << u << ", step " << step;
+      }
+    }
+    EXPECT_EQ(gpu.streaming_stats().merged, 5);  // issued after steps 1, 3, ..., 11; the last merges at 12
+    EXPECT_EQ(gpu.streaming_stats().payload_bytes, cpu.streaming_stats().payload_bytes);
   }
 #endif
 }

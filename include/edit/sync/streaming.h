@@ -119,6 +119,12 @@ class StreamingDiLoCo : public SyncStrategy {
   size_t acquire_slot();
   // Views of the exchange's slot for each of its units, in the fragment's order.
   void place_packets(Exchange& exchange);
+  // This rank's packet of `delta` into `packet` (host bytes): on the host, or by the CUDA kernel
+  // when delta is on a GPU, so that only the packet (1/8 of the fp32 bytes at 4 bits) crosses.
+  void quantize_into(const at::Tensor& delta, at::Tensor& packet);
+  // sum_i w_i dequantize(packet_i) over the unit's gathered packets, in rank order, in fp32, on
+  // `device` (the host, or with the CUDA kernels theta's GPU): the same floats on every rank.
+  at::Tensor weighted_sum(const UnitExchange& unit, std::int64_t n, const at::Device& device);
 
   StreamingOptions options_;
   shard::ShardedModel& model_;
@@ -132,6 +138,9 @@ class StreamingDiLoCo : public SyncStrategy {
   // aggregate and each dequantized packet at a merge (on theta's device too when it is not the
   // host).
   at::Tensor scratch_, aggregate_, aggregate_on_device_;
+  // The GPU's counterparts (CUDA shards with the kernels): a packet, the gathered packets and a
+  // dequantized part, sized at first use.
+  at::Tensor device_packet_, device_gathered_, device_part_;
   StreamingStats streaming_;
   std::int64_t dropped_workers_ = 0, skipped_units_ = 0, level_shifts_ = 0;
 };
