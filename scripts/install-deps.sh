@@ -19,6 +19,7 @@ packages=(
   build-essential cmake ninja-build ccache git pkg-config
   libtorch-dev            # LibTorch 1.13 (CPU)
   libopenblas0-openmp     # without it LibTorch uses the reference BLAS: ~7x slower training
+  libdnnl-dev             # oneDNN's sgemm for the models' CPU matrix products (LibTorch already links libdnnl2)
   libtcmalloc-minimal4    # the programs' allocator: glibc's malloc unmaps and remaps big buffers every step
   libopenmpi-dev openmpi-bin
   libgtest-dev libspdlog-dev libcli11-dev nlohmann-json3-dev

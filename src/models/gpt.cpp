@@ -1,7 +1,7 @@
 #include "edit/models/gpt.h"
 
-#include <torch/nn/functional/loss.h>
 #include <c10/core/GradMode.h>
+#include <torch/nn/functional/loss.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
@@ -12,6 +12,7 @@
 
 #include "edit/core/check.h"
 #include "edit/core/torch_compat.h"
+#include "edit/models/linear.h"
 
 namespace edit::models {
 
@@ -34,7 +35,8 @@ GptConfig GptConfig::preset(const std::string& name) {
   } else if (name == "1b") {
     c.vocab_size = 50304, c.seq_len = 2048, c.dim = 2048, c.heads = 16, c.layers = 18;
   } else {
-    EDIT_FAIL("unknown model preset '", name, "'; use tiny, small, 124m or 1b (and override fields as needed)");
+    EDIT_FAIL("unknown model preset '", name,
+              "'; use tiny, small, 124m or 1b (and override fields as needed)");
   }
   return c;
 }
@@ -47,11 +49,12 @@ int GptConfig::hidden() const {
 
 void GptConfig::validate() const {
   EDIT_CHECK(vocab_size > 0 && seq_len > 0 && dim > 0 && heads > 0 && layers > 0,
-             "model sizes must be positive (vocab ", vocab_size, ", seq ", seq_len, ", dim ", dim, ", heads ", heads,
-             ", layers ", layers, ")");
-  EDIT_CHECK(dim % heads == 0, "dim ", dim, " is not divisible by heads ", heads, "; pick heads that divide dim");
-  EDIT_CHECK(style != GptStyle::kLlama || (dim / heads) % 2 == 0, "RoPE needs an even head size, got ", dim / heads,
-             " (dim ", dim, " / heads ", heads, ")");
+             "model sizes must be positive (vocab ", vocab_size, ", seq ", seq_len, ", dim ", dim, ", heads ",
+             heads, ", layers ", layers, ")");
+  EDIT_CHECK(dim % heads == 0, "dim ", dim, " is not divisible by heads ", heads,
+             "; pick heads that divide dim");
+  EDIT_CHECK(style != GptStyle::kLlama || (dim / heads) % 2 == 0, "RoPE needs an even head size, got ",
+             dim / heads, " (dim ", dim, " / heads ", heads, ")");
 }
 
 std::int64_t GptConfig::num_parameters() const {
@@ -77,16 +80,23 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return at::cat({x1 * c - x2 * s, x1 * s + x2 * c}, -1);
 }
 
-std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t max_positions, std::int64_t head_dim, double theta) {
+std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t max_positions, std::int64_t head_dim,
+                                              double theta) {
   const at::Tensor inv_freq = at::pow(theta, -at::arange(0, head_dim, 2, at::kDouble) / head_dim);  // (d/2,)
-  const at::Tensor angles = at::outer(at::arange(max_positions, at::kDouble), inv_freq);           // (T, d/2)
+  const at::Tensor angles = at::outer(at::arange(max_positions, at::kDouble), inv_freq);  // (T, d/2)
   return {angles.cos().to(at::kFloat), angles.sin().to(at::kFloat)};
 }
 
 std::string GptConfig::to_json() const {
-  return nlohmann::json{{"style", to_string(style)}, {"vocab_size", vocab_size}, {"seq_len", seq_len},
-                        {"dim", dim},   {"heads", heads},          {"layers", layers},
-                        {"mlp_hidden", hidden()}, {"rope_theta", rope_theta}, {"norm_eps", norm_eps},
+  return nlohmann::json{{"style", to_string(style)},
+                        {"vocab_size", vocab_size},
+                        {"seq_len", seq_len},
+                        {"dim", dim},
+                        {"heads", heads},
+                        {"layers", layers},
+                        {"mlp_hidden", hidden()},
+                        {"rope_theta", rope_theta},
+                        {"norm_eps", norm_eps},
                         {"tie_embeddings", tie_embeddings}}
       .dump(2);
 }
@@ -127,10 +137,16 @@ struct RmsNormImpl : torch::nn::Module {
 };
 TORCH_MODULE(RmsNorm);
 
+// A Linear layer's product through edit::models::linear (oneDNN on the CPU where built with it).
+at::Tensor dense(const torch::nn::Linear& layer, const at::Tensor& x) {
+  return models::linear(x, layer->weight, layer->bias);
+}
+
 struct EmbeddingImpl : torch::nn::Module {
   explicit EmbeddingImpl(const GptConfig& c) {
     tokens = register_module("tokens", torch::nn::Embedding(c.vocab_size, c.dim));
-    if (c.style == GptStyle::kGpt2) positions = register_module("positions", torch::nn::Embedding(c.seq_len, c.dim));
+    if (c.style == GptStyle::kGpt2)
+      positions = register_module("positions", torch::nn::Embedding(c.seq_len, c.dim));
   }
   at::Tensor forward(const at::Tensor& ids) {  // (B, T) -> (B, T, C)
     at::Tensor x = tokens->forward(ids);
@@ -149,8 +165,10 @@ struct BlockImpl : torch::nn::Module {
       return register_module(name, torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(gpt2)));
     };
     if (gpt2) {
-      ln1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
-      ln2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
+      ln1 = register_module("norm1",
+                            torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
+      ln2 = register_module("norm2",
+                            torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
     } else {
       rms1 = register_module("norm1", RmsNorm(c.dim, c.norm_eps));
       rms2 = register_module("norm2", RmsNorm(c.dim, c.norm_eps));
@@ -183,18 +201,20 @@ struct BlockImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) {  // (B, T, C) -> (B, T, C)
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), H = config.heads, hd = C / H;
     const bool gpt2 = config.style == GptStyle::kGpt2;
-    auto split = [&](const at::Tensor& t) { return t.reshape({B, T, H, hd}).transpose(1, 2); };  // (B, H, T, hd)
-    const auto parts = qkv->forward(gpt2 ? ln1->forward(x) : rms1->forward(x)).chunk(3, -1);
+    auto split = [&](const at::Tensor& t) {
+      return t.reshape({B, T, H, hd}).transpose(1, 2);
+    };  // (B, H, T, hd)
+    const auto parts = dense(qkv, gpt2 ? ln1->forward(x) : rms1->forward(x)).chunk(3, -1);
     at::Tensor q = split(parts[0]), k = split(parts[1]), v = split(parts[2]);
     if (!gpt2) {
       q = apply_rope(q, rope_cos, rope_sin);
       k = apply_rope(k, rope_cos, rope_sin);
     }
     const at::Tensor y = compat::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, C});
-    const at::Tensor h = x + out->forward(y);
+    const at::Tensor h = x + dense(out, y);
     const at::Tensor n = gpt2 ? ln2->forward(h) : rms2->forward(h);
-    const at::Tensor mlp = gpt2 ? at::gelu(up->forward(n), "tanh") : at::silu(gate->forward(n)) * up->forward(n);
-    return h + down->forward(mlp);
+    const at::Tensor mlp = gpt2 ? at::gelu(dense(up, n), "tanh") : at::silu(dense(gate, n)) * dense(up, n);
+    return h + dense(down, mlp);
   }
 
   GptConfig config;
@@ -210,7 +230,8 @@ TORCH_MODULE(Block);
 struct HeadImpl : torch::nn::Module {
   HeadImpl(const GptConfig& c, const at::Tensor& tied) : gpt2(c.style == GptStyle::kGpt2) {
     if (gpt2) {
-      ln = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
+      ln =
+          register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.dim}).eps(c.norm_eps)));
     } else {
       rms = register_module("norm", RmsNorm(c.dim, c.norm_eps));
     }
@@ -223,7 +244,7 @@ struct HeadImpl : torch::nn::Module {
     }
   }
   at::Tensor forward(const at::Tensor& x) {  // (B, T, C) -> (B, T, V)
-    return at::linear(gpt2 ? ln->forward(x) : rms->forward(x), weight);
+    return models::linear(gpt2 ? ln->forward(x) : rms->forward(x), weight);
   }
   bool gpt2;
   torch::nn::LayerNorm ln{nullptr};
@@ -252,8 +273,8 @@ GptImpl::GptImpl(const GptConfig& config) : config_(config) {
 }
 
 at::Tensor GptImpl::forward(const at::Tensor& tokens) {
-  EDIT_CHECK(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len, "tokens must be (batch, T) with T <= seq_len ",
-             config_.seq_len, ", got shape ", tokens.sizes());
+  EDIT_CHECK(tokens.dim() == 2 && tokens.size(1) <= config_.seq_len,
+             "tokens must be (batch, T) with T <= seq_len ", config_.seq_len, ", got shape ", tokens.sizes());
   at::Tensor x = embed->forward(tokens);
   for (auto& block : blocks) x = block->forward(x);
   return head->forward(x);
@@ -263,7 +284,8 @@ at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
   at::Tensor logits = forward(tokens);
   // Softmax and log over the vocabulary in fp32 at least (bf16 logits lose the small probabilities).
   if (logits.scalar_type() != at::kDouble) logits = logits.to(at::kFloat);
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, config_.vocab_size}), targets.reshape({-1}));
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, config_.vocab_size}),
+                                              targets.reshape({-1}));
 }
 
 }  // namespace edit::models

@@ -1,0 +1,27 @@
+// y = x W^T + b for the models' layers, with the matrix products on the CPU through oneDNN's sgemm
+// where libedit was built with it (EDIT_HAS_ONEDNN, cmake/EditCpuGemm.cmake).
+//
+// Why not at::linear: on the CPU LibTorch calls the system BLAS, and OpenBLAS chooses its kernels
+// by CPU model. On a CPU newer than the OpenBLAS release it falls back to its oldest x86-64
+// kernels (Debian 12's OpenBLAS 0.3.21 on Emerald Rapids runs SSE3 code at ~30 GFLOP/s a core);
+// oneDNN chooses by the CPU's features (AVX-512 there: 4-5x faster). Where OpenBLAS recognises the
+// CPU, the two are close.
+//
+// The fast path takes fp32, contiguous-or-made-so CPU tensors; anything else (CUDA, bf16, double)
+// is at::linear. Forward and backward (dx = dy W, dW = dy^T x, db = sum dy) are products of the
+// same sgemm; one product is deterministic, as at::linear's is. The environment variable
+// EDIT_CPU_GEMM=aten forces at::linear (read once), for comparisons.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace edit::models {
+
+// x (..., in), weight (out, in), bias (out) or undefined -> (..., out). Differentiable.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
+
+// Whether linear() takes oneDNN for fp32 CPU tensors in this process ("onednn") or LibTorch's
+// at::linear ("aten": not built with oneDNN, or EDIT_CPU_GEMM=aten).
+const char* cpu_gemm_backend();
+
+}  // namespace edit::models

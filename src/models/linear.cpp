@@ -1,0 +1,115 @@
+#include "edit/models/linear.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "edit/config.h"
+#include "edit/core/check.h"
+
+#if EDIT_HAS_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+namespace edit::models {
+namespace {
+
+bool onednn_enabled() {
+#if EDIT_HAS_ONEDNN
+  static const bool enabled = [] {
+    const char* choice = std::getenv("EDIT_CPU_GEMM");
+    return choice == nullptr || std::strcmp(choice, "aten") != 0;
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+#if EDIT_HAS_ONEDNN
+// C (m, n) = op(A) op(B), row-major, fp32; op is a transpose where `ta` / `tb` is 'T'.
+void sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
+           const float* b, std::int64_t ldb, float* c, std::int64_t ldc) {
+  const dnnl_status_t status = dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+  EDIT_CHECK(status == dnnl_success, "oneDNN's sgemm failed (status ", static_cast<int>(status), ") on a ", m,
+             "x", k, " by ", k, "x", n, " product; set EDIT_CPU_GEMM=aten to use LibTorch's instead");
+}
+
+// x W^T with oneDNN, autograd's way: the inputs saved as given (the ShardedModel re-gathers
+// a unit's parameters in place before its backward, as it does for at::linear's saved tensors).
+struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& weight) {
+    const std::int64_t in = weight.size(1), out = weight.size(0);
+    const at::Tensor x2 = x.reshape({-1, in}).contiguous();
+    const at::Tensor w = weight.contiguous();
+    const std::int64_t rows = x2.size(0);
+    at::Tensor y = at::empty({rows, out}, x.options());
+    if (rows > 0)
+      sgemm('N', 'T', rows, out, in, x2.data_ptr<float>(), in, w.data_ptr<float>(), in, y.data_ptr<float>(),
+            out);
+    ctx->save_for_backward({x2, w});
+    auto sizes = x.sizes().vec();
+    sizes.back() = out;
+    return y.view(sizes);
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x2 = saved[0];
+    const at::Tensor& w = saved[1];
+    const std::int64_t rows = x2.size(0), in = w.size(1), out = w.size(0);
+    const at::Tensor dy = grads[0].reshape({rows, out}).contiguous();
+    at::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      dx = at::empty({rows, in}, dy.options());
+      if (rows > 0)
+        sgemm('N', 'N', rows, in, out, dy.data_ptr<float>(), out, w.data_ptr<float>(), in,
+              dx.data_ptr<float>(), in);
+      auto sizes = grads[0].sizes().vec();
+      sizes.back() = in;
+      dx = dx.view(sizes);
+    }
+    if (ctx->needs_input_grad(1)) {
+      dw = at::empty({out, in}, dy.options());
+      if (rows > 0) {
+        sgemm('T', 'N', out, in, rows, dy.data_ptr<float>(), out, x2.data_ptr<float>(), in,
+              dw.data_ptr<float>(), in);
+      } else {
+        dw.zero_();
+      }
+    }
+    return {dx, dw};
+  }
+};
+
+bool takes_onednn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto fp32_cpu = [](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat;
+  };
+  return onednn_enabled() && fp32_cpu(x) && fp32_cpu(weight) && (!bias.defined() || fp32_cpu(bias)) &&
+         weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) && !x.is_mkldnn() &&
+         !x.is_sparse();
+}
+
+#endif
+
+}  // namespace
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+#if EDIT_HAS_ONEDNN
+  // The bias as its own op: autograd's custom functions take defined tensors only.
+  if (takes_onednn(x, weight, bias)) {
+    at::Tensor y = OneDnnLinear::apply(x, weight);
+    return bias.defined() ? y + bias : y;
+  }
+#endif
+  return at::linear(x, weight, bias);
+}
+
+const char* cpu_gemm_backend() { return onednn_enabled() ? "onednn" : "aten"; }
+
+}  // namespace edit::models
