@@ -10,8 +10,10 @@
 //   spike-noise   constant, and every k-th sync worker 1's parameters get Gaussian noise of 10x its
 //                 pseudo-gradient's norm just before the sync (a blown-up worker)
 //   spike-nan     constant, and every k-th sync one of worker 1's parameters becomes NaN
-// for EDiT (with its pseudo-gradient penalty), EDiT without the penalty, DiLoCo and Ddp (clean
-// schedules only: Ddp has no pseudo-gradient to spike). Columns: the val loss of the model the
+// for EDiT (with its pseudo-gradient penalty), EDiT without the penalty, DiLoCo, Streaming DiLoCo
+// and Ddp (clean schedules only: Ddp has no pseudo-gradient to spike). `streaming` runs once for
+// each combination of --fragments, --overlap, --alpha, --quant and --fragment-layout (lists), at
+// the same H and outer optimizer as DiLoCo. Columns: the val loss of the model the
 // replicas agree on (the anchor for Local SGD; mean over ranks of the same val batches), its ratio
 // to DiLoCo's in the same scenario (clean) or to the strategy's own constant run (spiked), and the
 // penalty's dropped workers, skipped units and level shifts over the run.
@@ -54,6 +56,12 @@ struct Options {
   std::uint64_t seed = 1;
   std::vector<std::string> scenarios = {"cosine", "constant", "spike-noise", "spike-nan"};
   std::vector<std::string> strategies = {"edit", "edit-nopenalty", "diloco", "ddp"};
+  // Streaming DiLoCo's rows: every combination of these.
+  std::vector<int> fragments = {2};
+  std::vector<int> overlaps = {1};
+  std::vector<double> alphas = {0.5};
+  std::vector<std::string> quants = {"fp4"};
+  std::vector<std::string> layouts = {"balanced"};
   std::string out = "bench_quality.csv";
   bool quick = false;
   bool check = false;
@@ -101,13 +109,28 @@ class SpikeInjector : public edit::sync::SyncStrategy {
   bool nan_;
 };
 
+// One row's strategy: a name, and for Streaming DiLoCo its fragments, overlap, merge and exchange.
+struct Variant {
+  std::string strategy;
+  int fragments = 1, overlap = 0;
+  double alpha = 0.5;
+  std::string quant = "fp32", layout = "strided";
+  bool streaming() const { return strategy == "streaming"; }
+  std::string label() const {
+    if (!streaming()) return strategy;
+    return "streaming P" + std::to_string(fragments) + " tau" + std::to_string(overlap) + " a" +
+           edit::bench::fmt_num(alpha, 2) + " " + quant + " " + layout;
+  }
+};
+
 struct Result {
   double val_loss = NAN;
   edit::sync::SyncStats stats;
 };
 
 Result run_one(const Options& o, edit::comm::DeviceMesh& mesh, edit::data::TokenDataset& train,
-               edit::data::TokenDataset& val, const std::string& scenario, const std::string& strategy_name) {
+               edit::data::TokenDataset& val, const std::string& scenario, const Variant& variant) {
+  const std::string& strategy_name = variant.strategy;
   auto config = edit::models::GptConfig::preset("tiny");
   config.seq_len = o.seq;
   at::manual_seed(o.seed + 1000 * static_cast<std::uint64_t>(mesh.rank()));  // replicas start apart
@@ -121,10 +144,16 @@ Result run_one(const Options& o, edit::comm::DeviceMesh& mesh, edit::data::Token
   sync.local.sync_every = o.sync_every;
   sync.local.outer.lr = o.outer_lr;
   sync.local.outer.momentum = o.outer_momentum;
+  sync.streaming.fragments = variant.fragments;
+  sync.streaming.overlap = variant.overlap;
+  sync.streaming.alpha = variant.alpha;
+  sync.streaming.quant.format = edit::sync::parse_quant_format(variant.quant);
+  sync.streaming.layout = edit::sync::parse_fragment_layout(variant.layout);
   const auto strategy = edit::sync::make_strategy(sync, model, mesh.sync_ptr());
   edit::sync::PseudoGradientSync* core = nullptr;  // the spike scenarios reach into its weights
   if (auto* diloco = dynamic_cast<edit::sync::DiLoCo*>(strategy.get())) core = &diloco->core();
   if (auto* edit_strategy = dynamic_cast<edit::sync::EDiT*>(strategy.get())) core = &edit_strategy->core();
+  if (auto* streaming = dynamic_cast<edit::sync::StreamingDiLoCo*>(strategy.get())) core = &streaming->core();
   std::unique_ptr<SpikeInjector> spiked;
   if (scenario.rfind("spike", 0) == 0) {
     EDIT_CHECK(core != nullptr, "scenario ", scenario, " needs a Local SGD strategy, not ", strategy_name);
@@ -168,7 +197,9 @@ Result run_one(const Options& o, edit::comm::DeviceMesh& mesh, edit::data::Token
 
 int main(int argc, char** argv) try {
   Options o;
-  CLI::App app{"bench_quality: val loss of EDiT, EDiT without the penalty, DiLoCo and Ddp under real schedules"};
+  CLI::App app{
+      "bench_quality: val loss of EDiT, EDiT without the penalty, DiLoCo, Streaming DiLoCo and Ddp under "
+      "real schedules"};
   app.add_option("--data", o.data, "folder with train_*.bin and val_*.bin (edit-prepare-text --out)")->capture_default_str();
   app.add_option("--steps", o.steps, "inner steps per run")->capture_default_str();
   app.add_option("--sync-every", o.sync_every, "H")->capture_default_str();
@@ -182,7 +213,20 @@ int main(int argc, char** argv) try {
   app.add_option("--eval-batches", o.eval_batches, "val batches per rank")->capture_default_str();
   app.add_option("--seed", o.seed, "model seed (rank r uses seed + 1000 r)")->capture_default_str();
   app.add_option("--scenarios", o.scenarios, "cosine, constant, spike-noise, spike-nan")->delimiter(',')->capture_default_str();
-  app.add_option("--strategies", o.strategies, "edit, edit-nopenalty, diloco, ddp")->delimiter(',')->capture_default_str();
+  app.add_option("--strategies", o.strategies, "edit, edit-nopenalty, diloco, streaming, ddp")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--fragments", o.fragments, "streaming: values of P")->delimiter(',')->capture_default_str();
+  app.add_option("--overlap", o.overlaps, "streaming: values of tau")->delimiter(',')->capture_default_str();
+  app.add_option("--alpha", o.alphas, "streaming: values of the merge's alpha")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--quant", o.quants, "streaming: exchange formats (fp32, bf16, int8, int4, fp4)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--fragment-layout", o.layouts, "streaming: strided, sequential, balanced")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--out", o.out, "CSV path")->capture_default_str();
   app.add_flag("--quick", o.quick, "160 steps, H 8, the cosine scenario, EDiT and DiLoCo: about a minute");
   app.add_flag("--check", o.check, "exit 1 unless EDiT's val loss <= DiLoCo's x 1.02 (cosine)");
@@ -198,8 +242,28 @@ int main(int argc, char** argv) try {
                "'; use cosine, constant, spike-noise or spike-nan");
   }
   for (const auto& s : o.strategies) {
-    EDIT_CHECK(s == "edit" || s == "edit-nopenalty" || s == "diloco" || s == "ddp", "unknown strategy '", s,
-               "'; use edit, edit-nopenalty, diloco or ddp");
+    EDIT_CHECK(s == "edit" || s == "edit-nopenalty" || s == "diloco" || s == "streaming" || s == "ddp",
+               "unknown strategy '", s, "'; use edit, edit-nopenalty, diloco, streaming or ddp");
+  }
+  for (const auto& q : o.quants) edit::sync::parse_quant_format(q);  // a bad name fails before any run
+  for (const auto& l : o.layouts) edit::sync::parse_fragment_layout(l);
+  std::vector<Variant> variants;
+  for (const auto& s : o.strategies) {
+    if (s != "streaming") {
+      variants.push_back({s});
+      continue;
+    }
+    for (int P : o.fragments) {
+      EDIT_CHECK(P >= 1 && o.sync_every % P == 0, "--fragments ", P, " does not divide --sync-every ",
+                 o.sync_every, "; pick values of P that divide H");
+      for (int tau : o.overlaps) {
+        for (double alpha : o.alphas) {
+          for (const auto& quant : o.quants) {
+            for (const auto& layout : o.layouts) variants.push_back({s, P, tau, alpha, quant, layout});
+          }
+        }
+      }
+    }
   }
   const auto has = [](const std::vector<std::string>& list, const std::string& item) {
     return std::find(list.begin(), list.end(), item) != list.end();
@@ -223,31 +287,39 @@ int main(int argc, char** argv) try {
   edit::data::TokenDataset train((fs::path(o.data) / "train_*.bin").string(), data_options);
   edit::data::TokenDataset val((fs::path(o.data) / "val_*.bin").string(), data_options);
 
-  edit::bench::Table table({"scenario", "strategy", "ranks", "H", "steps", "val_loss", "ratio", "ratio_to",
-                            "dropped_workers", "skipped_units", "level_shifts"});
-  std::map<std::string, double> loss_of;  // "scenario/strategy"
-  std::vector<std::tuple<std::string, std::string, Result>> runs;
+  edit::bench::Table table({"scenario", "strategy", "fragments", "overlap", "alpha", "quant", "layout",
+                            "ranks", "H", "steps", "val_loss", "ratio", "ratio_to", "dropped_workers",
+                            "skipped_units", "level_shifts"});
+  std::map<std::string, double> loss_of;  // "scenario/label"
+  std::vector<std::tuple<std::string, Variant, Result>> runs;
   for (const auto& scenario : o.scenarios) {
     const bool spiked = scenario.rfind("spike", 0) == 0;
-    for (const auto& strategy : o.strategies) {
-      if (spiked && strategy == "ddp") continue;
-      const Result r = run_one(o, mesh, train, val, scenario, strategy);
-      loss_of[scenario + "/" + strategy] = r.val_loss;
-      runs.emplace_back(scenario, strategy, r);
+    for (const Variant& variant : variants) {
+      if (spiked && variant.strategy == "ddp") continue;
+      const Result r = run_one(o, mesh, train, val, scenario, variant);
+      loss_of[scenario + "/" + variant.label()] = r.val_loss;
+      runs.emplace_back(scenario, variant, r);
       if (mesh.rank() == 0) {
-        std::cout << scenario << " / " << strategy << ": val loss " << fmt_num(r.val_loss, 4) << std::endl;
+        std::cout << scenario << " / " << variant.label() << ": val loss " << fmt_num(r.val_loss, 4)
+                  << std::endl;
       }
     }
   }
-  for (const auto& [scenario, strategy, r] : runs) {
+  for (const auto& [scenario, variant, r] : runs) {
+    const std::string strategy = variant.label();
+    const bool streaming = variant.streaming();
     // Clean runs compare with DiLoCo in the same scenario; spiked runs with their own constant run.
     const std::string reference = scenario.rfind("spike", 0) == 0 ? "constant/" + strategy : scenario + "/diloco";
     const auto ref = loss_of.find(reference);
     const bool compared = ref != loss_of.end() && reference != scenario + "/" + strategy;
-    table.add_row({scenario, strategy, std::to_string(mesh.world_size()), std::to_string(o.sync_every),
-                   std::to_string(o.steps), fmt_num(r.val_loss, 4), compared ? fmt_num(r.val_loss / ref->second, 4) : "-",
-                   compared ? reference : "-", std::to_string(r.stats.dropped_workers),
-                   std::to_string(r.stats.skipped_units), std::to_string(r.stats.level_shifts)});
+    table.add_row({scenario, variant.strategy, streaming ? std::to_string(variant.fragments) : "-",
+                   streaming ? std::to_string(variant.overlap) : "-",
+                   streaming ? fmt_num(variant.alpha, 2) : "-", streaming ? variant.quant : "-",
+                   streaming ? variant.layout : "-", std::to_string(mesh.world_size()),
+                   std::to_string(o.sync_every), std::to_string(o.steps), fmt_num(r.val_loss, 4),
+                   compared ? fmt_num(r.val_loss / ref->second, 4) : "-", compared ? reference : "-",
+                   std::to_string(r.stats.dropped_workers), std::to_string(r.stats.skipped_units),
+                   std::to_string(r.stats.level_shifts)});
   }
   int status = 0;
   if (mesh.rank() == 0) {
