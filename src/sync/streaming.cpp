@@ -315,8 +315,7 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
       unit.work->wait();
       unit.work.reset();
     }
-    // sum_i w_i delta_i over the dequantized packets, in rank order, in fp32: the same floats on
-    // every rank. A dropped worker (w = 0) is left out, not multiplied: 0 x NaN is NaN.
+    // The weighted sum on theta's GPU when the kernels can, else on the host (weighted_sum).
     const std::int64_t n = theta.numel();
     at::Tensor aggregate =
         weighted_sum(unit, n, device_quantizable(theta) ? theta.device() : at::Device(at::kCPU));
