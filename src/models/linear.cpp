@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "edit/config.h"
 #include "edit/core/check.h"
@@ -86,10 +88,75 @@ struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
   }
 };
 
+// One matrix of a batch as sgemm reads it: row-major ('N', ld = row stride) or a transposed view
+// of a row-major matrix ('T', ld = column stride). Neither: nullopt (the caller copies).
+struct Operand {
+  char trans;
+  std::int64_t ld;
+};
+std::optional<Operand> operand_of(const at::Tensor& t) {
+  const std::int64_t rows = t.size(-2), cols = t.size(-1);
+  if (t.stride(-1) == 1 && (rows <= 1 || t.stride(-2) >= cols))
+    return Operand{'N', std::max<std::int64_t>(t.stride(-2), cols)};
+  if (t.stride(-2) == 1 && (cols <= 1 || t.stride(-1) >= rows))
+    return Operand{'T', std::max<std::int64_t>(t.stride(-1), rows)};
+  return std::nullopt;
+}
+
+// a (..., m, k) @ b (..., k, n) into a new contiguous (..., m, n), one sgemm per matrix; the
+// leading dimensions may have any strides.
+at::Tensor batched_product(at::Tensor a, at::Tensor b) {
+  if (!operand_of(a)) a = a.contiguous();
+  if (!operand_of(b)) b = b.contiguous();
+  const Operand oa = *operand_of(a), ob = *operand_of(b);
+  const std::int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  auto sizes = a.sizes().vec();
+  sizes.back() = n;
+  at::Tensor c = at::empty(sizes, a.options());
+  const std::int64_t lead = a.dim() - 2;
+  std::int64_t batches = 1;
+  for (std::int64_t d = 0; d < lead; ++d) batches *= a.size(d);
+  if (m == 0 || n == 0) return c;
+  if (k == 0) return c.zero_();
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  float* pc = c.data_ptr<float>();
+  for (std::int64_t i = 0; i < batches; ++i) {
+    std::int64_t rest = i, offset_a = 0, offset_b = 0;
+    for (std::int64_t d = lead - 1; d >= 0; --d) {  // the batch index, unravelled over the strides
+      const std::int64_t index = rest % a.size(d);
+      rest /= a.size(d);
+      offset_a += index * a.stride(d);
+      offset_b += index * b.stride(d);
+    }
+    sgemm(oa.trans, ob.trans, m, n, k, pa + offset_a, oa.ld, pb + offset_b, ob.ld, pc + i * m * n, n);
+  }
+  return c;
+}
+
+// a @ b over a batch, autograd's way: da = dc b^T, db = a^T dc (transposed views, not copies).
+struct OneDnnMatmul : public torch::autograd::Function<OneDnnMatmul> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
+    ctx->save_for_backward({a, b});
+    return batched_product(a, b);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& a = saved[0];
+    const at::Tensor& b = saved[1];
+    at::Tensor da, db;
+    if (ctx->needs_input_grad(0)) da = batched_product(grads[0], b.transpose(-2, -1));
+    if (ctx->needs_input_grad(1)) db = batched_product(a.transpose(-2, -1), grads[0]);
+    return {da, db};
+  }
+};
+
+bool fp32_cpu(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
+}
+
 bool takes_onednn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  const auto fp32_cpu = [](const at::Tensor& t) {
-    return t.device().is_cpu() && t.scalar_type() == at::kFloat;
-  };
   return onednn_enabled() && fp32_cpu(x) && fp32_cpu(weight) && (!bias.defined() || fp32_cpu(bias)) &&
          weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) && !x.is_mkldnn() &&
          !x.is_sparse();
@@ -108,6 +175,16 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   }
 #endif
   return at::linear(x, weight, bias);
+}
+
+at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {
+#if EDIT_HAS_ONEDNN
+  if (onednn_enabled() && fp32_cpu(a) && fp32_cpu(b) && a.dim() >= 2 && a.dim() == b.dim() &&
+      a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2) && a.size(-1) == b.size(-2)) {
+    return OneDnnMatmul::apply(a, b);
+  }
+#endif
+  return at::matmul(a, b);
 }
 
 const char* cpu_gemm_backend() { return onednn_enabled() ? "onednn" : "aten"; }

@@ -63,6 +63,42 @@ TEST(Linear, MatchesDoublePrecisionValuesAndGradients) {
   }
 }
 
+// The attention's batched products: (B, H, T, d) operands as the model makes them (a transposed
+// view of a strided tensor, k^T as a view), and plain 3-D ones, against at::matmul in double.
+TEST(Matmul, BatchedProductsMatchDoublePrecision) {
+  at::manual_seed(5);
+  const std::int64_t B = 2, T = 6, H = 3, d = 4;
+  const at::Tensor qkv = at::randn({B, T, 3 * H * d});
+  const auto parts = qkv.chunk(3, -1);
+  const auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, d}).transpose(1, 2); };
+  struct Pair {
+    at::Tensor a, b;
+    std::string what;
+  };
+  const std::vector<Pair> pairs = {
+      {heads(parts[0]), heads(parts[1]).transpose(-2, -1), "q k^T (strided, transposed view)"},
+      {at::randn({B, H, T, T}), heads(parts[2]), "p v"},
+      {at::randn({5, 3, 7}), at::randn({5, 7, 2}), "3-D contiguous"},
+      {at::randn({4, 0, 3}), at::randn({4, 3, 2}), "no rows"},
+  };
+  for (const Pair& p : pairs) {
+    const at::Tensor a32 = p.a.detach().requires_grad_(true), b32 = p.b.detach().requires_grad_(true);
+    const at::Tensor a64 = p.a.to(at::kDouble).requires_grad_(true),
+                     b64 = p.b.to(at::kDouble).requires_grad_(true);
+    const at::Tensor c = edit::models::matmul(a32, b32);
+    const at::Tensor c64 = at::matmul(a64, b64);
+    expect_close(c, c64, p.what + ": c");
+    const at::Tensor dc = at::randn(c.sizes());
+    c.backward(dc);
+    c64.backward(dc.to(at::kDouble));
+    expect_close(a32.grad(), a64.grad(), p.what + ": da");
+    expect_close(b32.grad(), b64.grad(), p.what + ": db");
+  }
+  // Broadcasting leading dimensions is not taken: at::matmul does it.
+  const at::Tensor a = at::randn({2, 3, 4}), b = at::randn({4, 5});
+  EXPECT_TRUE(at::equal(edit::models::matmul(a, b), at::matmul(a, b)));
+}
+
 TEST(Linear, OtherDtypesAreAtLinearItself) {
   at::manual_seed(4);
   const at::Tensor x = at::randn({6, 9}, at::kDouble);

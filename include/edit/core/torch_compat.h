@@ -43,11 +43,16 @@ inline size_t storage_nbytes(const at::Tensor& tensor) { return storage_impl(ten
 
 // Exact causal attention, softmax(q k^T / sqrt(d) + causal mask) v, in plain ATen ops.
 // (B, H, T, d) x 3 -> (B, H, T, d)
-inline at::Tensor causal_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// With `product(a, b)` for the two batched matrix products (e.g. edit::models::matmul).
+template <typename Product>
+at::Tensor causal_attention_with(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, Product product) {
   const auto t = q.size(-2);
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
+  at::Tensor scores = product(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
   const at::Tensor future = at::ones({t, t}, q.options().dtype(at::kBool)).triu(1);
-  return at::matmul(at::softmax(scores.masked_fill(future, -std::numeric_limits<double>::infinity()), -1), v);
+  return product(at::softmax(scores.masked_fill(future, -std::numeric_limits<double>::infinity()), -1), v);
+}
+inline at::Tensor causal_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return causal_attention_with(q, k, v, [](const at::Tensor& a, const at::Tensor& b) { return at::matmul(a, b); });
 }
 
 // The fused scaled-dot-product attention where this LibTorch has it (2.x), else the reference.

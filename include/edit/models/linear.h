@@ -20,6 +20,11 @@ namespace edit::models {
 // x (..., in), weight (out, in), bias (out) or undefined -> (..., out). Differentiable.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
 
+// a (..., m, k) @ b (..., k, n) -> (..., m, n), the leading dimensions equal (no broadcasting):
+// the attention's batched products, by the same sgemm (a transposed view is read as such, not
+// copied). Differentiable; anything not fp32 on the CPU is at::matmul.
+at::Tensor matmul(const at::Tensor& a, const at::Tensor& b);
+
 // Whether linear() takes oneDNN for fp32 CPU tensors in this process ("onednn") or LibTorch's
 // at::linear ("aten": not built with oneDNN, or EDIT_CPU_GEMM=aten).
 const char* cpu_gemm_backend();
