@@ -77,11 +77,15 @@ EDIT_QUANT_HD float multiply(float a, float b) {
 #endif
 }
 
-EDIT_QUANT_HD float floor_of(float x) {
+// floor(a) for a >= 0 (or NaN, returned as is). On the host, through a conversion to int32 and back
+// rather than std::floor: exact (every float in [0, 2^23) truncates to its floor, and from 2^23 on a
+// float is an integer already), and the compiler can vectorize it, which it cannot do with a call to
+// the library's floor on a CPU without SSE4.1.
+EDIT_QUANT_HD float floor_nonnegative(float a) {
 #ifdef __CUDA_ARCH__
-  return floorf(x);
+  return floorf(a);
 #else
-  return std::floor(x);
+  return a < 8388608.0f ? static_cast<float>(static_cast<std::int32_t>(a)) : a;
 #endif
 }
 
@@ -91,7 +95,7 @@ EDIT_QUANT_HD float floor_of(float x) {
 // the result equals std::round for every float.
 EDIT_QUANT_HD float round_half_away(float v) {
   const float a = magnitude(v);
-  float r = floor_of(a);
+  float r = floor_nonnegative(a);
   if (a - r >= 0.5f) r += 1.0f;
   return float_of(bits_of(r) | (bits_of(v) & 0x80000000u));  // v's sign, -0 included
 }
@@ -192,14 +196,20 @@ EDIT_QUANT_HD float fp4_magnitude(QuantFormat format, unsigned code) {
   }
 }
 
-// The code whose magnitude is nearest to m >= 0; a tie keeps the lower code, i.e. the lower
-// magnitude (strict <, codes in ascending order).
+// Halfway between the magnitudes of codes c and c + 1 (c in 0..6): exact, as both are short dyadic
+// numbers.
+EDIT_QUANT_HD float fp4_midpoint(QuantFormat format, unsigned c) {
+  return (fp4_magnitude(format, c) + fp4_magnitude(format, c + 1)) * 0.5f;
+}
+
+// The code whose magnitude is nearest to m >= 0, a tie going to the lower magnitude: the number of
+// midpoints strictly below m. Exact comparisons against exact midpoints, so this is the true
+// nearest, with no rounding of a distance involved. quantize.cpp's host loop counts against the
+// same fp4_midpoint values.
 EDIT_QUANT_HD unsigned nearest_fp4_code(QuantFormat format, float m) {
-  unsigned best = 0;
-  for (unsigned c = 1; c < 8; ++c) {
-    if (magnitude(fp4_magnitude(format, c) - m) < magnitude(fp4_magnitude(format, best) - m)) best = c;
-  }
-  return best;
+  unsigned code = 0;
+  for (unsigned c = 0; c < 7; ++c) code += m > fp4_midpoint(format, c) ? 1u : 0u;
+  return code;
 }
 
 // 4-bit code of the scaled value v: sign-magnitude with the sign in bit 3, for int4 as well, and

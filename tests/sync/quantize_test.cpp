@@ -14,12 +14,13 @@ namespace {
 using edit::sync::dequantize;
 using edit::sync::packet_bytes;
 using edit::sync::QuantFormat;
-using edit::sync::QuantOptions;
 using edit::sync::quantize;
+using edit::sync::QuantOptions;
 
 std::vector<float> round_trip(const std::vector<float>& x, QuantFormat format, std::int64_t block) {
   const QuantOptions options{format, block};
-  std::vector<std::uint8_t> packet(static_cast<size_t>(packet_bytes(static_cast<std::int64_t>(x.size()), options)));
+  std::vector<std::uint8_t> packet(
+      static_cast<size_t>(packet_bytes(static_cast<std::int64_t>(x.size()), options)));
   quantize(x.data(), static_cast<std::int64_t>(x.size()), options, packet.data());
   std::vector<float> out(x.size());
   dequantize(packet.data(), static_cast<std::int64_t>(x.size()), options, out.data());
@@ -41,7 +42,8 @@ TEST(Quantize, HandComputedPackets) {
   EXPECT_EQ(round_trip({16.0f, 3.0f, -0.3f, 8.0f}, QuantFormat::kFp4E3M0, 2),
             (std::vector<float>{16.0f, 2.0f, -0.25f, 8.0f}));
   // bf16: 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1); 1 + 3 * 2^-9 -> 1 + 2^-7.
-  EXPECT_EQ(round_trip({1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -9), -2.5f}, QuantFormat::kBf16, 2),
+  EXPECT_EQ(round_trip({1.0f + std::ldexp(1.0f, -8), 1.0f + 3 * std::ldexp(1.0f, -9), -2.5f},
+                       QuantFormat::kBf16, 2),
             (std::vector<float>{1.0f, 1.0f + std::ldexp(1.0f, -7), -2.5f}));
   // A block of zeros has scale 0 and decodes to zeros.
   EXPECT_EQ(round_trip({0.0f, 0.0f, 0.0f}, QuantFormat::kInt4, 2), (std::vector<float>{0.0f, 0.0f, 0.0f}));
@@ -65,8 +67,10 @@ TEST(Quantize, PacketSizesAndScaleOverhead) {
 TEST(Quantize, RepresentableValuesRoundTripExactly) {
   std::mt19937 rng(7);
   const std::vector<std::pair<QuantFormat, std::vector<float>>> grids = {
-      {QuantFormat::kInt8, {}}, {QuantFormat::kInt4, {0, 1, 2, 3, 4, 5, 6, 7}},
-      {QuantFormat::kFp4E2M1, {0, 0.5f, 1, 1.5f, 2, 3, 4, 6}}, {QuantFormat::kFp4E3M0, {0, 0.25f, 0.5f, 1, 2, 4, 8, 16}}};
+      {QuantFormat::kInt8, {}},
+      {QuantFormat::kInt4, {0, 1, 2, 3, 4, 5, 6, 7}},
+      {QuantFormat::kFp4E2M1, {0, 0.5f, 1, 1.5f, 2, 3, 4, 6}},
+      {QuantFormat::kFp4E3M0, {0, 0.25f, 0.5f, 1, 2, 4, 8, 16}}};
   for (const auto& [format, magnitudes] : grids) {
     std::vector<float> grid = magnitudes;
     if (grid.empty()) {
@@ -84,38 +88,41 @@ TEST(Quantize, RepresentableValuesRoundTripExactly) {
 }
 
 // Any value comes back as the representable value nearest to it (a brute-force search over the
-// block's grid), so the error is at most half a grid step.
+// block's grid), so the error is at most half a grid step. Blocks of 32, and of 1000 (longer than
+// the 256 values the encoder takes at a time), over an odd count: a short odd last block.
 TEST(Quantize, ArbitraryValuesGoToTheNearestRepresentable) {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (QuantFormat format : {QuantFormat::kInt8, QuantFormat::kInt4, QuantFormat::kFp4E2M1, QuantFormat::kFp4E3M0}) {
-    const std::int64_t block = 32;
-    std::vector<float> x(1000);
-    for (float& v : x) v = normal(rng) * 1e-3f;
-    const std::vector<float> y = round_trip(x, format, block);
-    std::vector<float> magnitudes;
-    if (format == QuantFormat::kInt8) {
-      for (int q = 0; q <= 127; ++q) magnitudes.push_back(static_cast<float>(q));
-    } else if (format == QuantFormat::kInt4) {
-      magnitudes = {0, 1, 2, 3, 4, 5, 6, 7};
-    } else if (format == QuantFormat::kFp4E2M1) {
-      magnitudes = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
-    } else {
-      magnitudes = {0, 0.25f, 0.5f, 1, 2, 4, 8, 16};
-    }
-    for (size_t begin = 0; begin < x.size(); begin += block) {
-      const size_t end = std::min(x.size(), begin + static_cast<size_t>(block));
-      float amax = 0.0f;
-      for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(x[i]));
-      const float scale = amax / magnitudes.back();
-      for (size_t i = begin; i < end; ++i) {
-        float nearest = std::numeric_limits<float>::infinity();
-        for (float m : magnitudes) {
-          for (float sign : {-1.0f, 1.0f}) nearest = std::min(nearest, std::fabs(sign * m * scale - x[i]));
+  for (QuantFormat format :
+       {QuantFormat::kInt8, QuantFormat::kInt4, QuantFormat::kFp4E2M1, QuantFormat::kFp4E3M0}) {
+    for (const std::int64_t block : {32, 1000}) {
+      std::vector<float> x(2999);
+      for (float& v : x) v = normal(rng) * 1e-3f;
+      const std::vector<float> y = round_trip(x, format, block);
+      std::vector<float> magnitudes;
+      if (format == QuantFormat::kInt8) {
+        for (int q = 0; q <= 127; ++q) magnitudes.push_back(static_cast<float>(q));
+      } else if (format == QuantFormat::kInt4) {
+        magnitudes = {0, 1, 2, 3, 4, 5, 6, 7};
+      } else if (format == QuantFormat::kFp4E2M1) {
+        magnitudes = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+      } else {
+        magnitudes = {0, 0.25f, 0.5f, 1, 2, 4, 8, 16};
+      }
+      for (size_t begin = 0; begin < x.size(); begin += block) {
+        const size_t end = std::min(x.size(), begin + static_cast<size_t>(block));
+        float amax = 0.0f;
+        for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const float scale = amax / magnitudes.back();
+        for (size_t i = begin; i < end; ++i) {
+          float nearest = std::numeric_limits<float>::infinity();
+          for (float m : magnitudes) {
+            for (float sign : {-1.0f, 1.0f}) nearest = std::min(nearest, std::fabs(sign * m * scale - x[i]));
+          }
+          // The search and the codec round x / scale and q * scale once each: a float ulp of slack.
+          EXPECT_LE(std::fabs(y[i] - x[i]), nearest + 4e-7f * std::fabs(x[i]) + 1e-12f)
+              << edit::sync::to_string(format) << " block " << block << " value " << i;
         }
-        // The search and the codec round x / scale and q * scale once each: a float ulp of slack.
-        EXPECT_LE(std::fabs(y[i] - x[i]), nearest + 4e-7f * std::fabs(x[i]) + 1e-12f)
-            << edit::sync::to_string(format) << " value " << i;
       }
     }
   }
