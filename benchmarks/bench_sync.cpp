@@ -7,7 +7,8 @@
 // (gradients every step), DiLoCo, EDiT and Streaming DiLoCo (fragments P, overlap tau,
 // quantized exchange) at each H. Columns: tokens/s, ratio to no-communication, bytes sent per
 // inner step per rank (shard + sync groups) on average and in the busiest step, time blocked in
-// the strategy, and the held-out loss after the run (mean over ranks), all from one run.
+// the strategy, on an emulated link the compute utilization (as in the sweep below), and the
+// held-out loss after the run (mean over ranks), all from one run.
 // Communicators count an operation's bytes when it completes, so an overlapped exchange may be
 // split over two steps in peak_bytes_per_step; peak_exchange_bytes (Streaming DiLoCo) counts the
 // packets issued after one step, exactly: payload and scales, what each rank puts on the wire.
@@ -19,14 +20,21 @@
 // every worker would process alone at its own speed (own_speed_sum) and the job's share of it.
 //
 // --bandwidth-sweep: for Ddp, DiLoCo and Streaming DiLoCo (P fragments; + overlap; + fp4), the
-// lowest emulated sync-group bandwidth (LinkEmulator, no latency) at which each keeps >= 95% of
-// no-communication tokens/s, walking down a grid from 10 Gbit/s; written to <out stem>_sweep.csv.
+// lowest emulated sync-group bandwidth (LinkEmulator, no latency) at which each keeps >= 95%
+// compute utilization, found by bisection on a log scale; written to <out stem>_sweep.csv.
+// Utilization is measured inside each run: 1 - (time blocked on the emulated link after every rank
+// had issued the op) / (wall-clock time), on the worst rank, so no second run's noise enters it,
+// nor the wait for a peer that a busy machine delayed. It is what the paper's "95% compute
+// utilization" counts: communication that compute does not hide. Next to it, tokens/s against a
+// no-communication run taken before each strategy's walk (noisier on a shared machine, and it also
+// charges the strategy's own work, such as quantizing, as overhead).
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iostream>
 
 #include "edit/comm/device_mesh.h"
@@ -60,6 +68,8 @@ struct Options {
   bool study_only = false;
   bool bandwidth_sweep = false;
   int sweep_fragments = 4;
+  int sweep_overlap = 1;      // tau of the overlapped Streaming DiLoCo rows of the sweep
+  double sweep_target = 0.95;  // the compute utilization a strategy must keep
   std::vector<int> fragments = {2, 4};             // P of the Streaming DiLoCo rows
   std::vector<std::string> quants;                 // empty: fp32 for P = 2, fp32 to fp4 for the others
   std::vector<std::string> layouts = {"strided"};  // fragment layouts of the Streaming DiLoCo rows
@@ -112,6 +122,7 @@ struct Result {
   double peak_bytes_per_step = 0;
   double peak_exchange_bytes = 0;  // Streaming DiLoCo: the most packet bytes issued after one step
   double sync_wait_s = 0;
+  double link_wait_share = 0;  // the most any rank spent blocked on the emulated link, over the wall clock
   double loss = 0;
   double seconds = 0;        // wall-clock of the timed part (the slowest rank's)
   double own_speed_sum = 0;  // tokens/s every rank would process alone: sum of tokens / compute time
@@ -122,8 +133,10 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   const std::string& strategy_name = spec.strategy;
   const int H = spec.H;
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({o.shard_size});
+  std::shared_ptr<edit::comm::LinkEmulator> emulator;
   if (!link.empty()) {
-    mesh.set_sync(std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link)));
+    emulator = std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link));
+    mesh.set_sync(emulator);
   }
   const TinyConfig config = o.model.config();
   at::manual_seed(0);
@@ -168,13 +181,15 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   }
   strategy->finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const auto all = mesh.world().all_gather_values({seconds, static_cast<double>(timed), compute});
-  double slowest = 0.0, steps = 0.0, own_speed_sum = 0.0;
+  const double link_wait = emulator ? emulator->link_wait_seconds() : 0.0;
+  const auto all = mesh.world().all_gather_values({seconds, static_cast<double>(timed), compute, link_wait / seconds});
+  double slowest = 0.0, steps = 0.0, own_speed_sum = 0.0, link_wait_share = 0.0;
   const double tokens_per_step = double(o.model.batch) * o.model.seq;
-  for (size_t r = 0; r < all.size(); r += 3) {
+  for (size_t r = 0; r < all.size(); r += 4) {
     slowest = std::max(slowest, all[r]);
     steps += all[r + 1];
     own_speed_sum += tokens_per_step * all[r + 1] / all[r + 2];
+    link_wait_share = std::max(link_wait_share, all[r + 3]);
   }
 
   Result result;
@@ -188,6 +203,7 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
     result.peak_exchange_bytes = static_cast<double>(streaming->streaming_stats().max_step_bytes);
   }
   result.sync_wait_s = blocked;
+  result.link_wait_share = link_wait_share;
   // Held-out loss: the same 4 batches on every rank, never trained on.
   c10::NoGradGuard no_grad;
   double loss = 0.0;
@@ -217,9 +233,14 @@ int main(int argc, char** argv) try {
                  "for each f (e.g. 2,4); Ddp, EDiT and A-EDiT at equal wall-clock time")->delimiter(',');
   app.add_option("--study-H", o.study_H, "EDiT's H in the straggler study")->capture_default_str();
   app.add_flag("--study-only", o.study_only, "run the straggler study or the sweep alone (not the strategy matrix)");
-  app.add_flag("--bandwidth-sweep", o.bandwidth_sweep, "the lowest sync bandwidth at which each strategy keeps 95% of "
-               "no-communication throughput (H: the first --sync-every)");
+  app.add_flag("--bandwidth-sweep", o.bandwidth_sweep, "the lowest sync bandwidth at which each strategy keeps 95% "
+               "compute utilization (H: the first --sync-every)");
   app.add_option("--sweep-fragments", o.sweep_fragments, "P of Streaming DiLoCo in the sweep")->capture_default_str();
+  app.add_option("--sweep-overlap", o.sweep_overlap, "tau of the overlapped Streaming DiLoCo rows of the sweep")
+      ->capture_default_str();
+  app.add_option("--sweep-target", o.sweep_target, "the compute utilization each strategy must keep in the sweep")
+      ->check(CLI::Range(0.5, 0.999))
+      ->capture_default_str();
   app.add_option("--fragments", o.fragments, "values of P for the Streaming DiLoCo rows")
       ->delimiter(',')
       ->capture_default_str();
@@ -251,7 +272,7 @@ int main(int argc, char** argv) try {
   edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "interval_s", "fragments", "layout", "overlap",
                             "quant", "link", "straggler", "seconds", "syncs", "tokens_per_s", "ratio_to_nocomm",
                             "own_speed_sum", "job_over_own", "bytes_per_step_per_rank", "peak_bytes_per_step",
-                            "peak_exchange_bytes", "sync_wait_s", "loss"});
+                            "peak_exchange_bytes", "sync_wait_s", "utilization", "loss"});
   const auto add_row = [&](const RunSpec& spec, const Result& r, const std::string& link, double reference) {
     const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
     const bool streaming = spec.strategy == "streaming";
@@ -266,7 +287,8 @@ int main(int argc, char** argv) try {
                    fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.own_speed_sum, 0),
                    fmt_num(r.tokens_per_s / r.own_speed_sum, 3), fmt_num(r.bytes_per_step, 0),
                    fmt_num(r.peak_bytes_per_step, 0), streaming ? fmt_num(r.peak_exchange_bytes, 0) : "-",
-                   fmt_num(r.sync_wait_s, 3), fmt_num(r.loss, 4)});
+                   fmt_num(r.sync_wait_s, 3), link.empty() ? "-" : fmt_num(1.0 - r.link_wait_share, 3),
+                   fmt_num(r.loss, 4)});
   };
   std::vector<std::string> links;
   if (!o.study_only) links.push_back("");
@@ -332,44 +354,50 @@ int main(int argc, char** argv) try {
     const std::vector<RunSpec> specs = {{"ddp"},
                                         {"diloco", H},
                                         {"streaming", H, o.sweep_fragments, 0, "fp32"},
-                                        {"streaming", H, o.sweep_fragments, 1, "fp32"},
-                                        {"streaming", H, o.sweep_fragments, 1, "fp4"}};
-    // Bit/s, 10 G down to 100 k in steps of about 2x.
-    std::vector<double> grid;
-    for (double decade = 1e10; decade >= 1e5; decade /= 10) {
-      for (double f : {1.0, 0.5, 0.2}) grid.push_back(decade * f);
-    }
+                                        {"streaming", H, o.sweep_fragments, o.sweep_overlap, "fp32"},
+                                        {"streaming", H, o.sweep_fragments, o.sweep_overlap, "fp4"}};
+    const auto link_at = [](double bits) { return fmt_num(bits / 1e3, 0) + "Kbit@0ms"; };
     edit::bench::Table sweep({"strategy", "ranks", "H", "fragments", "overlap", "quant", "lowest_gbit_per_s",
-                              "ratio_at_lowest", "bandwidth_vs_ddp", "bytes_per_step_per_rank"});
+                              "utilization_at_lowest", "ratio_to_nocomm_at_lowest", "ddp_bandwidth_over_this",
+                              "bytes_per_step_per_rank", "peak_bytes_per_step", "runs"});
     double ddp_lowest = 0.0;
     for (const RunSpec& spec : specs) {
-      const double reference = run_one(o, data, {"none"}, "").tokens_per_s;  // measured next to each strategy
-      double lowest = 0.0, ratio_at_lowest = 0.0, bytes = 0.0;
-      int misses = 0;
-      for (double bits : grid) {
-        const std::string link = fmt_num(bits / 1e3, 0) + "Kbit@0ms";
-        const Result r = run_one(o, data, spec, link);
-        // Slower links only get worse: two misses in a row end the walk (one may be noise).
-        if (r.tokens_per_s / reference < 0.95) {
-          if (++misses == 2) break;
-          continue;
+      // Bisection on log(bandwidth) between 100 kbit/s and 100 Gbit/s, to within 5%: utilization
+      // only falls as the link slows. `pass` is the slowest link seen to keep the target.
+      double fast = 1e11, slow = 1e5;
+      Result pass;
+      double pass_bits = 0.0;
+      int runs = 0;
+      const double reference = run_one(o, data, {"none"}, "").tokens_per_s;  // measured next to each walk
+      const auto keeps = [&](double bits) {
+        const Result r = run_one(o, data, spec, link_at(bits));
+        ++runs;
+        if (1.0 - r.link_wait_share < o.sweep_target) return false;
+        pass = r;
+        pass_bits = bits;
+        return true;
+      };
+      if (keeps(fast)) {
+        while (fast / slow > 1.05) {
+          const double mid = std::sqrt(fast * slow);
+          (keeps(mid) ? fast : slow) = mid;
         }
-        misses = 0;
-        lowest = bits;
-        ratio_at_lowest = r.tokens_per_s / reference;
-        bytes = r.bytes_per_step;
       }
-      if (spec.strategy == "ddp") ddp_lowest = lowest;
+      if (spec.strategy == "ddp") ddp_lowest = pass_bits;
       const bool streaming = spec.strategy == "streaming";
+      const bool found = pass_bits > 0;
       sweep.add_row({spec.strategy, std::to_string(top.world_size()), spec.strategy == "ddp" ? "-" : std::to_string(spec.H),
                      streaming ? std::to_string(spec.fragments) : "-", streaming ? std::to_string(spec.overlap) : "-",
-                     streaming ? spec.quant : "-", lowest > 0 ? fmt_num(lowest / 1e9, 4) : "> 10",
-                     fmt_num(ratio_at_lowest, 3), lowest > 0 && ddp_lowest > 0 ? fmt_num(ddp_lowest / lowest, 1) : "-",
-                     fmt_num(bytes, 0)});
+                     streaming ? spec.quant : "-", found ? fmt_num(pass_bits / 1e9, 5) : "> 100",
+                     found ? fmt_num(1.0 - pass.link_wait_share, 3) : "-",
+                     found ? fmt_num(pass.tokens_per_s / reference, 3) : "-",
+                     found && ddp_lowest > 0 ? fmt_num(ddp_lowest / pass_bits, 1) : "-",
+                     found ? fmt_num(pass.bytes_per_step, 0) : "-", found ? fmt_num(pass.peak_bytes_per_step, 0) : "-",
+                     std::to_string(runs)});
     }
     if (top.rank() == 0) {
-      sweep.print("bandwidth sweep: the lowest sync bandwidth keeping >= 95% of no-communication tokens/s (" +
-                  std::to_string(o.steps) + " steps)");
+      sweep.print("bandwidth sweep: the lowest sync bandwidth keeping >= " + fmt_num(100 * o.sweep_target, 1) +
+                  "% compute utilization (" + std::to_string(o.steps) + " steps, H = " + std::to_string(H) + ")");
       std::string path = o.out;
       const auto dot = path.rfind(".csv");
       path = (dot == std::string::npos ? path : path.substr(0, dot)) + "_sweep.csv";

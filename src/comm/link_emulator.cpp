@@ -85,6 +85,7 @@ struct LinkEmulator::State {
   std::deque<std::shared_ptr<DelayedWork>> pending;  // issued, not yet booked on the link
   bool stopping = false;
   CommStats stats;
+  double link_wait_seconds = 0.0;  // see LinkEmulator::link_wait_seconds
 };
 
 namespace {
@@ -103,11 +104,13 @@ class DelayedWork final : public Work {
   // Link thread: the barrier issued before the op, or null in a group of one.
   const WorkPtr& join() const { return join_; }
   double delay_s() const { return delay_s_; }
-  // Link thread: the transfer ends at `ready_at`, or the join barrier failed with `join_error`.
-  void book(Clock::time_point ready_at, std::exception_ptr join_error) {
+  // Link thread: every rank had issued the op at `joined_at`; the transfer ends at `ready_at`, or
+  // the join barrier failed with `join_error`.
+  void book(Clock::time_point joined_at, Clock::time_point ready_at, std::exception_ptr join_error) {
     {
       std::lock_guard<std::mutex> guard(mutex_);
       booked_ = true;
+      joined_at_ = joined_at;
       ready_at_ = ready_at;
       join_error_ = std::move(join_error);
     }
@@ -116,11 +119,12 @@ class DelayedWork final : public Work {
 
   void wait() override {
     const auto start = Clock::now();
-    Clock::time_point ready_at;
+    Clock::time_point joined_at, ready_at;
     std::exception_ptr join_error;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       booked_cv_.wait(lock, [this] { return booked_; });
+      joined_at = joined_at_;
       ready_at = ready_at_;
       join_error = join_error_;
     }
@@ -130,6 +134,7 @@ class DelayedWork final : public Work {
     std::this_thread::sleep_until(ready_at);
     std::lock_guard<std::mutex> guard(state_->mutex);
     state_->stats.wait_seconds += seconds_since(start);
+    state_->link_wait_seconds += std::max(0.0, seconds_since(std::max(start, joined_at)));
   }
 
   bool is_completed() override {
@@ -148,6 +153,7 @@ class DelayedWork final : public Work {
   std::mutex mutex_;
   std::condition_variable booked_cv_;
   bool booked_ = false;
+  Clock::time_point joined_at_;
   Clock::time_point ready_at_;
   std::exception_ptr join_error_;
 };
@@ -165,19 +171,21 @@ void run_link(LinkEmulator::State& state) {
       state.pending.pop_front();
     }
     std::exception_ptr error;
+    auto joined_at = Clock::now();
     if (op->join()) {
       try {
         op->join()->wait();  // returns when the last rank has issued the op
       } catch (...) {
         error = std::current_exception();
       }
+      joined_at = Clock::now();
     }
     // One op on the link at a time: a transfer starts when the previous one has left the wire.
     const auto start = std::max(Clock::now(), link_free_at);
     const auto ready =
         start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(op->delay_s()));
     if (!error) link_free_at = ready;
-    op->book(ready, std::move(error));
+    op->book(joined_at, ready, std::move(error));
   }
 }
 
@@ -273,9 +281,15 @@ CommStats LinkEmulator::stats() const {
   return state_->stats;
 }
 
+double LinkEmulator::link_wait_seconds() const {
+  std::lock_guard<std::mutex> guard(state_->mutex);
+  return state_->link_wait_seconds;
+}
+
 void LinkEmulator::reset_stats() {
   std::lock_guard<std::mutex> guard(state_->mutex);
   state_->stats = CommStats{};
+  state_->link_wait_seconds = 0.0;
 }
 
 }  // namespace edit::comm

@@ -121,7 +121,8 @@ TEST(LinkEmulator, LatencyIsPaidOncePerRingStep) {
 // A straggler's late issue is time spent waiting for a peer, not link time: the transfer starts
 // when the last rank has issued the op, so every rank finishes at about the straggler's issue + the
 // transfer (not at the straggler's issue alone, nor with the transfer counted twice), and
-// busy_seconds holds the transfer only.
+// busy_seconds holds the transfer only. Likewise link_wait_seconds, on every rank: the early ranks'
+// wait for the straggler shows in wait_seconds only.
 TEST(LinkEmulator, AStragglerDelaysTheTransferStartNotTheLinkClock) {
   const auto link = edit::comm::LinkModel::parse("inf@100ms");
   edit::comm::LinkEmulator slow(world(), link);
@@ -146,6 +147,11 @@ TEST(LinkEmulator, AStragglerDelaysTheTransferStartNotTheLinkClock) {
   EXPECT_LT(total_s, straggle_s + 1.75 * transfer_s) << "the transfer was counted more than once";
   if (straggler) {
     EXPECT_GE(after_issue_s, transfer_s * 0.999);
+  }
+  EXPECT_GE(slow.link_wait_seconds(), transfer_s * 0.999) << "every rank waits out the whole transfer";
+  EXPECT_LT(slow.link_wait_seconds(), transfer_s + 0.5 * straggle_s) << "the wait for the straggler counted as link";
+  if (!straggler) {
+    EXPECT_GE(slow.stats().wait_seconds, slow.link_wait_seconds() + 0.9 * straggle_s);
   }
 }
 

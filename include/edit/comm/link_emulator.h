@@ -72,6 +72,11 @@ class LinkEmulator : public Communicator {
   // emulated link time.
   CommStats stats() const override;
   void reset_stats() override;
+  // The part of wait_seconds spent after the op's last rank had issued it: blocked on the link
+  // itself (its queue and the transfer), not on a peer that arrived late. This is communication
+  // that compute did not hide, what a compute-utilization figure charges; waiting for a slower
+  // peer is load imbalance, which a faster link would not remove.
+  double link_wait_seconds() const;
 
   const LinkModel& link() const { return link_; }
 
