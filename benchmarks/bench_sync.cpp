@@ -62,14 +62,14 @@ struct Options {
   std::string slow_link = "1Gbit@1ms";
   std::string out = "bench_sync.csv";
   bool quick = false;
-  std::string straggler;  // e.g. "1:2x": rank 1 computes twice as slowly
+  std::string straggler;                  // e.g. "1:2x": rank 1 computes twice as slowly
   std::vector<double> straggler_factors;  // the heterogeneous-cluster study; empty: none
   int study_H = 8;
   bool study_only = false;
   bool bandwidth_sweep = false;
   int sweep_fragments = 4;
-  int sweep_overlap = 1;      // tau of the overlapped Streaming DiLoCo rows of the sweep
-  double sweep_target = 0.95;  // the compute utilization a strategy must keep
+  int sweep_overlap = 1;                           // tau of the overlapped Streaming DiLoCo rows of the sweep
+  double sweep_target = 0.95;                      // the compute utilization a strategy must keep
   std::vector<int> fragments = {2, 4};             // P of the Streaming DiLoCo rows
   std::vector<std::string> quants;                 // empty: fp32 for P = 2, fp32 to fp4 for the others
   std::vector<std::string> layouts = {"strided"};  // fragment layouts of the Streaming DiLoCo rows
@@ -135,7 +135,8 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({o.shard_size});
   std::shared_ptr<edit::comm::LinkEmulator> emulator;
   if (!link.empty()) {
-    emulator = std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link));
+    emulator =
+        std::make_shared<edit::comm::LinkEmulator>(mesh.sync_ptr(), edit::comm::LinkModel::parse(link));
     mesh.set_sync(emulator);
   }
   const TinyConfig config = o.model.config();
@@ -158,9 +159,12 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   options.steps = o.steps;
   options.schedule = {1e-3, std::min<std::int64_t>(10, o.steps), o.steps, spec.constant_lr ? 1e-3 : 1e-4};
   options.log_every = 0;
-  options.stragglers = edit::train::StragglerPlan::parse(spec.straggler.empty() ? o.straggler : spec.straggler);
+  options.stragglers =
+      edit::train::StragglerPlan::parse(spec.straggler.empty() ? o.straggler : spec.straggler);
   edit::train::Trainer trainer(mesh, model, inner, *strategy, options);
-  const auto batch_of = [&](std::int64_t step, int) { return data.batch(step * mesh.world_size() + mesh.rank(), o.model.batch); };
+  const auto batch_of = [&](std::int64_t step, int) {
+    return data.batch(step * mesh.world_size() + mesh.rank(), o.model.batch);
+  };
   const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
   trainer.step(batch_of, loss_of);  // warm-up step, not timed
   mesh.shard().reset_stats();
@@ -182,7 +186,8 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   strategy->finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double link_wait = emulator ? emulator->link_wait_seconds() : 0.0;
-  const auto all = mesh.world().all_gather_values({seconds, static_cast<double>(timed), compute, link_wait / seconds});
+  const auto all =
+      mesh.world().all_gather_values({seconds, static_cast<double>(timed), compute, link_wait / seconds});
   double slowest = 0.0, steps = 0.0, own_speed_sum = 0.0, link_wait_share = 0.0;
   const double tokens_per_step = double(o.model.batch) * o.model.seq;
   for (size_t r = 0; r < all.size(); r += 4) {
@@ -197,7 +202,8 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   result.own_speed_sum = own_speed_sum;
   result.syncs = strategy->stats().syncs;
   result.tokens_per_s = tokens_per_step * steps / slowest;
-  result.bytes_per_step = double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / static_cast<double>(timed);
+  result.bytes_per_step =
+      double(mesh.shard().stats().bytes_sent + mesh.sync().stats().bytes_sent) / static_cast<double>(timed);
   result.peak_bytes_per_step = peak_bytes;
   if (const auto* streaming = dynamic_cast<const edit::sync::StreamingDiLoCo*>(strategy.get())) {
     result.peak_exchange_bytes = static_cast<double>(streaming->streaming_stats().max_step_bytes);
@@ -221,24 +227,37 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
 
 int main(int argc, char** argv) try {
   Options o;
-  CLI::App app{"bench_sync: Ddp, DiLoCo, EDiT and Streaming DiLoCo against no communication, on a fast and a slow link"};
+  CLI::App app{
+      "bench_sync: Ddp, DiLoCo, EDiT and Streaming DiLoCo against no communication, on a fast and a slow "
+      "link"};
   o.model.add_flags(app);
   app.add_option("--steps", o.steps, "inner steps per run")->capture_default_str();
   app.add_option("--shard-size", o.shard_size, "S: ranks per model replica")->capture_default_str();
-  app.add_option("--sync-every", o.sync_every, "values of H for DiLoCo and EDiT")->delimiter(',')->capture_default_str();
-  app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")->capture_default_str();
-  app.add_option("--out", o.out, "CSV path")->capture_default_str();
-  app.add_option("--straggler", o.straggler, "slow ranks, as edit-train-gpt's --straggler (e.g. 1:2x)")->capture_default_str();
-  app.add_option("--straggler-factors", o.straggler_factors, "the study: the last replica computes f times as slowly, "
-                 "for each f (e.g. 2,4); Ddp, EDiT and A-EDiT at equal wall-clock time")->delimiter(',');
-  app.add_option("--study-H", o.study_H, "EDiT's H in the straggler study")->capture_default_str();
-  app.add_flag("--study-only", o.study_only, "run the straggler study or the sweep alone (not the strategy matrix)");
-  app.add_flag("--bandwidth-sweep", o.bandwidth_sweep, "the lowest sync bandwidth at which each strategy keeps 95% "
-               "compute utilization (H: the first --sync-every)");
-  app.add_option("--sweep-fragments", o.sweep_fragments, "P of Streaming DiLoCo in the sweep")->capture_default_str();
-  app.add_option("--sweep-overlap", o.sweep_overlap, "tau of the overlapped Streaming DiLoCo rows of the sweep")
+  app.add_option("--sync-every", o.sync_every, "values of H for DiLoCo and EDiT")
+      ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--sweep-target", o.sweep_target, "the compute utilization each strategy must keep in the sweep")
+  app.add_option("--slow-link", o.slow_link, "the emulated slow sync group ('' to skip)")
+      ->capture_default_str();
+  app.add_option("--out", o.out, "CSV path")->capture_default_str();
+  app.add_option("--straggler", o.straggler, "slow ranks, as edit-train-gpt's --straggler (e.g. 1:2x)")
+      ->capture_default_str();
+  app.add_option("--straggler-factors", o.straggler_factors,
+                 "the study: the last replica computes f times as slowly, "
+                 "for each f (e.g. 2,4); Ddp, EDiT and A-EDiT at equal wall-clock time")
+      ->delimiter(',');
+  app.add_option("--study-H", o.study_H, "EDiT's H in the straggler study")->capture_default_str();
+  app.add_flag("--study-only", o.study_only,
+               "run the straggler study or the sweep alone (not the strategy matrix)");
+  app.add_flag("--bandwidth-sweep", o.bandwidth_sweep,
+               "the lowest sync bandwidth at which each strategy keeps 95% "
+               "compute utilization (H: the first --sync-every)");
+  app.add_option("--sweep-fragments", o.sweep_fragments, "P of Streaming DiLoCo in the sweep")
+      ->capture_default_str();
+  app.add_option("--sweep-overlap", o.sweep_overlap,
+                 "tau of the overlapped Streaming DiLoCo rows of the sweep")
+      ->capture_default_str();
+  app.add_option("--sweep-target", o.sweep_target,
+                 "the compute utilization each strategy must keep in the sweep")
       ->check(CLI::Range(0.5, 0.999))
       ->capture_default_str();
   app.add_option("--fragments", o.fragments, "values of P for the Streaming DiLoCo rows")
@@ -269,25 +288,55 @@ int main(int argc, char** argv) try {
   edit::log::init(top.rank(), "warn");
   const MarkovData data(o.model.vocab, o.model.seq);
 
-  edit::bench::Table table({"strategy", "ranks", "shard_size", "H", "interval_s", "fragments", "layout", "overlap",
-                            "quant", "link", "straggler", "seconds", "syncs", "tokens_per_s", "ratio_to_nocomm",
-                            "own_speed_sum", "job_over_own", "bytes_per_step_per_rank", "peak_bytes_per_step",
-                            "peak_exchange_bytes", "sync_wait_s", "utilization", "loss"});
+  edit::bench::Table table({"strategy",
+                            "ranks",
+                            "shard_size",
+                            "H",
+                            "interval_s",
+                            "fragments",
+                            "layout",
+                            "overlap",
+                            "quant",
+                            "link",
+                            "straggler",
+                            "seconds",
+                            "syncs",
+                            "tokens_per_s",
+                            "ratio_to_nocomm",
+                            "own_speed_sum",
+                            "job_over_own",
+                            "bytes_per_step_per_rank",
+                            "peak_bytes_per_step",
+                            "peak_exchange_bytes",
+                            "sync_wait_s",
+                            "utilization",
+                            "loss"});
   const auto add_row = [&](const RunSpec& spec, const Result& r, const std::string& link, double reference) {
     const bool local_sgd = spec.strategy != "none" && spec.strategy != "ddp";
     const bool streaming = spec.strategy == "streaming";
     const std::string straggler = spec.straggler.empty() ? o.straggler : spec.straggler;
-    table.add_row({spec.strategy, std::to_string(top.world_size()), std::to_string(o.shard_size),
+    table.add_row({spec.strategy,
+                   std::to_string(top.world_size()),
+                   std::to_string(o.shard_size),
                    local_sgd && spec.strategy != "aedit" ? std::to_string(spec.H) : "-",
                    spec.strategy == "aedit" ? fmt_num(spec.interval, 3) : "-",
-                   streaming ? std::to_string(spec.fragments) : "-", streaming ? spec.layout : "-",
+                   streaming ? std::to_string(spec.fragments) : "-",
+                   streaming ? spec.layout : "-",
                    streaming ? std::to_string(spec.overlap) : "-",
-                   streaming ? spec.quant : "-", link.empty() ? "local" : link, straggler.empty() ? "-" : straggler,
-                   fmt_num(r.seconds, 2), std::to_string(r.syncs), fmt_num(r.tokens_per_s, 0),
-                   fmt_num(r.tokens_per_s / reference, 3), fmt_num(r.own_speed_sum, 0),
-                   fmt_num(r.tokens_per_s / r.own_speed_sum, 3), fmt_num(r.bytes_per_step, 0),
-                   fmt_num(r.peak_bytes_per_step, 0), streaming ? fmt_num(r.peak_exchange_bytes, 0) : "-",
-                   fmt_num(r.sync_wait_s, 3), link.empty() ? "-" : fmt_num(1.0 - r.link_wait_share, 3),
+                   streaming ? spec.quant : "-",
+                   link.empty() ? "local" : link,
+                   straggler.empty() ? "-" : straggler,
+                   fmt_num(r.seconds, 2),
+                   std::to_string(r.syncs),
+                   fmt_num(r.tokens_per_s, 0),
+                   fmt_num(r.tokens_per_s / reference, 3),
+                   fmt_num(r.own_speed_sum, 0),
+                   fmt_num(r.tokens_per_s / r.own_speed_sum, 3),
+                   fmt_num(r.bytes_per_step, 0),
+                   fmt_num(r.peak_bytes_per_step, 0),
+                   streaming ? fmt_num(r.peak_exchange_bytes, 0) : "-",
+                   fmt_num(r.sync_wait_s, 3),
+                   link.empty() ? "-" : fmt_num(1.0 - r.link_wait_share, 3),
                    fmt_num(r.loss, 4)});
   };
   std::vector<std::string> links;
@@ -305,8 +354,9 @@ int main(int argc, char** argv) try {
         if (H % P != 0) continue;
         std::vector<std::string> quants = o.quants;
         if (quants.empty() && o.quick) quants = {"fp4"};
-        if (quants.empty()) quants = P == 2 ? std::vector<std::string>{"fp32"}
-                                            : std::vector<std::string>{"fp32", "int8", "int4", "fp4"};
+        if (quants.empty())
+          quants = P == 2 ? std::vector<std::string>{"fp32"}
+                          : std::vector<std::string>{"fp32", "int8", "int4", "fp4"};
         for (const std::string& quant : quants) {
           for (const std::string& layout : o.layouts) runs.push_back({"streaming", H, P, 1, quant, layout});
         }
@@ -322,8 +372,10 @@ int main(int argc, char** argv) try {
     }
   }
   for (double factor : o.straggler_factors) {
-    EDIT_CHECK(factor >= 1, "--straggler-factors: a slow-down below 1 (", factor, ") is a speed-up; use values >= 1");
-    EDIT_CHECK(top.num_replicas() >= 2, "the straggler study needs 2 or more replicas; run more ranks or a smaller --shard-size");
+    EDIT_CHECK(factor >= 1, "--straggler-factors: a slow-down below 1 (", factor,
+               ") is a speed-up; use values >= 1");
+    EDIT_CHECK(top.num_replicas() >= 2,
+               "the straggler study needs 2 or more replicas; run more ranks or a smaller --shard-size");
     // Every rank of the last replica, f times as slow.
     std::string plan;
     for (int rank = (top.num_replicas() - 1) * o.shard_size; rank < top.world_size(); ++rank) {
@@ -348,8 +400,8 @@ int main(int argc, char** argv) try {
   }
   if (o.bandwidth_sweep) {
     const int H = o.sync_every.at(0);
-    EDIT_CHECK(H % o.sweep_fragments == 0, "--bandwidth-sweep: H = ", H, " is not divisible by --sweep-fragments ",
-               o.sweep_fragments, "; pick values that divide");
+    EDIT_CHECK(H % o.sweep_fragments == 0, "--bandwidth-sweep: H = ", H,
+               " is not divisible by --sweep-fragments ", o.sweep_fragments, "; pick values that divide");
     // The paper's columns: DP, DiLoCo, Streaming, + overlap, + FP4.
     const std::vector<RunSpec> specs = {{"ddp"},
                                         {"diloco", H},
@@ -386,18 +438,21 @@ int main(int argc, char** argv) try {
       if (spec.strategy == "ddp") ddp_lowest = pass_bits;
       const bool streaming = spec.strategy == "streaming";
       const bool found = pass_bits > 0;
-      sweep.add_row({spec.strategy, std::to_string(top.world_size()), spec.strategy == "ddp" ? "-" : std::to_string(spec.H),
-                     streaming ? std::to_string(spec.fragments) : "-", streaming ? std::to_string(spec.overlap) : "-",
-                     streaming ? spec.quant : "-", found ? fmt_num(pass_bits / 1e9, 5) : "> 100",
+      sweep.add_row({spec.strategy, std::to_string(top.world_size()),
+                     spec.strategy == "ddp" ? "-" : std::to_string(spec.H),
+                     streaming ? std::to_string(spec.fragments) : "-",
+                     streaming ? std::to_string(spec.overlap) : "-", streaming ? spec.quant : "-",
+                     found ? fmt_num(pass_bits / 1e9, 5) : "> 100",
                      found ? fmt_num(1.0 - pass.link_wait_share, 3) : "-",
                      found ? fmt_num(pass.tokens_per_s / reference, 3) : "-",
                      found && ddp_lowest > 0 ? fmt_num(ddp_lowest / pass_bits, 1) : "-",
-                     found ? fmt_num(pass.bytes_per_step, 0) : "-", found ? fmt_num(pass.peak_bytes_per_step, 0) : "-",
-                     std::to_string(runs)});
+                     found ? fmt_num(pass.bytes_per_step, 0) : "-",
+                     found ? fmt_num(pass.peak_bytes_per_step, 0) : "-", std::to_string(runs)});
     }
     if (top.rank() == 0) {
-      sweep.print("bandwidth sweep: the lowest sync bandwidth keeping >= " + fmt_num(100 * o.sweep_target, 1) +
-                  "% compute utilization (" + std::to_string(o.steps) + " steps, H = " + std::to_string(H) + ")");
+      sweep.print(
+          "bandwidth sweep: the lowest sync bandwidth keeping >= " + fmt_num(100 * o.sweep_target, 1) +
+          "% compute utilization (" + std::to_string(o.steps) + " steps, H = " + std::to_string(H) + ")");
       std::string path = o.out;
       const auto dot = path.rfind(".csv");
       path = (dot == std::string::npos ? path : path.substr(0, dot)) + "_sweep.csv";
@@ -406,8 +461,8 @@ int main(int argc, char** argv) try {
     }
   }
   if (top.rank() == 0) {
-    table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.model.layers) + " blocks, dim " +
-                std::to_string(o.model.dim) + ", S = " + std::to_string(o.shard_size));
+    table.print("bench_sync: " + std::to_string(o.steps) + " steps, " + std::to_string(o.model.layers) +
+                " blocks, dim " + std::to_string(o.model.dim) + ", S = " + std::to_string(o.shard_size));
     table.write_csv(o.out);
     std::cout << "\nwrote " << o.out << "\n";
   }

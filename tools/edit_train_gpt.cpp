@@ -9,7 +9,6 @@
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <torch/nn/functional/loss.h>
-
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -53,7 +52,7 @@ struct Config {
   std::string model = "small";
   std::string style = "gpt2";
   int vocab_size = 0, seq_len = 0, dim = 0, heads = 0, layers = 0;  // 0: the preset's
-  std::string tie_embeddings = "auto";  // auto: tied for gpt2, untied for llama
+  std::string tie_embeddings = "auto";                              // auto: tied for gpt2, untied for llama
   // data
   std::vector<std::string> train_data;
   std::vector<std::string> val_data;
@@ -93,100 +92,238 @@ struct Config {
 void add_options(CLI::App& app, Config& c) {
   app.set_config("--config", "", "read options from a TOML/INI file (command-line options win)");
   auto* model = "Model";
-  app.add_option("--model", c.model, "size preset: tiny, small, 124m, 1b")->group(model)->capture_default_str();
+  app.add_option("--model", c.model, "size preset: tiny, small, 124m, 1b")
+      ->group(model)
+      ->capture_default_str();
   app.add_option("--style", c.style, "gpt2 or llama")->group(model)->capture_default_str();
-  app.add_option("--vocab-size", c.vocab_size, "override the preset's vocabulary")->group(model)->check(CLI::PositiveNumber);
-  app.add_option("--seq-len", c.seq_len, "override the context length")->group(model)->check(CLI::PositiveNumber);
+  app.add_option("--vocab-size", c.vocab_size, "override the preset's vocabulary")
+      ->group(model)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", c.seq_len, "override the context length")
+      ->group(model)
+      ->check(CLI::PositiveNumber);
   app.add_option("--dim", c.dim, "override the width")->group(model)->check(CLI::PositiveNumber);
-  app.add_option("--heads", c.heads, "override the attention heads")->group(model)->check(CLI::PositiveNumber);
-  app.add_option("--layers", c.layers, "override the number of blocks")->group(model)->check(CLI::PositiveNumber);
-  app.add_option("--tie-embeddings", c.tie_embeddings, "head reuses the token embedding: auto (gpt2 yes, llama no), on, off")
-      ->group(model)->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
+  app.add_option("--heads", c.heads, "override the attention heads")
+      ->group(model)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--layers", c.layers, "override the number of blocks")
+      ->group(model)
+      ->check(CLI::PositiveNumber);
+  app.add_option("--tie-embeddings", c.tie_embeddings,
+                 "head reuses the token embedding: auto (gpt2 yes, llama no), on, off")
+      ->group(model)
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   auto* data = "Data";
-  app.add_option("--train-data", c.train_data, "token shards or text files (globs allowed)")->group(data)->required();
-  app.add_option("--val-data", c.val_data, "held-out files; default: the last --val-fraction of --train-data")->group(data);
-  app.add_option("--data-format", c.data_format, "tokens (llm.c .bin) or text (bytes)")->group(data)->capture_default_str();
-  app.add_option("--val-fraction", c.val_fraction, "held-out share when --val-data is absent")->group(data)->check(CLI::Range(0.0, 0.5))->capture_default_str();
-  app.add_option("--seed", c.seed, "data order seed (the same on every rank)")->group(data)->capture_default_str();
+  app.add_option("--train-data", c.train_data, "token shards or text files (globs allowed)")
+      ->group(data)
+      ->required();
+  app.add_option("--val-data", c.val_data, "held-out files; default: the last --val-fraction of --train-data")
+      ->group(data);
+  app.add_option("--data-format", c.data_format, "tokens (llm.c .bin) or text (bytes)")
+      ->group(data)
+      ->capture_default_str();
+  app.add_option("--val-fraction", c.val_fraction, "held-out share when --val-data is absent")
+      ->group(data)
+      ->check(CLI::Range(0.0, 0.5))
+      ->capture_default_str();
+  app.add_option("--seed", c.seed, "data order seed (the same on every rank)")
+      ->group(data)
+      ->capture_default_str();
   auto* optim = "Optimization";
-  app.add_option("--batch-size", c.batch_size, "sequences per rank per micro-batch")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--grad-accum", c.trainer.accumulation, "micro-batches per step")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--steps", c.trainer.steps, "inner steps")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", c.adamw.lr, "peak learning rate (AdamW)")->group(optim)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--min-lr", c.trainer.schedule.min_lr, "learning rate at the end of the cosine")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--warmup-steps", c.trainer.schedule.warmup_steps, "linear warm-up steps")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--weight-decay", c.adamw.weight_decay, "decoupled weight decay (matrices)")->group(optim)->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "sequences per rank per micro-batch")
+      ->group(optim)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--grad-accum", c.trainer.accumulation, "micro-batches per step")
+      ->group(optim)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--steps", c.trainer.steps, "inner steps")
+      ->group(optim)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--lr", c.adamw.lr, "peak learning rate (AdamW)")
+      ->group(optim)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--min-lr", c.trainer.schedule.min_lr, "learning rate at the end of the cosine")
+      ->group(optim)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--warmup-steps", c.trainer.schedule.warmup_steps, "linear warm-up steps")
+      ->group(optim)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--weight-decay", c.adamw.weight_decay, "decoupled weight decay (matrices)")
+      ->group(optim)
+      ->capture_default_str();
   app.add_option("--beta1", c.adamw.beta1, "AdamW beta1")->group(optim)->capture_default_str();
   app.add_option("--beta2", c.adamw.beta2, "AdamW beta2")->group(optim)->capture_default_str();
-  app.add_option("--clip", c.trainer.clip_norm, "gradient-norm clip (0: off)")->group(optim)->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--clip", c.trainer.clip_norm, "gradient-norm clip (0: off)")
+      ->group(optim)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   auto* sync = "Synchronization";
-  app.add_option("--strategy", c.sync.name, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")->group(sync)
-      ->check(CLI::IsMember(edit::sync::strategy_names()))->capture_default_str();
-  const std::string aedit = "A-EDiT (--strategy aedit): replicas sync on a wall clock, so each takes as many steps as it can";
-  app.add_option("--sync-interval", c.sync.aedit.interval_s, "T: seconds between syncs (replaces --sync-every)")->group(aedit)
-      ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--time-limit", c.sync.aedit.time_limit_s, "end at the last sync within this many seconds (0: --steps alone ends it)")
-      ->group(aedit)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--step-share", c.sync.aedit.step_share, "r: weight w = (1 - r) penalty weight + r share of the inner steps")
-      ->group(aedit)->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--strategy", c.sync.name, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")
+      ->group(sync)
+      ->check(CLI::IsMember(edit::sync::strategy_names()))
+      ->capture_default_str();
+  const std::string aedit =
+      "A-EDiT (--strategy aedit): replicas sync on a wall clock, so each takes as many steps as it can";
+  app.add_option("--sync-interval", c.sync.aedit.interval_s,
+                 "T: seconds between syncs (replaces --sync-every)")
+      ->group(aedit)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--time-limit", c.sync.aedit.time_limit_s,
+                 "end at the last sync within this many seconds (0: --steps alone ends it)")
+      ->group(aedit)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--step-share", c.sync.aedit.step_share,
+                 "r: weight w = (1 - r) penalty weight + r share of the inner steps")
+      ->group(aedit)
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   const std::string streaming = "Streaming DiLoCo (--strategy streaming)";
-  app.add_option("--fragments", c.sync.streaming.fragments, "P: fragments of units that sync in turn, every H / P steps")->group(streaming)
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--fragments", c.sync.streaming.fragments,
+                 "P: fragments of units that sync in turn, every H / P steps")
+      ->group(streaming)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--fragment-layout", c.fragment_layout,
                  "strided (unit u in fragment u mod P), sequential (runs of consecutive units) or balanced "
                  "(fragments of equal bytes, as far as whole units allow)")
       ->group(streaming)
       ->check(CLI::IsMember({"strided", "sequential", "balanced"}))
       ->capture_default_str();
-  app.add_option("--overlap", c.sync.streaming.overlap, "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
-      ->group(streaming)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--alpha", c.sync.streaming.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")->group(streaming)
-      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  app.add_option("--quant", c.quant, "pseudo-gradient exchange: fp32, bf16, int8, int4, fp4 (e2m1), fp4e3m0")->group(streaming)
-      ->check(CLI::IsMember({"fp32", "bf16", "int8", "int4", "fp4", "fp4e2m1", "fp4e3m0"}))->capture_default_str();
-  app.add_option("--quant-block", c.sync.streaming.quant.block, "values per quantization scale")->group(streaming)
-      ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_flag("--penalty", c.penalty, "the pseudo-gradient penalty for diloco and streaming as well (edit has it on)")->group(streaming);
-  app.add_option("--sync-every", c.sync.local.sync_every, "H: inner steps between outer syncs")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")->group(sync)
-      ->check(CLI::IsMember({"nesterov", "average", "sign"}))->capture_default_str();
-  app.add_option("--outer-lr", c.sync.local.outer.lr, "outer learning rate")->group(sync)->capture_default_str();
-  app.add_option("--outer-momentum", c.sync.local.outer.momentum, "outer momentum")->group(sync)->capture_default_str();
+  app.add_option("--overlap", c.sync.streaming.overlap,
+                 "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
+      ->group(streaming)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--alpha", c.sync.streaming.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")
+      ->group(streaming)
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--quant", c.quant, "pseudo-gradient exchange: fp32, bf16, int8, int4, fp4 (e2m1), fp4e3m0")
+      ->group(streaming)
+      ->check(CLI::IsMember({"fp32", "bf16", "int8", "int4", "fp4", "fp4e2m1", "fp4e3m0"}))
+      ->capture_default_str();
+  app.add_option("--quant-block", c.sync.streaming.quant.block, "values per quantization scale")
+      ->group(streaming)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag("--penalty", c.penalty,
+               "the pseudo-gradient penalty for diloco and streaming as well (edit has it on)")
+      ->group(streaming);
+  app.add_option("--sync-every", c.sync.local.sync_every, "H: inner steps between outer syncs")
+      ->group(sync)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")
+      ->group(sync)
+      ->check(CLI::IsMember({"nesterov", "average", "sign"}))
+      ->capture_default_str();
+  app.add_option("--outer-lr", c.sync.local.outer.lr, "outer learning rate")
+      ->group(sync)
+      ->capture_default_str();
+  app.add_option("--outer-momentum", c.sync.local.outer.momentum, "outer momentum")
+      ->group(sync)
+      ->capture_default_str();
   app.add_flag("--no-penalty", c.no_penalty, "EDiT without the pseudo-gradient penalty")->group(sync);
-  app.add_option("--penalty-clip", c.sync.local.penalty.clip_norm, "max norm of a unit's aggregate pseudo-gradient")->group(sync)->capture_default_str();
-  app.add_option("--penalty-z", c.sync.local.penalty.z_threshold, "anomaly z-score threshold")->group(sync)->capture_default_str();
-  app.add_option("--penalty-warmup", c.sync.local.penalty.warmup_syncs, "syncs before anomaly tests start (>= 1)")->group(sync)->capture_default_str();
+  app.add_option("--penalty-clip", c.sync.local.penalty.clip_norm,
+                 "max norm of a unit's aggregate pseudo-gradient")
+      ->group(sync)
+      ->capture_default_str();
+  app.add_option("--penalty-z", c.sync.local.penalty.z_threshold, "anomaly z-score threshold")
+      ->group(sync)
+      ->capture_default_str();
+  app.add_option("--penalty-warmup", c.sync.local.penalty.warmup_syncs,
+                 "syncs before anomaly tests start (>= 1)")
+      ->group(sync)
+      ->capture_default_str();
   app.add_option("--check-replicas-every", c.sync.local.check_replicas_every,
-                 "compare a checksum of the replicas' anchors every N syncs (0: only at the start)")->group(sync)->capture_default_str();
-  app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")->group(sync)->check(CLI::PositiveNumber)->capture_default_str();
+                 "compare a checksum of the replicas' anchors every N syncs (0: only at the start)")
+      ->group(sync)
+      ->capture_default_str();
+  app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")
+      ->group(sync)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   auto* run = "Evaluation, logging and checkpoints";
-  app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--eval-batches", c.eval_batches, "val batches per evaluation and rank")->group(run)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--log-every", c.trainer.log_every, "readable log line every N steps (0: none)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--out-dir", c.out_dir, "metrics, loss table and checkpoints go here")->group(run)->capture_default_str();
-  app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")->group(run)->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")->group(run)->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--resume", c.resume, "auto (latest in out-dir), a checkpoint folder, or none")->group(run)->capture_default_str();
-  app.add_flag("--overwrite", c.overwrite, "start over in an --out-dir that holds a previous run (deletes its checkpoints and logs)")->group(run);
-  app.add_option("--comm-timeout", c.comm_timeout, "seconds a collective may wait for a peer before the job fails "
-                 "(default: EDIT_COMM_TIMEOUT_S, else 600)")->group(run)->check(CLI::NonNegativeNumber);
-  app.add_option("--sample-tokens", c.sample_tokens, "print a sample of N tokens at the end (decoded with the data's recorded tokenizer)")->group(run)->check(CLI::NonNegativeNumber);
-  app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")->group(run);
+  app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")
+      ->group(run)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--eval-batches", c.eval_batches, "val batches per evaluation and rank")
+      ->group(run)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--log-every", c.trainer.log_every, "readable log line every N steps (0: none)")
+      ->group(run)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--out-dir", c.out_dir, "metrics, loss table and checkpoints go here")
+      ->group(run)
+      ->capture_default_str();
+  app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")
+      ->group(run)
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")
+      ->group(run)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--resume", c.resume, "auto (latest in out-dir), a checkpoint folder, or none")
+      ->group(run)
+      ->capture_default_str();
+  app.add_flag("--overwrite", c.overwrite,
+               "start over in an --out-dir that holds a previous run (deletes its checkpoints and logs)")
+      ->group(run);
+  app.add_option("--comm-timeout", c.comm_timeout,
+                 "seconds a collective may wait for a peer before the job fails "
+                 "(default: EDIT_COMM_TIMEOUT_S, else 600)")
+      ->group(run)
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--sample-tokens", c.sample_tokens,
+                 "print a sample of N tokens at the end (decoded with the data's recorded tokenizer)")
+      ->group(run)
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", c.log_level,
+                 "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")
+      ->group(run);
   const std::string device = "Device and precision";
-  app.add_option("--device", c.device, "auto (a GPU per local rank when CUDA is there), cpu, cuda or cuda:N")->group(device)
+  app.add_option("--device", c.device, "auto (a GPU per local rank when CUDA is there), cpu, cuda or cuda:N")
+      ->group(device)
       ->check([](const std::string& v) {
-        return v == "auto" || v == "cpu" || v == "cuda" || v.rfind("cuda:", 0) == 0 ? std::string()
-                                                                                  : "use auto, cpu, cuda or cuda:N";
-      })->capture_default_str();
-  app.add_option("--dtype", c.dtype, "compute dtype (master weights stay fp32): auto (bf16 on CUDA), fp32, bf16")->group(device)
-      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))->capture_default_str();
-  app.add_option("--reduce-dtype", c.reduce_dtype, "gradient reduce-scatter dtype: fp32 or bf16 (half the bytes)")->group(device)
-      ->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
-  app.add_option("--comm-backend", c.comm_backend, "CUDA collectives: auto, nccl, or mpi (host staging)")->group(device)
-      ->check(CLI::IsMember({"auto", "nccl", "mpi"}))->capture_default_str();
-  app.add_option("--straggler", c.straggler, "simulate slow ranks: RANK:FACTORx or RANK:+MSms, optionally "
-                 "@FROM-TO steps, comma-separated (e.g. 1:3x@100-300)")->group(run);
-  app.add_flag("--offload-outer", c.sync.local.outer.offload, "keep the outer optimizer's anchors and momentum in pinned host memory")->group(device);
+        return v == "auto" || v == "cpu" || v == "cuda" || v.rfind("cuda:", 0) == 0
+                   ? std::string()
+                   : "use auto, cpu, cuda or cuda:N";
+      })
+      ->capture_default_str();
+  app.add_option("--dtype", c.dtype,
+                 "compute dtype (master weights stay fp32): auto (bf16 on CUDA), fp32, bf16")
+      ->group(device)
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--reduce-dtype", c.reduce_dtype,
+                 "gradient reduce-scatter dtype: fp32 or bf16 (half the bytes)")
+      ->group(device)
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--comm-backend", c.comm_backend, "CUDA collectives: auto, nccl, or mpi (host staging)")
+      ->group(device)
+      ->check(CLI::IsMember({"auto", "nccl", "mpi"}))
+      ->capture_default_str();
+  app.add_option("--straggler", c.straggler,
+                 "simulate slow ranks: RANK:FACTORx or RANK:+MSms, optionally "
+                 "@FROM-TO steps, comma-separated (e.g. 1:3x@100-300)")
+      ->group(run);
+  app.add_flag("--offload-outer", c.sync.local.outer.offload,
+               "keep the outer optimizer's anchors and momentum in pinned host memory")
+      ->group(device);
 }
 
 edit::models::GptConfig model_config(const Config& c) {
@@ -197,7 +334,8 @@ edit::models::GptConfig model_config(const Config& c) {
   if (c.dim) m.dim = c.dim;
   if (c.heads) m.heads = c.heads;
   if (c.layers) m.layers = c.layers;
-  m.tie_embeddings = c.tie_embeddings == "on" || (c.tie_embeddings == "auto" && m.style == edit::models::GptStyle::kGpt2);
+  m.tie_embeddings =
+      c.tie_embeddings == "on" || (c.tie_embeddings == "auto" && m.style == edit::models::GptStyle::kGpt2);
   m.validate();
   return m;
 }
@@ -213,13 +351,17 @@ void validate(const Config& c) {
   EDIT_CHECK(!c.warmup_given || c.trainer.schedule.warmup_steps <= steps, "--warmup-steps ",
              c.trainer.schedule.warmup_steps, " is longer than the run (--steps ", steps,
              "); shorten the warm-up or train longer");
-  EDIT_CHECK(!c.no_penalty || edit::sync::default_penalty(strategy), "--no-penalty switches off EDiT's "
-             "pseudo-gradient penalty, but --strategy is ", strategy, "; drop --no-penalty or use --strategy edit");
+  EDIT_CHECK(!c.no_penalty || edit::sync::default_penalty(strategy),
+             "--no-penalty switches off EDiT's "
+             "pseudo-gradient penalty, but --strategy is ",
+             strategy, "; drop --no-penalty or use --strategy edit");
   EDIT_CHECK(c.streaming_flags_given.empty() || strategy == "streaming", c.streaming_flags_given,
-             " only apply to Streaming DiLoCo, but --strategy is ", strategy, "; add --strategy streaming or drop them");
+             " only apply to Streaming DiLoCo, but --strategy is ", strategy,
+             "; add --strategy streaming or drop them");
   EDIT_CHECK(c.aedit_flags_given.empty() || strategy == "aedit", c.aedit_flags_given,
              " only apply to A-EDiT, but --strategy is ", strategy, "; add --strategy aedit or drop them");
-  EDIT_CHECK(!c.penalty || edit::sync::is_local_sgd(strategy), "--penalty applies to Local SGD (diloco, streaming; ",
+  EDIT_CHECK(!c.penalty || edit::sync::is_local_sgd(strategy),
+             "--penalty applies to Local SGD (diloco, streaming; ",
              "edit and aedit have it on), but --strategy is ", strategy);
   EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
              " (continue) contradict each other; pass one of them");
@@ -234,9 +376,11 @@ void validate(const Config& c) {
 void check_memory(const edit::models::GptConfig& gpt, const Config& c) {
   const double B = c.batch_size, T = gpt.seq_len;
   const double bytes = 4.0 * B * T * (3.0 * gpt.vocab_size + 2.0 * gpt.heads * T);
-  const double ram = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
-  EDIT_CHECK(ram <= 0 || bytes < ram, "--batch-size ", c.batch_size, " x --seq-len ", gpt.seq_len, " (vocabulary ",
-             gpt.vocab_size, ", ", gpt.heads, " heads) needs at least ", std::ceil(bytes / 1e9),
+  const double ram =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  EDIT_CHECK(ram <= 0 || bytes < ram, "--batch-size ", c.batch_size, " x --seq-len ", gpt.seq_len,
+             " (vocabulary ", gpt.vocab_size, ", ", gpt.heads, " heads) needs at least ",
+             std::ceil(bytes / 1e9),
              " GB per rank for logits and attention scores, more than this machine's ", std::floor(ram / 1e9),
              " GB; lower --seq-len or --batch-size");
 }
@@ -286,8 +430,8 @@ void check_config_file(const CLI::App& app, const std::string& path) {
     EDIT_CHECK(equals != std::string::npos, where, "expected 'option = value', found '", line, "'");
     const std::string key = trim(line.substr(0, equals));
     const std::string value = trim(line.substr(equals + 1));
-    EDIT_CHECK(known.count(key), where, "unknown option '", key, "'; use the long names of edit-train-gpt --help ",
-               "without the dashes, e.g. sync-every = 32");
+    EDIT_CHECK(known.count(key), where, "unknown option '", key,
+               "'; use the long names of edit-train-gpt --help ", "without the dashes, e.g. sync-every = 32");
     EDIT_CHECK(!value.empty(), where, "'", key, "' has no value");
     const auto [previous, inserted] = seen.emplace(key, number);
     EDIT_CHECK(inserted, where, "'", key, "' is set twice (first on line ", previous->second, "); keep one");
@@ -322,13 +466,17 @@ int main(int argc, char** argv) {
   }
   CLI11_PARSE(app, argc, argv);
   c.warmup_given = app.count("--warmup-steps") > 0;
-  for (const char* flag : {"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"}) {
-    if (app.count(flag) > 0) c.streaming_flags_given += (c.streaming_flags_given.empty() ? "" : ", ") + std::string(flag);
+  for (const char* flag :
+       {"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"}) {
+    if (app.count(flag) > 0)
+      c.streaming_flags_given += (c.streaming_flags_given.empty() ? "" : ", ") + std::string(flag);
   }
   for (const char* flag : {"--sync-interval", "--time-limit", "--step-share"}) {
-    if (app.count(flag) > 0) c.aedit_flags_given += (c.aedit_flags_given.empty() ? "" : ", ") + std::string(flag);
+    if (app.count(flag) > 0)
+      c.aedit_flags_given += (c.aedit_flags_given.empty() ? "" : ", ") + std::string(flag);
   }
-  EDIT_CHECK(c.sync.name != "aedit" || app.count("--sync-every") == 0, "--sync-every counts steps, but A-EDiT syncs "
+  EDIT_CHECK(c.sync.name != "aedit" || app.count("--sync-every") == 0,
+             "--sync-every counts steps, but A-EDiT syncs "
              "on a wall clock; drop --sync-every and give --sync-interval SECONDS");
   try {
     at::set_num_threads(1);
@@ -337,7 +485,8 @@ int main(int argc, char** argv) {
     mesh_options.device = edit::resolve_device(c.device, edit::comm::detect_launch().local_rank);
     mesh_options.backend = edit::comm::parse_comm_backend(c.comm_backend);
     if (c.comm_timeout > 0) {
-      mesh_options.comm.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.comm_timeout * 1000.0));
+      mesh_options.comm.timeout =
+          std::chrono::milliseconds(static_cast<std::int64_t>(c.comm_timeout * 1000.0));
     }
     edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(mesh_options);
     edit::log::init(mesh.rank(), c.log_level);
@@ -359,10 +508,10 @@ int main(int argc, char** argv) {
     // (Bytes are not checked here: text that uses fewer ids fits a smaller vocabulary, and every
     // id is checked against it as the shards are read.)
     EDIT_CHECK(!tokenizer || tokenizer->kind == "byte" || tokenizer->vocab_size <= gpt.vocab_size,
-               "the training data was tokenized by ",
-               tokenizer->kind, " (", tokenizer->vocab_size, " ids, recorded in ", tokenizer->folder,
-               "), more than the model's vocabulary of ", gpt.vocab_size, "; pass --vocab-size ",
-               (tokenizer->vocab_size + 63) / 64 * 64, " (a multiple of 64 at least as large)");
+               "the training data was tokenized by ", tokenizer->kind, " (", tokenizer->vocab_size,
+               " ids, recorded in ", tokenizer->folder, "), more than the model's vocabulary of ",
+               gpt.vocab_size, "; pass --vocab-size ", (tokenizer->vocab_size + 63) / 64 * 64,
+               " (a multiple of 64 at least as large)");
 
     // Data: each rank its own disjoint stream; val from --val-data or the tail of --train-data.
     edit::data::TokenDatasetOptions data_options;
@@ -382,7 +531,8 @@ int main(int argc, char** argv) {
     edit::data::TokenDataset val(c.val_data.empty() ? c.train_data : c.val_data, val_options);
 
     at::manual_seed(static_cast<std::uint64_t>(c.seed));
-    auto module = std::make_shared<edit::models::GptImpl>(gpt);  // initialised on the CPU: any device starts alike
+    auto module =
+        std::make_shared<edit::models::GptImpl>(gpt);  // initialised on the CPU: any device starts alike
     module->to(device);
     edit::shard::ShardOptions shard_options;
     shard_options.compute_dtype = edit::resolve_dtype(c.dtype, device);
@@ -391,8 +541,9 @@ int main(int argc, char** argv) {
     edit::shard::FlatAdamW adamw(model, c.adamw);
     if (mesh.rank() == 0) {
       spdlog::info("device {} ({} ranks), compute {}, gradient reduce {}, collectives {}{}", device.str(),
-                   mesh.world_size(), c10::toString(shard_options.compute_dtype), c10::toString(shard_options.reduce_dtype),
-                   edit::comm::to_string(mesh.backend()), adamw.fused() ? ", fused AdamW" : "");
+                   mesh.world_size(), c10::toString(shard_options.compute_dtype),
+                   c10::toString(shard_options.reduce_dtype), edit::comm::to_string(mesh.backend()),
+                   adamw.fused() ? ", fused AdamW" : "");
     }
 
     edit::sync::StrategyConfig sync = c.sync;
@@ -409,8 +560,8 @@ int main(int argc, char** argv) {
 
     edit::train::TrainerOptions options = c.trainer;
     const std::int64_t steps = c.trainer.steps;
-    options.schedule = {c.adamw.lr, std::min(options.schedule.warmup_steps, steps), std::max<std::int64_t>(1, steps),
-                        std::min(options.schedule.min_lr, c.adamw.lr)};
+    options.schedule = {c.adamw.lr, std::min(options.schedule.warmup_steps, steps),
+                        std::max<std::int64_t>(1, steps), std::min(options.schedule.min_lr, c.adamw.lr)};
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);
@@ -470,7 +621,8 @@ int main(int argc, char** argv) {
       const double val_loss = evaluate();
       if (loss_table) loss_table->add(0, 0, NAN, val_loss);
     }
-    const double tokens_per_step = double(c.batch_size) * gpt.seq_len * c.trainer.accumulation * mesh.world_size();
+    const double tokens_per_step =
+        double(c.batch_size) * gpt.seq_len * c.trainer.accumulation * mesh.world_size();
     const auto crossed = [](std::int64_t before, std::int64_t now, int every) {
       return every > 0 && now / every > before / every;
     };
@@ -500,28 +652,33 @@ int main(int argc, char** argv) {
       // Decoded with the data's tokenizer: GPT-2's when recorded, else bytes (a model of more than
       // 256 ids without a record has no known decoding, so it is not sampled).
       std::optional<edit::data::Gpt2Tokenizer> gpt2;
-      if (tokenizer && tokenizer->kind == "gpt2") gpt2.emplace(edit::data::Gpt2Tokenizer::from_dir(tokenizer->folder));
+      if (tokenizer && tokenizer->kind == "gpt2")
+        gpt2.emplace(edit::data::Gpt2Tokenizer::from_dir(tokenizer->folder));
       const std::int64_t known_ids = gpt2 ? gpt2->vocab_size() : 256;
       if (!gpt2 && gpt.vocab_size > 256) {
-        if (mesh.rank() == 0) spdlog::warn("no sample: the data's tokenizer is not recorded beside its shards");
+        if (mesh.rank() == 0)
+          spdlog::warn("no sample: the data's tokenizer is not recorded beside its shards");
         return 0;
       }
       // Every rank samples the same way (same seed), as sharded forwards are collective.
       c10::NoGradGuard no_grad;
       at::manual_seed(7);
-      std::vector<std::int64_t> prompt = {gpt2 ? std::int64_t{gpt2->encode("\n").front()} : std::int64_t{'\n'}};
+      std::vector<std::int64_t> prompt = {gpt2 ? std::int64_t{gpt2->encode("\n").front()}
+                                               : std::int64_t{'\n'}};
       at::Tensor tokens = at::tensor(prompt, at::kLong).unsqueeze(0);
       for (int i = 0; i < c.sample_tokens; ++i) {
         const at::Tensor window = tokens.narrow(1, std::max<std::int64_t>(0, tokens.size(1) - gpt.seq_len),
                                                 std::min<std::int64_t>(tokens.size(1), gpt.seq_len));
         const at::Tensor logits = module->forward(window.to(device)).select(1, -1).to(at::kCPU, at::kFloat);
         // Temperature 0.8, among the ids the tokenizer can decode (a padded vocabulary has more).
-        const at::Tensor probs = at::softmax(logits.narrow(-1, 0, std::min<std::int64_t>(known_ids, gpt.vocab_size)) / 0.8, -1);
+        const at::Tensor probs =
+            at::softmax(logits.narrow(-1, 0, std::min<std::int64_t>(known_ids, gpt.vocab_size)) / 0.8, -1);
         tokens = at::cat({tokens, at::multinomial(probs, 1)}, 1);
       }
       if (mesh.rank() == 0) {
         std::vector<std::uint32_t> ids;
-        for (std::int64_t i = 0; i < tokens.size(1); ++i) ids.push_back(static_cast<std::uint32_t>(tokens[0][i].item<std::int64_t>()));
+        for (std::int64_t i = 0; i < tokens.size(1); ++i)
+          ids.push_back(static_cast<std::uint32_t>(tokens[0][i].item<std::int64_t>()));
         std::string text;
         if (gpt2) {
           text = gpt2->decode(ids);
