@@ -562,6 +562,14 @@ int main(int argc, char** argv) {
     const std::int64_t steps = c.trainer.steps;
     options.schedule = {c.adamw.lr, std::min(options.schedule.warmup_steps, steps),
                         std::max<std::int64_t>(1, steps), std::min(options.schedule.min_lr, c.adamw.lr)};
+    if (aedit != nullptr && c.sync.aedit.time_limit_s > 0 && options.schedule.min_lr < c.adamw.lr &&
+        mesh.rank() == 0) {
+      spdlog::warn("--time-limit ends this run on the clock, but the learning rate decays over --steps {}: "
+                   "if the replicas take far fewer steps in {} s, it barely decays. Set --steps to about the "
+                   "steps a replica takes in that time (the log shows the pace), or --min-lr {} for a "
+                   "constant rate",
+                   steps, c.sync.aedit.time_limit_s, c.adamw.lr);
+    }
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);

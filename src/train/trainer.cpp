@@ -154,9 +154,16 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
         penalty = fmt::format(" | dropped {} skipped {}", sync_stats.dropped_workers - logged_dropped_,
                               sync_stats.skipped_units - logged_skipped_);
       }
-      spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{} | {:.0f} s to go",
-                   step_, options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s,
-                   1e3 * metrics.sync_wait_s, penalty, remaining);
+      if (lockstep) {
+        spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{} | {:.0f} s to go",
+                     step_, options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s,
+                     1e3 * metrics.sync_wait_s, penalty, remaining);
+      } else {
+        // Replicas at their own pace (A-EDiT) end on the strategy's clock, not at --steps: the
+        // step is this replica's, and no time to go is guessed from a step count.
+        spdlog::info("replica step {:5d} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{}", step_,
+                     metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s, penalty);
+      }
     }
     logged_dropped_ = sync_stats.dropped_workers;
     logged_skipped_ = sync_stats.skipped_units;
