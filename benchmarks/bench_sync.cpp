@@ -400,6 +400,9 @@ int main(int argc, char** argv) try {
   }
   if (o.bandwidth_sweep) {
     const int H = o.sync_every.at(0);
+    EDIT_CHECK(top.num_replicas() >= 2,
+               "--bandwidth-sweep needs 2 or more replicas to put a link between; run more "
+               "ranks (mpirun -np 2 or more) or a smaller --shard-size");
     EDIT_CHECK(H % o.sweep_fragments == 0, "--bandwidth-sweep: H = ", H,
                " is not divisible by --sweep-fragments ", o.sweep_fragments, "; pick values that divide");
     // The paper's columns: DP, DiLoCo, Streaming, + overlap, + FP4.

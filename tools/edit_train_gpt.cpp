@@ -355,11 +355,17 @@ void validate(const Config& c) {
              "--no-penalty switches off EDiT's "
              "pseudo-gradient penalty, but --strategy is ",
              strategy, "; drop --no-penalty or use --strategy edit");
-  EDIT_CHECK(c.streaming_flags_given.empty() || strategy == "streaming", c.streaming_flags_given,
-             " only apply to Streaming DiLoCo, but --strategy is ", strategy,
-             "; add --strategy streaming or drop them");
-  EDIT_CHECK(c.aedit_flags_given.empty() || strategy == "aedit", c.aedit_flags_given,
-             " only apply to A-EDiT, but --strategy is ", strategy, "; add --strategy aedit or drop them");
+  // "--quant applies only to ... drop it" / "--quant, --alpha apply only to ... drop them".
+  const auto misplaced = [&strategy](const std::string& flags, const std::string& owner,
+                                     const std::string& name) {
+    const bool one = flags.find(',') == std::string::npos;
+    return flags + (one ? " applies" : " apply") + " only to " + owner + ", but --strategy is " + strategy +
+           "; add --strategy " + name + " or drop " + (one ? "it" : "them");
+  };
+  EDIT_CHECK(c.streaming_flags_given.empty() || strategy == "streaming",
+             misplaced(c.streaming_flags_given, "Streaming DiLoCo", "streaming"));
+  EDIT_CHECK(c.aedit_flags_given.empty() || strategy == "aedit",
+             misplaced(c.aedit_flags_given, "A-EDiT", "aedit"));
   EDIT_CHECK(!c.penalty || edit::sync::is_local_sgd(strategy),
              "--penalty applies to Local SGD (diloco, streaming; ",
              "edit and aedit have it on), but --strategy is ", strategy);
@@ -466,15 +472,17 @@ int main(int argc, char** argv) {
   }
   CLI11_PARSE(app, argc, argv);
   c.warmup_given = app.count("--warmup-steps") > 0;
-  for (const char* flag :
-       {"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"}) {
-    if (app.count(flag) > 0)
-      c.streaming_flags_given += (c.streaming_flags_given.empty() ? "" : ", ") + std::string(flag);
-  }
-  for (const char* flag : {"--sync-interval", "--time-limit", "--step-share"}) {
-    if (app.count(flag) > 0)
-      c.aedit_flags_given += (c.aedit_flags_given.empty() ? "" : ", ") + std::string(flag);
-  }
+  // The flags of a strategy's own group that the command line set, as "--a, --b".
+  const auto given = [&app](std::initializer_list<const char*> flags) {
+    std::string out;
+    for (const char* flag : flags) {
+      if (app.count(flag) > 0) out += (out.empty() ? "" : ", ") + std::string(flag);
+    }
+    return out;
+  };
+  c.streaming_flags_given =
+      given({"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"});
+  c.aedit_flags_given = given({"--sync-interval", "--time-limit", "--step-share"});
   EDIT_CHECK(c.sync.name != "aedit" || app.count("--sync-every") == 0,
              "--sync-every counts steps, but A-EDiT syncs "
              "on a wall clock; drop --sync-every and give --sync-interval SECONDS");
@@ -564,11 +572,12 @@ int main(int argc, char** argv) {
                         std::max<std::int64_t>(1, steps), std::min(options.schedule.min_lr, c.adamw.lr)};
     if (aedit != nullptr && c.sync.aedit.time_limit_s > 0 && options.schedule.min_lr < c.adamw.lr &&
         mesh.rank() == 0) {
-      spdlog::warn("--time-limit ends this run on the clock, but the learning rate decays over --steps {}: "
-                   "if the replicas take far fewer steps in {} s, it barely decays. Set --steps to about the "
-                   "steps a replica takes in that time (the log shows the pace), or --min-lr {} for a "
-                   "constant rate",
-                   steps, c.sync.aedit.time_limit_s, c.adamw.lr);
+      spdlog::warn(
+          "--time-limit ends this run on the clock, but the learning rate decays over --steps {}: "
+          "if the replicas take far fewer steps in {} s, it barely decays. Set --steps to about the "
+          "steps a replica takes in that time (the log shows the pace), or --min-lr {} for a "
+          "constant rate",
+          steps, c.sync.aedit.time_limit_s, c.adamw.lr);
     }
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);

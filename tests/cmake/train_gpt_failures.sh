@@ -76,7 +76,7 @@ printf 'steps = 2\n\x01\x02\x00\n' > "$work/binary.toml"
 expect_failure config_binary 30 "binary.toml:2: byte" --config "$work/binary.toml" --out-dir "$work/x9"
 
 # Streaming DiLoCo: options for another strategy, and a schedule that cannot work.
-expect_failure streaming_flags_elsewhere 30 "--fragments, --quant only apply to Streaming DiLoCo" --steps 4 \
+expect_failure streaming_flags_elsewhere 30 "--fragments, --quant apply only to Streaming DiLoCo" --steps 4 \
   --strategy edit --fragments 2 --quant fp4 --out-dir "$work/x13"
 expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by --fragments 3" --steps 4 \
   --strategy streaming --fragments 3 --out-dir "$work/x14"
@@ -84,7 +84,7 @@ expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by -
 # A-EDiT: a step count where a wall-clock interval is due, and its options for another strategy.
 expect_failure aedit_sync_every 30 "--sync-every counts steps, but A-EDiT syncs on a wall clock" --steps 4 \
   --strategy aedit --sync-interval 1 --out-dir "$work/x15"
-expect_failure aedit_flags_elsewhere 30 "--sync-interval, --time-limit only apply to A-EDiT" --steps 4 \
+expect_failure aedit_flags_elsewhere 30 "--sync-interval, --time-limit apply only to A-EDiT" --steps 4 \
   --strategy edit --sync-interval 1 --time-limit 30 --out-dir "$work/x16"
 
 # Devices and precision: refused before anything is trained, naming the fix.
