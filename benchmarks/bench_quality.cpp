@@ -224,7 +224,7 @@ int main(int argc, char** argv) try {
   app.add_option("--quant", o.quants, "streaming: exchange formats (fp32, bf16, int8, int4, fp4)")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--fragment-layout", o.layouts, "streaming: strided, sequential, balanced")
+  app.add_option("--fragment-layout", o.layouts, "streaming: strided, sequential, balanced, split")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--out", o.out, "CSV path")->capture_default_str();

@@ -269,7 +269,7 @@ int main(int argc, char** argv) try {
       ->delimiter(',');
   app.add_option("--fragment-layout", o.layouts,
                  "fragment layouts of the Streaming DiLoCo rows: strided, sequential, "
-                 "balanced (a list runs each)")
+                 "balanced, split (a list runs each)")
       ->delimiter(',')
       ->capture_default_str();
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");

@@ -193,10 +193,11 @@ void add_options(CLI::App& app, Config& c) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--fragment-layout", c.fragment_layout,
-                 "strided (unit u in fragment u mod P), sequential (runs of consecutive units) or balanced "
-                 "(fragments of equal bytes, as far as whole units allow)")
+                 "strided (unit u in fragment u mod P), sequential (runs of consecutive units), balanced "
+                 "(fragments of equal bytes, as far as whole units allow) or split (equal bytes exactly: "
+                 "units cut between fragments; not with --penalty)")
       ->group(streaming)
-      ->check(CLI::IsMember({"strided", "sequential", "balanced"}))
+      ->check(CLI::IsMember({"strided", "sequential", "balanced", "split"}))
       ->capture_default_str();
   app.add_option("--overlap", c.sync.streaming.overlap,
                  "tau: inner steps between a fragment's exchange and its merge (0: blocking)")

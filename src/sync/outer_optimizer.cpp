@@ -101,21 +101,37 @@ at::Tensor& OuterOptimizer::mutable_momentum(int unit) {
   return momentum_.at(static_cast<size_t>(unit));
 }
 
-void OuterOptimizer::step(int unit, const at::Tensor& delta) {
+void OuterOptimizer::step(int unit, const at::Tensor& delta) { step(unit, delta, 0); }
+
+namespace {
+
+// Elements [begin, begin + length) of a flat state or shard tensor, checked.
+at::Tensor range_of(const at::Tensor& t, int unit, std::int64_t begin, std::int64_t length) {
+  EDIT_CHECK(begin >= 0 && length >= 0 && begin + length <= t.numel(), "outer step of unit ", unit,
+             " on elements [", begin, ", ", begin + length, ") of a shard of ", t.numel(),
+             "; pass a range inside the unit's shard");
+  return t.view({-1}).narrow(0, begin, length);
+}
+
+}  // namespace
+
+void OuterOptimizer::step(int unit, const at::Tensor& delta, std::int64_t begin) {
   c10::NoGradGuard no_grad;
   wait_for_host_copies(unit);
-  at::Tensor& stored_phi = anchor_.at(static_cast<size_t>(unit));
-  at::Tensor& stored_m = momentum_.at(static_cast<size_t>(unit));
+  const std::int64_t n = delta.numel();
+  at::Tensor stored_phi = range_of(anchor_.at(static_cast<size_t>(unit)), unit, begin, n);
+  at::Tensor stored_m = range_of(momentum_.at(static_cast<size_t>(unit)), unit, begin, n);
+  const at::Tensor flat_delta = delta.reshape({-1});
   // Offloaded state comes in for this unit only, then goes back.
   at::Tensor phi = stored_phi.device() == delta.device() ? stored_phi : stored_phi.to(delta.device());
   at::Tensor m = stored_m.device() == delta.device() ? stored_m : stored_m.to(delta.device());
   const double lr = options_.lr;
   const double mu = options_.momentum;
-  m.mul_(mu).add_(delta);
+  m.mul_(mu).add_(flat_delta);
   if (options_.method == OuterMethod::kSignMomentum) {
     phi.add_(m.sign(), -lr);
   } else {
-    phi.add_(delta, -lr).add_(m, -lr * mu);
+    phi.add_(flat_delta, -lr).add_(m, -lr * mu);
   }
   if (!phi.is_same(stored_phi)) stored_phi.copy_(phi);
   if (!m.is_same(stored_m)) stored_m.copy_(m);
@@ -126,19 +142,35 @@ void OuterOptimizer::reset_to_anchor(int unit) {
   model_.unit(unit).shard().copy_(anchor(unit));
 }
 
-void OuterOptimizer::step_and_reset(int unit, const at::Tensor& delta) {
+void OuterOptimizer::reset_to_anchor(int unit, std::int64_t begin, std::int64_t length) {
   c10::NoGradGuard no_grad;
-  at::Tensor& theta = model_.unit(unit).shard();
-  EDIT_CHECK(delta.numel() == theta.numel() && delta.device() == theta.device(), "outer step of unit ", unit,
-             " with a pseudo-gradient of ", delta.numel(), " elements on ", delta.device(), " for a shard of ",
-             theta.numel(), " on ", theta.device(), "; pass the aggregated delta of this unit's shard, on its device");
+  range_of(model_.unit(unit).shard(), unit, begin, length).copy_(range_of(anchor(unit), unit, begin, length));
+}
+
+void OuterOptimizer::step_and_reset(int unit, const at::Tensor& delta) {
+  const std::int64_t shard = model_.unit(unit).shard().numel();
+  EDIT_CHECK(delta.numel() == shard, "outer step of unit ", unit, " with a pseudo-gradient of ",
+             delta.numel(), " elements for a shard of ", shard,
+             "; pass the aggregated delta of this unit's shard");
+  step_and_reset(unit, delta, 0);
+}
+
+void OuterOptimizer::step_and_reset(int unit, const at::Tensor& delta, std::int64_t begin) {
+  c10::NoGradGuard no_grad;
+  const std::int64_t n = delta.numel();
+  at::Tensor theta = range_of(model_.unit(unit).shard(), unit, begin, n);
+  EDIT_CHECK(delta.device() == theta.device(), "outer step of unit ", unit, " with a pseudo-gradient on ",
+             delta.device(), " for a shard on ", theta.device(),
+             "; pass the aggregated delta on the shard's device");
   wait_for_host_copies(unit);
-  at::Tensor& stored_phi = anchor_.at(static_cast<size_t>(unit));
-  at::Tensor& stored_m = momentum_.at(static_cast<size_t>(unit));
-  auto float_contiguous = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
+  at::Tensor stored_phi = range_of(anchor_.at(static_cast<size_t>(unit)), unit, begin, n);
+  at::Tensor stored_m = range_of(momentum_.at(static_cast<size_t>(unit)), unit, begin, n);
+  auto float_contiguous = [](const at::Tensor& t) {
+    return t.scalar_type() == at::kFloat && t.is_contiguous();
+  };
   const bool fusable = options_.method != OuterMethod::kSignMomentum && float_contiguous(delta) &&
-                       float_contiguous(theta) && float_contiguous(stored_phi) && float_contiguous(stored_m) &&
-                       stored_phi.device() == stored_m.device();
+                       float_contiguous(theta) && float_contiguous(stored_phi) &&
+                       float_contiguous(stored_m) && stored_phi.device() == stored_m.device();
   // The same float lr and mu as the ATen path, which rounds its double scalars to the tensor's dtype.
   const auto lr = static_cast<float>(options_.lr);
   const auto mu = static_cast<float>(options_.momentum);
@@ -154,7 +186,8 @@ void OuterOptimizer::step_and_reset(int unit, const at::Tensor& delta) {
     void* stream = comm::torch_current_stream()();
     // Offloaded state comes in on the current stream, ahead of the kernel; from pinned memory the
     // copies do not block the host.
-    at::Tensor phi = offloaded ? stored_phi.to(theta.device(), at::kFloat, /*non_blocking=*/true) : stored_phi;
+    at::Tensor phi =
+        offloaded ? stored_phi.to(theta.device(), at::kFloat, /*non_blocking=*/true) : stored_phi;
     at::Tensor m = offloaded ? stored_m.to(theta.device(), at::kFloat, /*non_blocking=*/true) : stored_m;
     kernels::nesterov_outer_step_cuda(m.data_ptr<float>(), phi.data_ptr<float>(), theta.data_ptr<float>(),
                                       delta.data_ptr<float>(), theta.numel(), lr, mu, stream);
@@ -171,8 +204,8 @@ void OuterOptimizer::step_and_reset(int unit, const at::Tensor& delta) {
     return;
   }
 #endif
-  step(unit, delta);
-  reset_to_anchor(unit);
+  step(unit, delta, begin);
+  reset_to_anchor(unit, begin, n);
 }
 
 }  // namespace edit::sync

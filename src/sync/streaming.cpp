@@ -24,8 +24,16 @@ namespace edit::sync {
 void StreamingOptions::validate(int num_units) const {
   local.validate();
   const int H = local.sync_every;
-  EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ",
-             num_units, " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
+  if (layout == FragmentLayout::kSplit) {
+    EDIT_CHECK(fragments >= 1, "--fragments ", fragments, "; use 1 or more");
+    EDIT_CHECK(!local.use_penalty,
+               "--fragment-layout split cuts units between fragments, but the penalty "
+               "judges whole units (one norm per unit and worker); drop --penalty or use another layout");
+  } else {
+    EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ",
+               num_units, " units; use 1 to ", num_units,
+               " fragments (each holds at least one unit), or --fragment-layout split");
+  }
   EDIT_CHECK(H % fragments == 0, "--sync-every ", H, " is not divisible by --fragments ", fragments,
              ": fragments sync every H / P steps in turn; pick H a multiple of P");
   EDIT_CHECK(overlap >= 0 && overlap < H, "--overlap ", overlap, " must lie in [0, --sync-every ", H,
@@ -39,7 +47,8 @@ FragmentLayout parse_fragment_layout(const std::string& name) {
   if (name == "strided") return FragmentLayout::kStrided;
   if (name == "sequential") return FragmentLayout::kSequential;
   if (name == "balanced") return FragmentLayout::kBalanced;
-  EDIT_FAIL("unknown fragment layout '", name, "'; use strided, sequential or balanced");
+  if (name == "split") return FragmentLayout::kSplit;
+  EDIT_FAIL("unknown fragment layout '", name, "'; use strided, sequential, balanced or split");
 }
 
 const char* to_string(FragmentLayout layout) {
@@ -50,6 +59,8 @@ const char* to_string(FragmentLayout layout) {
       return "sequential";
     case FragmentLayout::kBalanced:
       return "balanced";
+    case FragmentLayout::kSplit:
+      return "split";
   }
   return "?";
 }
@@ -57,6 +68,8 @@ const char* to_string(FragmentLayout layout) {
 std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& unit_sizes, int fragments,
                                              FragmentLayout layout) {
   const int num_units = static_cast<int>(unit_sizes.size());
+  EDIT_CHECK(layout != FragmentLayout::kSplit,
+             "the split layout cuts units; its fragments are fragment_pieces()");
   EDIT_CHECK(fragments >= 1 && fragments <= num_units, fragments, " fragments of ", num_units,
              " units; use 1 to ", num_units, " fragments (each holds at least one unit)");
   std::vector<std::vector<int>> out(static_cast<size_t>(fragments));
@@ -93,6 +106,43 @@ std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& un
   return out;
 }
 
+std::vector<std::vector<FragmentPiece>> fragment_pieces(const std::vector<std::int64_t>& shard_sizes,
+                                                        int fragments, FragmentLayout layout) {
+  std::vector<std::vector<FragmentPiece>> out(static_cast<size_t>(std::max(fragments, 0)));
+  if (layout != FragmentLayout::kSplit) {
+    const auto units = fragment_units(shard_sizes, fragments, layout);
+    for (size_t p = 0; p < units.size(); ++p) {
+      for (int u : units[p]) out[p].push_back({u, 0, shard_sizes[static_cast<size_t>(u)]});
+    }
+    return out;
+  }
+  std::int64_t total = 0;
+  for (std::int64_t size : shard_sizes) {
+    EDIT_CHECK(size >= 1, "a unit's shard of ", size,
+               " elements; the split layout needs every shard's size (>= 1)");
+    total += size;
+  }
+  EDIT_CHECK(fragments >= 1 && fragments <= total, fragments, " fragments of ", total, " values; use 1 to ",
+             total, " fragments");
+  // Walk the concatenated shards; fragment p takes [floor(p T / P), floor((p + 1) T / P)).
+  int unit = 0;
+  std::int64_t at = 0;  // within `unit`
+  for (int p = 0; p < fragments; ++p) {
+    std::int64_t left = (p + 1) * total / fragments - p * total / fragments;
+    while (left > 0) {
+      const std::int64_t take = std::min(left, shard_sizes[static_cast<size_t>(unit)] - at);
+      out[static_cast<size_t>(p)].push_back({unit, at, take});
+      left -= take;
+      at += take;
+      if (at == shard_sizes[static_cast<size_t>(unit)]) {
+        ++unit;
+        at = 0;
+      }
+    }
+  }
+  return out;
+}
+
 std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments) {
   std::vector<int> due;
   const std::int64_t phase = (step + 1) % sync_every;
@@ -111,15 +161,15 @@ StreamingDiLoCo::StreamingDiLoCo(shard::ShardedModel& model, std::shared_ptr<com
   options_.validate(model.num_units());
   std::vector<std::int64_t> sizes;
   for (int u = 0; u < model.num_units(); ++u) sizes.push_back(model.unit(u).shard_numel());
-  fragments_ = fragment_units(sizes, options_.fragments, options_.layout);
+  fragments_ = fragment_pieces(sizes, options_.fragments, options_.layout);
   // The buffers every exchange reuses: scratch for the largest shard, slots for the biggest fragment.
   const std::int64_t largest = *std::max_element(sizes.begin(), sizes.end());
   scratch_ = at::empty({largest}, at::kFloat);
   aggregate_ = at::empty({largest}, at::kFloat);
   streaming_.buffer_bytes = 2 * largest * static_cast<std::int64_t>(sizeof(float));
-  for (const auto& units : fragments_) {
+  for (const auto& pieces : fragments_) {
     std::int64_t bytes = 0;
-    for (int u : units) bytes += packet_bytes(sizes[static_cast<size_t>(u)], options_.quant);
+    for (const FragmentPiece& piece : pieces) bytes += packet_bytes(piece.length, options_.quant);
     slot_bytes_ = std::max(slot_bytes_, bytes);
   }
 }
@@ -152,12 +202,21 @@ size_t StreamingDiLoCo::acquire_slot() {
   return slots_.size() - 1;
 }
 
+void StreamingDiLoCo::add_pieces(Exchange& exchange) const {
+  for (const FragmentPiece& piece : fragments_.at(static_cast<size_t>(exchange.fragment))) {
+    UnitExchange& unit = exchange.units.emplace_back();
+    unit.unit = piece.unit;
+    unit.begin = piece.begin;
+    unit.length = piece.length;
+  }
+}
+
 void StreamingDiLoCo::place_packets(Exchange& exchange) {
   const Slot& slot = slots_.at(exchange.slot);
   const std::int64_t workers = sync_->size();
   std::int64_t offset = 0;
   for (UnitExchange& unit : exchange.units) {
-    const std::int64_t bytes = packet_bytes(model_.unit(unit.unit).shard_numel(), options_.quant);
+    const std::int64_t bytes = packet_bytes(unit.length, options_.quant);
     unit.packet = slot.packets.narrow(0, offset, bytes);
     unit.gathered = slot.gathered.narrow(0, offset * workers, bytes * workers);
     offset += bytes;
@@ -173,6 +232,12 @@ bool host_float(const at::Tensor& t) {
 // A CUDA float tensor the kernels of kernels/ can quantize and dequantize in place of the host.
 bool device_quantizable(const at::Tensor& t) {
   return EDIT_SYNC_CUDA_KERNELS && t.is_cuda() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
+// The exchange's piece of a unit's flat shard (or of its anchor): a view.
+template <class Piece>
+at::Tensor piece_of(const at::Tensor& shard, const Piece& piece) {
+  return shard.view({-1}).narrow(0, piece.begin, piece.length);
 }
 
 // `buffer` holding at least n elements of `options` on `device`, grown (reallocated) when not.
@@ -246,16 +311,16 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   exchange.fragment = fragment;
   exchange.merge_after = step + options_.overlap;
   exchange.slot = acquire_slot();
-  for (int u : fragments_[static_cast<size_t>(fragment)]) exchange.units.emplace_back().unit = u;
+  add_pieces(exchange);
   place_packets(exchange);
   PseudoGradPenalty* penalty = core_.penalty();
   for (UnitExchange& unit : exchange.units) {
     const int u = unit.unit;
-    // (shard,) pseudo-gradient on the host, in the scratch buffer: the fused pass of
+    // The piece's pseudo-gradient on the host, in the scratch buffer: the fused pass of
     // pseudo_gradient() when the shard is a host float tensor, else computed where it lives.
-    const at::Tensor& anchor = core_.outer().anchor(u);
-    const at::Tensor& local = model_.unit(u).shard();
-    const std::int64_t n = local.numel();
+    const at::Tensor anchor = piece_of(core_.outer().anchor(u), unit);
+    const at::Tensor local = piece_of(model_.unit(u).shard(), unit);
+    const std::int64_t n = unit.length;
     at::Tensor delta = scratch_.narrow(0, 0, n);
     double sqnorm = 0.0;
     if (host_float(anchor) && host_float(local)) {
@@ -300,13 +365,14 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
   PseudoGradPenalty* penalty = core_.penalty();
   bool waited = false;
   for (UnitExchange& unit : exchange.units) {
-    at::Tensor& theta = model_.unit(unit.unit).shard();
+    at::Tensor theta = piece_of(model_.unit(unit.unit).shard(), unit);  // a view: merged in place
     if (unit.decision.skip) {
       // Every worker was dropped: the anchor stays, the worker merges with it as usual.
       if (alpha == 0.0) {
-        core_.outer().reset_to_anchor(unit.unit);
+        core_.outer().reset_to_anchor(unit.unit, unit.begin, unit.length);
       } else {
-        theta.mul_(alpha).add_(core_.outer().anchor(unit.unit).to(theta.device()), 1.0 - alpha);
+        theta.mul_(alpha).add_(piece_of(core_.outer().anchor(unit.unit), unit).to(theta.device()),
+                               1.0 - alpha);
       }
       continue;
     }
@@ -330,10 +396,11 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
                       .copy_(aggregate);
     }
     if (alpha == 0.0) {
-      core_.outer().step_and_reset(unit.unit, aggregate);  // DiLoCo's own path: restart from phi_new
+      // DiLoCo's own path: restart from phi_new
+      core_.outer().step_and_reset(unit.unit, aggregate, unit.begin);
     } else {
-      core_.outer().step(unit.unit, aggregate);
-      theta.mul_(alpha).add_(core_.outer().anchor(unit.unit).to(theta.device()), 1.0 - alpha);
+      core_.outer().step(unit.unit, aggregate, unit.begin);
+      theta.mul_(alpha).add_(piece_of(core_.outer().anchor(unit.unit), unit).to(theta.device()), 1.0 - alpha);
     }
     unit.gathered = at::Tensor();
     unit.packet = at::Tensor();
@@ -394,6 +461,8 @@ StateDict StreamingDiLoCo::state_dict() {
         unit.work.reset();
       }
       const std::string key = prefix + "unit" + std::to_string(unit.unit) + ".";
+      state.put(key + "begin", unit.begin);
+      state.put(key + "length", unit.length);
       state.put(key + "weights", at::tensor(unit.decision.weights, at::kDouble));
       state.put(key + "skip", static_cast<std::int64_t>(unit.decision.skip ? 1 : 0));
       if (!unit.decision.skip) state.put(key + "gathered", unit.gathered);
@@ -442,7 +511,9 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
           std::stoi(key.substr(unit_prefix.size(), key.size() - unit_prefix.size() - suffix.size())));
     }
     std::sort(saved.begin(), saved.end());
-    const std::vector<int>& units = fragments_[static_cast<size_t>(exchange.fragment)];
+    std::vector<int> units;
+    for (const FragmentPiece& piece : fragments_[static_cast<size_t>(exchange.fragment)])
+      units.push_back(piece.unit);
     if (saved != units) {
       const auto list = [](const std::vector<int>& v) {
         std::string out;
@@ -455,11 +526,20 @@ void StreamingDiLoCo::load_state_dict(const StateDict& state) {
                 "); resume with the same --fragments and --fragment-layout");
     }
     exchange.slot = acquire_slot();
-    for (int u : units) exchange.units.emplace_back().unit = u;
+    add_pieces(exchange);
     place_packets(exchange);
     for (UnitExchange& unit : exchange.units) {
       const int u = unit.unit;
       const std::string key = prefix + "unit" + std::to_string(u) + ".";
+      // Which part of the unit (checkpoints from before split fragments carry whole units).
+      const std::int64_t begin = state.has_scalar(key + "begin") ? state.integer(owner, key + "begin") : 0;
+      const std::int64_t length = state.has_scalar(key + "length") ? state.integer(owner, key + "length")
+                                                                   : model_.unit(u).shard_numel();
+      EDIT_CHECK(begin == unit.begin && length == unit.length, "the checkpoint's exchange of fragment ",
+                 exchange.fragment, " carries elements [", begin, ", ", begin + length, ") of unit ", u,
+                 ", this job's fragment [", unit.begin, ", ", unit.begin + unit.length,
+                 ") (--fragment-layout ", to_string(options_.layout),
+                 "); resume with the same --fragments, --fragment-layout and --shard-size");
       const at::Tensor weights = state.tensor(owner, key + "weights").to(at::kDouble).contiguous();
       EDIT_CHECK(weights.numel() == sync_->size(), "the checkpoint's exchange has ", weights.numel(),
                  " workers, this job ", sync_->size(), "; resume with the same number of replicas");

@@ -264,6 +264,41 @@ TEST_P(StepAndReset, CpuMatchesStepThenResetToRounding) {
   }
 }
 
+// A unit synced in parts (Streaming DiLoCo's split fragments) ends where the whole-unit calls end,
+// bit for bit: every update is elementwise. Three ranges of odd lengths, in an order that is not
+// the storage order, for step(), step_and_reset() and reset_to_anchor().
+TEST_P(StepAndReset, RangesOfAUnitEqualTheWholeUnit) {
+  const auto [method, offload] = GetParam();
+  const edit::sync::OuterOptions options{method, 0.7, 0.9, offload};
+  Replica whole_replica(at::kCPU), parts_replica(at::kCPU);
+  OuterOptimizer whole(*whole_replica.model, options), parts(*parts_replica.model, options);
+  const std::int64_t n = whole_replica.theta().numel();
+  const std::vector<std::pair<std::int64_t, std::int64_t>> ranges = {{3001, n - 3001}, {0, 1999}, {1999, 1002}};
+  int round = 0;
+  for (const at::Tensor& delta : deltas_for(n)) {
+    const bool restart = round++ % 2 == 0;  // step_and_reset, then step + reset_to_anchor
+    if (restart) {
+      whole.step_and_reset(0, delta);
+    } else {
+      whole.step(0, delta);
+      whole.reset_to_anchor(0);
+    }
+    for (const auto& [begin, length] : ranges) {
+      const at::Tensor part = delta.narrow(0, begin, length).clone();  // a delta of the range alone
+      if (restart) {
+        parts.step_and_reset(0, part, begin);
+      } else {
+        parts.step(0, part, begin);
+        parts.reset_to_anchor(0, begin, length);
+      }
+    }
+    EXPECT_TRUE(at::equal(whole.anchor(0), parts.anchor(0))) << "round " << round;
+    EXPECT_TRUE(at::equal(whole.momentum(0), parts.momentum(0))) << "round " << round;
+    EXPECT_TRUE(at::equal(whole_replica.theta(), parts_replica.theta())) << "round " << round;
+  }
+  EXPECT_THROW(parts.step(0, at::zeros({10}), n - 5), edit::Error);  // past the shard's end
+}
+
 std::string step_and_reset_name(const testing::TestParamInfo<std::tuple<OuterMethod, bool>>& info) {
   return std::string(edit::sync::to_string(std::get<0>(info.param))) +
          (std::get<1>(info.param) ? "_offload" : "");

@@ -155,6 +155,36 @@ TEST(StreamingDiLoCo, Fp4AnchorsAreBitIdenticalOnEveryReplicaWithExchangesInFlig
   expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
 }
 
+// Split fragments cut units, so fp32 Streaming's busiest step carries 1/P of the model to one
+// value, which whole units cannot (5 unequal units here, P = 4 and P = 7 > 5): the exact byte
+// count, and anchors bit-identical on every replica, with exchanges in flight and sharded units.
+TEST(StreamingDiLoCo, SplitFragmentsCarryOnePthOfTheValuesEach) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  for (int P : {4, 7}) {
+    Worker worker(300 + world()->rank());
+    worker.build(mesh);
+    StreamingOptions options;
+    options.local.sync_every = 28;  // a fragment every 7 or 4 steps
+    options.fragments = P;
+    options.layout = edit::sync::FragmentLayout::kSplit;
+    options.overlap = 2;
+    auto* streaming = new StreamingDiLoCo(*worker.model, mesh.sync_ptr(), options);
+    worker.strategy.reset(streaming);
+    for (int s = 0; s < 56; ++s) worker.step(mesh, s);
+    streaming->finish();
+    EXPECT_EQ(streaming->streaming_stats().merged, 2 * P);
+    std::int64_t total = 0, largest_unit = 0;
+    for (int u = 0; u < worker.model->num_units(); ++u) {
+      total += worker.model->unit(u).shard_numel();
+      largest_unit = std::max(largest_unit, worker.model->unit(u).shard_numel());
+    }
+    const std::int64_t per_fragment = (total + P - 1) / P;
+    EXPECT_EQ(streaming->streaming_stats().max_step_bytes, 4 * per_fragment) << "P " << P;
+    EXPECT_LT(per_fragment, largest_unit) << "the test needs a unit bigger than 1/P of the model";
+    expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
+  }
+}
+
 // With the penalty (weights, clip) and sharded units (S = 2 on 4 ranks), the norms are summed
 // over the shard group in rank order: every replica takes the same decisions and clip scales, so
 // the anchors stay bit-identical.
@@ -227,7 +257,8 @@ TEST_P(StreamingResume, WithExchangesInFlightIsExact) {
 INSTANTIATE_TEST_SUITE_P(Layouts, StreamingResume,
                          ::testing::Values(edit::sync::FragmentLayout::kStrided,
                                            edit::sync::FragmentLayout::kSequential,
-                                           edit::sync::FragmentLayout::kBalanced),
+                                           edit::sync::FragmentLayout::kBalanced,
+                                           edit::sync::FragmentLayout::kSplit),
                          [](const auto& info) { return std::string(edit::sync::to_string(info.param)); });
 
 // An exchange in flight belongs to its fragment's units: a job that groups them otherwise refuses

@@ -107,18 +107,96 @@ TEST(StreamingLayout, RefusesWhatCannotBeLaidOut) {
 
 TEST(StreamingLayout, NamesRoundTrip) {
   for (FragmentLayout layout :
-       {FragmentLayout::kStrided, FragmentLayout::kSequential, FragmentLayout::kBalanced}) {
+       {FragmentLayout::kStrided, FragmentLayout::kSequential, FragmentLayout::kBalanced, FragmentLayout::kSplit}) {
     EXPECT_EQ(edit::sync::parse_fragment_layout(edit::sync::to_string(layout)), layout);
   }
   try {
     edit::sync::parse_fragment_layout("balance");
     FAIL() << "an unknown layout was accepted";
   } catch (const edit::Error& e) {
-    EXPECT_NE(
-        std::string(e.what()).find("unknown fragment layout 'balance'; use strided, sequential or balanced"),
-        std::string::npos)
+    EXPECT_NE(std::string(e.what()).find(
+                  "unknown fragment layout 'balance'; use strided, sequential, balanced or split"),
+              std::string::npos)
         << e.what();
   }
+}
+
+using Pieces = std::vector<std::vector<edit::sync::FragmentPiece>>;
+
+// Split, by hand: the shards end to end, cut at floor(p T / P).
+TEST(StreamingLayout, SplitAsTheTablesSay) {
+  // T = 20, P = 2: one cut at 10, on a unit boundary.
+  EXPECT_EQ(edit::sync::fragment_pieces({10, 3, 7}, 2, FragmentLayout::kSplit),
+            (Pieces{{{0, 0, 10}}, {{1, 0, 3}, {2, 0, 7}}}));
+  // T = 20, P = 3: cuts at 6 and 13; unit 0 is cut after 6 of its 10 values.
+  EXPECT_EQ(edit::sync::fragment_pieces({10, 3, 7}, 3, FragmentLayout::kSplit),
+            (Pieces{{{0, 0, 6}}, {{0, 6, 4}, {1, 0, 3}}, {{2, 0, 7}}}));
+  // More fragments than units: T = 7, P = 4 -> cuts at 1, 3, 5; one unit spans three fragments.
+  EXPECT_EQ(edit::sync::fragment_pieces({2, 5}, 4, FragmentLayout::kSplit),
+            (Pieces{{{0, 0, 1}}, {{0, 1, 1}, {1, 0, 1}}, {{1, 1, 2}}, {{1, 3, 2}}}));
+  // A big embedding first, as in a GPT: every fragment carries 1/P of the values, to one.
+  const std::vector<std::int64_t> gpt = {50304, 7088, 7088, 7088, 7088, 1536};
+  for (int P : {2, 3, 4, 7}) {
+    std::int64_t total = 0, largest = 0;
+    for (std::int64_t size : gpt) total += size;
+    std::int64_t smallest = total;
+    std::vector<std::int64_t> covered(gpt.size(), 0);
+    for (const auto& pieces : edit::sync::fragment_pieces(gpt, P, FragmentLayout::kSplit)) {
+      std::int64_t values = 0;
+      for (const auto& piece : pieces) {
+        EXPECT_EQ(piece.begin, covered[static_cast<size_t>(piece.unit)]) << "pieces of a unit in order, no gap";
+        covered[static_cast<size_t>(piece.unit)] += piece.length;
+        values += piece.length;
+      }
+      smallest = std::min(smallest, values);
+      largest = std::max(largest, values);
+    }
+    EXPECT_LE(largest - smallest, 1) << "P " << P;
+    EXPECT_EQ(largest, (total + P - 1) / P) << "P " << P;
+    EXPECT_EQ(covered, gpt) << "every value in exactly one fragment, P " << P;
+  }
+}
+
+// The layouts of whole units give one whole-shard piece per unit, as fragment_units() groups them.
+TEST(StreamingLayout, WholeUnitLayoutsGiveWholeShards) {
+  const std::vector<std::int64_t> sizes = {5, 9, 2, 7, 3};
+  for (FragmentLayout layout : {FragmentLayout::kStrided, FragmentLayout::kSequential, FragmentLayout::kBalanced}) {
+    const auto units = edit::sync::fragment_units(sizes, 3, layout);
+    const auto pieces = edit::sync::fragment_pieces(sizes, 3, layout);
+    ASSERT_EQ(pieces.size(), units.size());
+    for (size_t p = 0; p < units.size(); ++p) {
+      ASSERT_EQ(pieces[p].size(), units[p].size());
+      for (size_t k = 0; k < units[p].size(); ++k) {
+        const int u = units[p][k];
+        EXPECT_EQ(pieces[p][k], (edit::sync::FragmentPiece{u, 0, sizes[static_cast<size_t>(u)]}))
+            << to_string(layout);
+      }
+    }
+  }
+}
+
+TEST(StreamingLayout, SplitRefusesWhatCannotBeLaidOut) {
+  EXPECT_THROW(edit::sync::fragment_pieces({2, 5}, 8, FragmentLayout::kSplit), edit::Error);  // 7 values
+  EXPECT_THROW(edit::sync::fragment_pieces({2, 0}, 1, FragmentLayout::kSplit), edit::Error);
+  EXPECT_THROW(edit::sync::fragment_units({2, 5}, 2, FragmentLayout::kSplit), edit::Error);
+  // The penalty judges whole units: split with it is refused, naming the way out.
+  edit::sync::StreamingOptions options;
+  options.local.sync_every = 4;
+  options.fragments = 2;
+  options.layout = FragmentLayout::kSplit;
+  options.local.use_penalty = true;
+  try {
+    options.validate(5);
+    FAIL() << "split with the penalty was accepted";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("drop --penalty or use another layout"), std::string::npos) << e.what();
+  }
+  options.local.use_penalty = false;
+  options.local.sync_every = 8;
+  options.fragments = 8;  // more fragments than units: fine when units may be cut
+  EXPECT_NO_THROW(options.validate(5));
+  options.layout = FragmentLayout::kBalanced;
+  EXPECT_THROW(options.validate(5), edit::Error);
 }
 
 }  // namespace

@@ -45,6 +45,12 @@ class OuterOptimizer {
   void step(int unit, const at::Tensor& delta);
   // theta = phi: the worker restarts from the anchor.
   void reset_to_anchor(int unit);
+  // The same on the elements [begin, begin + delta.numel()) of the unit's (flat) shard only:
+  // Streaming DiLoCo's fragments may cut a unit, and each part syncs on its own schedule. The
+  // updates are elementwise, so two ranges give what one call on the whole shard gives.
+  void step(int unit, const at::Tensor& delta, std::int64_t begin);
+  void reset_to_anchor(int unit, std::int64_t begin, std::int64_t length);
+  void step_and_reset(int unit, const at::Tensor& delta, std::int64_t begin);
   // step(unit, delta) then reset_to_anchor(unit), fused into one pass where the shard, delta and
   // the state are float and contiguous and the method is Nesterov or Average: the CPU twin, or the
   // CUDA kernel on LibTorch's current stream (offloaded state comes in and goes back with

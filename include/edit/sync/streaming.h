@@ -27,14 +27,17 @@
 
 namespace edit::sync {
 
-// How units are grouped into fragments. Fragments hold whole units, so a fragment's bytes on the
-// wire are the sum of its units' sizes: only `balanced` looks at them.
+// How units are grouped into fragments. The first three hold whole units, so a fragment's bytes on
+// the wire are the sum of its units' sizes (only `balanced` looks at them); `split` cuts units so
+// that every fragment carries the same number of values, which whole units cannot always do (an
+// embedding bigger than a block, fewer units than a multiple of P).
 enum class FragmentLayout {
   kStrided,     // unit u in fragment u mod P
   kSequential,  // P runs of consecutive units
   kBalanced,    // sizes as equal as whole units allow (longest-processing-time greedy)
+  kSplit,       // the shards end to end, cut into P equal runs: a unit may span two or more fragments
 };
-FragmentLayout parse_fragment_layout(const std::string& name);  // strided, sequential, balanced
+FragmentLayout parse_fragment_layout(const std::string& name);  // strided, sequential, balanced, split
 const char* to_string(FragmentLayout layout);
 
 struct StreamingOptions {
@@ -47,12 +50,30 @@ struct StreamingOptions {
   void validate(int num_units) const;
 };
 
+// A part of a fragment: the elements [begin, begin + length) of unit `unit`'s shard (the whole
+// shard in the layouts of whole units).
+struct FragmentPiece {
+  int unit = 0;
+  std::int64_t begin = 0;
+  std::int64_t length = 0;
+  bool operator==(const FragmentPiece& other) const {
+    return unit == other.unit && begin == other.begin && length == other.length;
+  }
+};
+
 // The units of each fragment, each list in ascending order; unit_sizes[u] is unit u's element
 // count (>= 1), the same on every rank. Balanced: units by size descending (ties: lower index
 // first), each to the fragment with the fewest elements so far (ties: lower fragment index). A pure
-// function of its arguments, so every rank builds the same fragments.
+// function of its arguments, so every rank builds the same fragments. Split is refused here: its
+// fragments are pieces of units (fragment_pieces).
 std::vector<std::vector<int>> fragment_units(const std::vector<std::int64_t>& unit_sizes, int fragments,
                                              FragmentLayout layout);
+// Each fragment's pieces, in unit order; shard_sizes[u] is unit u's shard length (>= 1), the same
+// on every rank of a sync group. The layouts of whole units give one whole-shard piece per unit of
+// fragment_units(); split cuts the concatenated shards at floor(p T / P) for p = 1 .. P - 1 (T the
+// total), so fragments differ by at most one element. A pure function of its arguments.
+std::vector<std::vector<FragmentPiece>> fragment_pieces(const std::vector<std::int64_t>& shard_sizes,
+                                                        int fragments, FragmentLayout layout);
 // The fragments whose exchange is issued after inner step `step`.
 std::vector<int> fragments_due(std::int64_t step, int sync_every, int fragments);
 
@@ -95,6 +116,8 @@ class StreamingDiLoCo : public SyncStrategy {
  private:
   struct UnitExchange {
     int unit = 0;
+    std::int64_t begin = 0;  // the piece of the unit's shard this exchange carries
+    std::int64_t length = 0;
     at::Tensor packet;    // this rank's quantized pseudo-gradient shard (a view into its slot)
     at::Tensor gathered;  // every worker's packet, in rank order (a view into its slot)
     comm::WorkPtr work;
@@ -117,6 +140,8 @@ class StreamingDiLoCo : public SyncStrategy {
   std::int64_t issue(int fragment, std::int64_t step);  // returns the packet bytes issued
   void merge(Exchange& exchange);
   size_t acquire_slot();
+  // One UnitExchange per piece of the exchange's fragment, in the fragment's order.
+  void add_pieces(Exchange& exchange) const;
   // Views of the exchange's slot for each of its units, in the fragment's order.
   void place_packets(Exchange& exchange);
   // This rank's packet of `delta` into `packet` (host bytes): on the host, or by the CUDA kernel
@@ -130,7 +155,7 @@ class StreamingDiLoCo : public SyncStrategy {
   shard::ShardedModel& model_;
   std::shared_ptr<comm::Communicator> sync_;
   PseudoGradientSync core_;  // anchors, outer optimizer, penalty, replica checks, state
-  std::vector<std::vector<int>> fragments_;
+  std::vector<std::vector<FragmentPiece>> fragments_;
   std::vector<Exchange> in_flight_;  // in issue order
   std::vector<Slot> slots_;
   std::int64_t slot_bytes_ = 0;  // the biggest fragment's packet bytes
