@@ -158,8 +158,7 @@ bool fp32_cpu(const at::Tensor& t) {
 
 bool takes_onednn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return onednn_enabled() && fp32_cpu(x) && fp32_cpu(weight) && (!bias.defined() || fp32_cpu(bias)) &&
-         weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1) && !x.is_mkldnn() &&
-         !x.is_sparse();
+         weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1);
 }
 
 #endif

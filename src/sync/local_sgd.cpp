@@ -171,14 +171,6 @@ void PseudoGradientSync::load_state_dict(const StateDict& state) {
 
 namespace {
 
-// (n,) float64 host tensor holding `values`: small exchanges (norms) go out as host tensors, so
-// they take the host transport (MPI) on every mesh, as all_gather_values() does.
-at::Tensor host_values(const std::vector<double>& values) {
-  at::Tensor t = at::empty({static_cast<std::int64_t>(values.size())}, at::kDouble);
-  std::copy(values.begin(), values.end(), t.data_ptr<double>());
-  return t;
-}
-
 }  // namespace
 
 void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas) {

@@ -17,6 +17,12 @@ double sum_over_ranks(const double* all, std::int64_t count, std::int64_t n, std
 
 }  // namespace
 
+at::Tensor host_values(const std::vector<double>& values) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(values.size())}, at::kDouble);
+  std::copy(values.begin(), values.end(), t.data_ptr<double>());
+  return t;
+}
+
 double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k) {
   EDIT_CHECK(all.scalar_type() == at::kDouble && all.is_contiguous() && all.device().is_cpu() && n >= 1 &&
                  k >= 0 && k < n && all.numel() % n == 0,
@@ -30,12 +36,12 @@ std::vector<double> sum_over_ranks(comm::Communicator& group, const std::vector<
   // Host float64 tensors take the host transport on every mesh, as all_gather_values() does, but
   // as an ordinary all_gather: the exchange shows (and is waited) like every other collective.
   const auto n = static_cast<std::int64_t>(mine.size());
-  at::Tensor local = at::empty({n}, at::kDouble);
-  std::copy(mine.begin(), mine.end(), local.data_ptr<double>());
   at::Tensor all = at::empty({group.size() * n}, at::kDouble);
-  group.all_gather(all, local)->wait();
+  group.all_gather(all, host_values(mine))->wait();
   std::vector<double> out(mine.size());
-  for (std::int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sum_over_ranks(all, n, k);
+  for (std::int64_t k = 0; k < n; ++k) {
+    out[static_cast<size_t>(k)] = sum_over_ranks(all.data_ptr<double>(), all.numel(), n, k);
+  }
   return out;
 }
 

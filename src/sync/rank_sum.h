@@ -14,6 +14,10 @@
 
 namespace edit::sync {
 
+// (n,) float64 host tensor holding `values`: small exchanges (norms) go out as host tensors, so
+// they take the host transport (MPI) on every mesh, as all_gather_values() does.
+at::Tensor host_values(const std::vector<double>& values);
+
 // all = every rank's n float64 values, rank r's at [r n, (r + 1) n): the sum over ranks of value k.
 double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k);
 

@@ -204,10 +204,7 @@ size_t StreamingDiLoCo::acquire_slot() {
 
 void StreamingDiLoCo::add_pieces(Exchange& exchange) const {
   for (const FragmentPiece& piece : fragments_.at(static_cast<size_t>(exchange.fragment))) {
-    UnitExchange& unit = exchange.units.emplace_back();
-    unit.unit = piece.unit;
-    unit.begin = piece.begin;
-    unit.length = piece.length;
+    static_cast<FragmentPiece&>(exchange.units.emplace_back()) = piece;
   }
 }
 
@@ -235,8 +232,7 @@ bool device_quantizable(const at::Tensor& t) {
 }
 
 // The exchange's piece of a unit's flat shard (or of its anchor): a view.
-template <class Piece>
-at::Tensor piece_of(const at::Tensor& shard, const Piece& piece) {
+at::Tensor piece_of(const at::Tensor& shard, const FragmentPiece& piece) {
   return shard.view({-1}).narrow(0, piece.begin, piece.length);
 }
 
@@ -364,16 +360,18 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
   const double alpha = options_.alpha;
   PseudoGradPenalty* penalty = core_.penalty();
   bool waited = false;
+  // theta = alpha theta + (1 - alpha) phi on the piece; alpha = 0 is the restart from phi.
+  const auto merge_with_anchor = [&](const UnitExchange& unit, at::Tensor& theta) {
+    if (alpha == 0.0) {
+      core_.outer().reset_to_anchor(unit.unit, unit.begin, unit.length);
+    } else {
+      theta.mul_(alpha).add_(piece_of(core_.outer().anchor(unit.unit), unit).to(theta.device()), 1.0 - alpha);
+    }
+  };
   for (UnitExchange& unit : exchange.units) {
     at::Tensor theta = piece_of(model_.unit(unit.unit).shard(), unit);  // a view: merged in place
     if (unit.decision.skip) {
-      // Every worker was dropped: the anchor stays, the worker merges with it as usual.
-      if (alpha == 0.0) {
-        core_.outer().reset_to_anchor(unit.unit, unit.begin, unit.length);
-      } else {
-        theta.mul_(alpha).add_(piece_of(core_.outer().anchor(unit.unit), unit).to(theta.device()),
-                               1.0 - alpha);
-      }
+      merge_with_anchor(unit, theta);  // every worker was dropped: the anchor stays
       continue;
     }
     if (unit.work) {
@@ -396,11 +394,10 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
                       .copy_(aggregate);
     }
     if (alpha == 0.0) {
-      // DiLoCo's own path: restart from phi_new
-      core_.outer().step_and_reset(unit.unit, aggregate, unit.begin);
+      core_.outer().step_and_reset(unit.unit, aggregate, unit.begin);  // DiLoCo's path, in one pass
     } else {
       core_.outer().step(unit.unit, aggregate, unit.begin);
-      theta.mul_(alpha).add_(piece_of(core_.outer().anchor(unit.unit), unit).to(theta.device()), 1.0 - alpha);
+      merge_with_anchor(unit, theta);
     }
     unit.gathered = at::Tensor();
     unit.packet = at::Tensor();

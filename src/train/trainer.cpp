@@ -144,9 +144,6 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     for (double l : group.all_gather_values({metrics.loss})) total += l;
     metrics.loss_world = total / group.size();
     if (mesh_.rank() == 0) {
-      // Time to go from the mean step time of this run so far.
-      const double mean_step = run_seconds_ / static_cast<double>(run_steps_);
-      const double remaining = mean_step * static_cast<double>(std::max<std::int64_t>(0, options_.steps - step_ - 1));
       // Penalty drops and skips since the last line: a unit skipped again and again means a part
       // of the model has stopped learning.
       std::string penalty;
@@ -154,16 +151,19 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
         penalty = fmt::format(" | dropped {} skipped {}", sync_stats.dropped_workers - logged_dropped_,
                               sync_stats.skipped_units - logged_skipped_);
       }
+      // Replicas at their own pace (A-EDiT) end on the strategy's clock, not at --steps: their step
+      // is the replica's own, and no time to go is guessed from a step count.
+      std::string step, to_go;
       if (lockstep) {
-        spdlog::info("step {:5d}/{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{} | {:.0f} s to go",
-                     step_, options_.steps, metrics.loss_world, metrics.lr, metrics.tokens_per_s,
-                     1e3 * metrics.sync_wait_s, penalty, remaining);
+        const double mean_step = run_seconds_ / static_cast<double>(run_steps_);  // this run so far
+        const auto steps_left = std::max<std::int64_t>(0, options_.steps - step_ - 1);
+        step = fmt::format("step {:5d}/{}", step_, options_.steps);
+        to_go = fmt::format(" | {:.0f} s to go", mean_step * static_cast<double>(steps_left));
       } else {
-        // Replicas at their own pace (A-EDiT) end on the strategy's clock, not at --steps: the
-        // step is this replica's, and no time to go is guessed from a step count.
-        spdlog::info("replica step {:5d} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{}", step_,
-                     metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s, penalty);
+        step = fmt::format("replica step {:5d}", step_);
       }
+      spdlog::info("{} | loss {:.4f} | lr {:.2e} | {:.0f} tok/s | sync wait {:.1f} ms{}{}", step,
+                   metrics.loss_world, metrics.lr, metrics.tokens_per_s, 1e3 * metrics.sync_wait_s, penalty, to_go);
     }
     logged_dropped_ = sync_stats.dropped_workers;
     logged_skipped_ = sync_stats.skipped_units;

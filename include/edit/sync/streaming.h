@@ -114,10 +114,8 @@ class StreamingDiLoCo : public SyncStrategy {
   PseudoGradientSync& core() { return core_; }
 
  private:
-  struct UnitExchange {
-    int unit = 0;
-    std::int64_t begin = 0;  // the piece of the unit's shard this exchange carries
-    std::int64_t length = 0;
+  // The exchange of one piece of a fragment (unit, begin, length: what it carries).
+  struct UnitExchange : FragmentPiece {
     at::Tensor packet;    // this rank's quantized pseudo-gradient shard (a view into its slot)
     at::Tensor gathered;  // every worker's packet, in rank order (a view into its slot)
     comm::WorkPtr work;
