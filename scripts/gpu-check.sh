@@ -4,7 +4,8 @@
 #   2. runs the CUDA and NCCL tests and a short CUDA training run;
 #   3. benchmarks GPT-2 124M in bf16 on one GPU (tokens/s and MFU for --strategy none, edit with
 #      H = 32, and ddp), then two ranks on that one GPU through the MPI host-staging path;
-#   4. writes <out>/gpu_bench.csv and prints the table (markdown).
+#   4. writes <out>/gpu_bench.csv and prints the table (markdown), with a profile of three steps of
+#      the first run (device busy share, time per kernel kind, the costliest kernels).
 #
 #   scripts/gpu-check.sh [--out DIR] [--steps N] [--batch-size B] [--skip-build] [--skip-tests]
 #
@@ -146,7 +147,10 @@ for r in rows:
 PY
 }
 
-run none 1 --strategy none --steps "$steps"
+# Steps 20-22 of the first run profiled: device busy share, time per kernel kind, top kernels.
+run none 1 --strategy none --steps "$steps" --profile-steps 20:3
+awk '/profile of step/ {p = 1} p && /^\[/ && !/profile of step/ {p = 0} p' "$out/none.log" | sed 's/^\[.*\] //' > "$out/profile.md"
+cat "$out/profile.md"
 # Twice the sequences per step: how much of the MFU gap is per-step overhead (launches, host reads).
 RUN_BATCH=$((batch * 2)) run none_batch2x 1 --strategy none --steps "$steps"
 run edit_h32 1 --strategy edit --sync-every 32 --steps "$steps"
@@ -155,6 +159,7 @@ run ddp 1 --strategy ddp --steps "$steps"
 run edit_h8_np2_mpi 2 --strategy edit --sync-every 8 --steps $((steps / 2)) --comm-backend mpi
 run fsdp_edit_h8_s2_np2_mpi 2 --strategy edit --sync-every 8 --shard-size 2 --steps $((steps / 2)) --comm-backend mpi
 cat "$out/gpu_bench.md"
+[[ -s $out/profile.md ]] && { echo; echo "Where the time of --strategy none goes (CSV and trace in $out/none/):"; cat "$out/profile.md"; } >> "$out/gpu_bench.md"
 
 log "done: $out/gpu_bench.csv"
 [[ $tests_failed == 0 ]] || { echo "gpu-check.sh: tests failed; see $out/tests_*.log" >&2; exit 1; }

@@ -20,6 +20,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_runtime.h"
@@ -87,6 +88,7 @@ struct Config {
   std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
   std::string comm_backend = "auto";
   std::string straggler;  // simulated slow ranks, e.g. "1:3x@100-300"
+  std::string profile_steps;  // "FIRST:COUNT": profile those steps; empty: none
 };
 
 void add_options(CLI::App& app, Config& c) {
@@ -292,6 +294,10 @@ void add_options(CLI::App& app, Config& c) {
                  "print a sample of N tokens at the end (decoded with the data's recorded tokenizer)")
       ->group(run)
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--profile-steps", c.profile_steps,
+                 "profile steps FIRST:COUNT (e.g. 20:3): time per kernel kind, busiest kernels and host ops "
+                 "(logged; CSV and trace in --out-dir)")
+      ->group(run);
   app.add_option("--log-level", c.log_level,
                  "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")
       ->group(run);
@@ -341,6 +347,26 @@ edit::models::GptConfig model_config(const Config& c) {
   return m;
 }
 
+// --profile-steps "FIRST:COUNT" -> {FIRST, COUNT}.
+std::pair<std::int64_t, std::int64_t> profile_window(const std::string& text) {
+  const auto colon = text.find(':');
+  std::int64_t first = -1, count = 0;
+  try {
+    std::size_t used_first = 0, used_count = 0;
+    if (colon != std::string::npos) {
+      first = std::stoll(text.substr(0, colon), &used_first);
+      count = std::stoll(text.substr(colon + 1), &used_count);
+    }
+    if (used_first != colon || used_count != text.size() - colon - 1) first = -1;
+  } catch (const std::exception&) {
+    first = -1;
+  }
+  EDIT_CHECK(first >= 0 && count >= 1, "--profile-steps ", text,
+             " is not FIRST:COUNT with FIRST >= 0 and COUNT >= 1; e.g. --profile-steps 20:3 profiles steps 20, 21 "
+             "and 22 (leave the first steps out: they pick kernels and warm the allocator)");
+  return {first, count};
+}
+
 // Contradictions no single option's check can see. Every rank reaches the same verdict.
 void validate(const Config& c) {
   const double lr = c.adamw.lr;
@@ -372,6 +398,11 @@ void validate(const Config& c) {
              "edit and aedit have it on), but --strategy is ", strategy);
   EDIT_CHECK(!c.overwrite || c.resume == "none", "--overwrite (start over) and --resume ", c.resume,
              " (continue) contradict each other; pass one of them");
+  if (!c.profile_steps.empty()) {
+    const auto [first, count] = profile_window(c.profile_steps);
+    EDIT_CHECK(strategy == "aedit" || first + count <= steps, "--profile-steps ", c.profile_steps,
+               " ends after the run (--steps ", steps, "); profile earlier steps or train longer");
+  }
   const double outer_lr = c.sync.local.outer.lr;
   EDIT_CHECK(std::isfinite(outer_lr) && outer_lr > 0, "--outer-lr ", outer_lr, " must be a positive number");
 }
@@ -582,6 +613,10 @@ int main(int argc, char** argv) {
     }
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
+    if (!c.profile_steps.empty()) {
+      std::tie(options.profile_first, options.profile_steps) = profile_window(c.profile_steps);
+      options.profile_dir = run.path();
+    }
     edit::train::Trainer trainer(mesh, model, adamw, *strategy, options);
 
     // Every stateful component saves and loads itself; a pending EDiT sync is saved as pending.

@@ -22,6 +22,9 @@ Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::Flat
              options_.accumulation);
   EDIT_CHECK(options_.clip_norm >= 0, "clip norm must be >= 0 (0 turns clipping off), got ", options_.clip_norm);
   options_.schedule.validate();
+  EDIT_CHECK(options_.profile_first >= 0 && options_.profile_steps >= 0,
+             "the profiled steps must start at a step >= 0 and number >= 0, got ", options_.profile_steps,
+             " from step ", options_.profile_first);
   if (!options_.metrics_path.empty() && mesh_.rank() == 0) {
     // Fail now, not at the first step, when the file cannot be written.
     std::ofstream probe(options_.metrics_path, std::ios::app);
@@ -77,6 +80,10 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     logged_skipped_ = sync_stats_before.skipped_units;
   }
 
+  if (options_.profile_steps > 0 && step_ == options_.profile_first) {
+    if (!profiler_) profiler_ = std::make_unique<StepProfiler>(model_.device());
+    profiler_->start();
+  }
   StepMetrics metrics;
   metrics.step = step_;
   std::int64_t tokens = 0;
@@ -120,6 +127,9 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   strategy_.after_step(step_);
 
   metrics.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (profiler_ && profiler_->running() && step_ + 1 == options_.profile_first + options_.profile_steps) {
+    finish_profile();
+  }
   run_seconds_ += metrics.seconds;
   ++run_steps_;
   metrics.tokens_per_s = static_cast<double>(tokens) * mesh_.world_size() / metrics.seconds;
@@ -171,6 +181,17 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   write_metrics(metrics);
   ++step_;
   return metrics;
+}
+
+void Trainer::finish_profile() {
+  const std::string name = "rank" + std::to_string(mesh_.rank());
+  const std::string trace =
+      options_.profile_dir.empty() ? "" : (std::filesystem::path(options_.profile_dir) / ("trace_" + name + ".json")).string();
+  const ProfileSummary summary = profiler_->stop(options_.profile_first, options_.profile_steps, trace);
+  if (!options_.profile_dir.empty()) {
+    write_profile_csv(summary, (std::filesystem::path(options_.profile_dir) / ("profile_" + name + ".csv")).string());
+  }
+  if (mesh_.rank() == 0) spdlog::info("{}", format_profile(summary));
 }
 
 StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {

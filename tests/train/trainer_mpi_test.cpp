@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "edit/comm/device_mesh.h"
@@ -38,6 +40,11 @@ TEST(Trainer, EditLearnsAndTheMetricsRecordEachSync) {
   options.schedule = {1e-2, 2, 13, 1e-3};
   options.metrics_path = path;
   options.log_every = 4;
+  options.profile_first = 5;  // steps 5 and 6, between two syncs
+  options.profile_steps = 2;
+  options.profile_dir = ".";
+  const std::string profile = "profile_rank" + std::to_string(mesh.rank()) + ".csv";
+  std::remove(profile.c_str());
   edit::train::Trainer trainer(mesh, model, inner, strategy, options);
 
   // The same two micro-batches every step: the loss must fall.
@@ -54,6 +61,26 @@ TEST(Trainer, EditLearnsAndTheMetricsRecordEachSync) {
   // falls, but not all the way in 13 steps.
   EXPECT_LT(last.loss_world, 0.9 * first.loss_world);
   EXPECT_DOUBLE_EQ(first.lr, 5e-3);  // warm-up: 1e-2 * 1/2
+
+  // Every rank profiled exactly steps 5 and 6: two micro-batches each, a GELU per block in each
+  // forward and backward.
+  std::map<std::string, std::int64_t> calls;
+  std::ifstream profile_in(profile);
+  std::string row;
+  ASSERT_TRUE(std::getline(profile_in, row)) << profile << " was not written";
+  EXPECT_EQ(row, "name,kind,where,calls,total_us,us_per_step");
+  while (std::getline(profile_in, row)) {
+    const auto name_end = row.find("\",");
+    ASSERT_NE(name_end, std::string::npos) << row;
+    std::stringstream fields(row.substr(name_end + 2));
+    std::string kind, where, count;
+    std::getline(fields, kind, ',');
+    std::getline(fields, where, ',');
+    std::getline(fields, count, ',');
+    calls[row.substr(1, name_end - 1)] = std::stoll(count);
+  }
+  EXPECT_EQ(calls["aten::gelu"], 2 * 2 * config.layers);
+  EXPECT_EQ(calls["aten::gelu_backward"], 2 * 2 * config.layers);
 
   mesh.world().barrier()->wait();
   if (mesh.rank() != 0) return;

@@ -25,6 +25,7 @@
 #include "edit/shard/lr_schedule.h"
 #include "edit/shard/sharded_model.h"
 #include "edit/sync/strategy.h"
+#include "edit/train/profiler.h"
 #include "edit/train/straggler.h"
 
 namespace edit::train {
@@ -38,6 +39,12 @@ struct TrainerOptions {
   int log_every = 10;           // readable line + world-mean loss every N steps; 0: never
   bool stop_on_nonfinite = true;  // a NaN/Inf loss or gradient norm throws before the update
   StragglerPlan stragglers;       // simulated slow ranks (tests, benchmarks); empty: none
+  // Profile steps [profile_first, profile_first + profile_steps) with LibTorch's profiler (0 steps:
+  // off; train/profiler.h). Rank 0 logs the report; with a profile_dir every rank writes
+  // profile_rank<r>.csv there, and the Chrome trace trace_rank<r>.json where LibTorch writes one.
+  std::int64_t profile_first = 0;
+  std::int64_t profile_steps = 0;
+  std::string profile_dir;
 };
 
 struct Batch {
@@ -90,6 +97,7 @@ class Trainer : public Stateful {
  private:
   void write_metrics(const StepMetrics& metrics);
   void open_metrics();
+  void finish_profile();
 
   comm::DeviceMesh& mesh_;
   shard::ShardedModel& model_;
@@ -102,6 +110,7 @@ class Trainer : public Stateful {
   std::int64_t logged_dropped_ = 0;  // penalty counters at the last log line
   std::int64_t logged_skipped_ = 0;
   std::unique_ptr<std::ofstream> metrics_;
+  std::unique_ptr<StepProfiler> profiler_;
 };
 
 }  // namespace edit::train
