@@ -93,14 +93,15 @@ for name, n in (("train_000.bin", 4_000_000), ("val_000.bin", 200_000)):
         f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253))); f.write(tokens.tobytes())
 PY
 
-# One run: label, ranks, extra flags (RUN_BATCH=B in front sets this run's batch). Writes
+# One run: label, ranks, extra flags (RUN_BATCH=B in front sets this run's batch, RUN_ENV="K=V ..."
+# its environment). Writes
 # <out>/<label>/metrics.jsonl.
 run() {
   local label=$1 ranks=$2 run_batch=${RUN_BATCH:-$batch}; shift 2
   log "run $label ($ranks rank(s)): $*"
   local launcher=()
   [[ $ranks -gt 1 ]] && launcher=(mpirun -np "$ranks" --oversubscribe --bind-to none)
-  "${launcher[@]}" "$build/tools/edit-train-gpt" --model 124m --device cuda --dtype bf16 \
+  env ${RUN_ENV:-} "${launcher[@]}" "$build/tools/edit-train-gpt" --model 124m --device cuda --dtype bf16 \
     --train-data "$data/train_000.bin" --val-data "$data/val_000.bin" --batch-size "$run_batch" --lr 6e-4 \
     --warmup-steps 4 --eval-every 0 --eval-batches 1 --log-every 32 --out-dir "$out/$label" --overwrite "$@" \
     > "$out/$label.log" 2>&1 || echo "run $label failed: $(tail -3 "$out/$label.log")"
@@ -119,7 +120,7 @@ V, T, d, L = 50304, 1024, 768, 12
 N = V * d + T * d + L * (2 * 2 * d + 4 * d * d + 4 * d + 2 * 4 * d * d + 4 * d + d) + 2 * d
 flops_per_token = 6 * N + 12 * L * d * T
 rows = []
-for label in ("none", "none_batch2x", "edit_h32", "ddp", "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi"):
+for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi"):
     path = os.path.join(out, label, "metrics.jsonl")
     lines = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
     steps = [l for l in lines if l["step"] >= 5]   # after the warm-up of kernels and allocator
@@ -153,6 +154,8 @@ awk '/profile of step/ {p = 1} p && /^\[/ && !/profile of step/ {p = 0} p' "$out
 cat "$out/profile.md"
 # Twice the sequences per step: how much of the MFU gap is per-step overhead (launches, host reads).
 RUN_BATCH=$((batch * 2)) run none_batch2x 1 --strategy none --steps "$steps"
+# LibTorch's loss over an fp32 copy of the logits instead of the fused kernels: what they save.
+RUN_ENV="EDIT_CROSS_ENTROPY=aten" run none_aten_loss 1 --strategy none --steps "$steps"
 run edit_h32 1 --strategy edit --sync-every 32 --steps "$steps"
 run ddp 1 --strategy ddp --steps "$steps"
 # Two ranks on the one GPU: NCCL refuses that, so their collectives go through MPI and host memory.

@@ -31,6 +31,7 @@
 #include "edit/data/gpt2_tokenizer.h"
 #include "edit/data/token_dataset.h"
 #include "edit/data/tokenizer_record.h"
+#include "edit/models/cross_entropy.h"
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/factory.h"
@@ -580,10 +581,11 @@ int main(int argc, char** argv) {
     edit::shard::ShardedModel model(module, mesh.shard_ptr(), shard_options);
     edit::shard::FlatAdamW adamw(model, c.adamw);
     if (mesh.rank() == 0) {
-      spdlog::info("device {} ({} ranks), compute {}, gradient reduce {}, collectives {}{}", device.str(),
+      const at::Tensor logits = at::empty({0}, at::TensorOptions(device).dtype(shard_options.compute_dtype));
+      spdlog::info("device {} ({} ranks), compute {}, gradient reduce {}, collectives {}{}, cross-entropy {}", device.str(),
                    mesh.world_size(), c10::toString(shard_options.compute_dtype),
                    c10::toString(shard_options.reduce_dtype), edit::comm::to_string(mesh.backend()),
-                   adamw.fused() ? ", fused AdamW" : "");
+                   adamw.fused() ? ", fused AdamW" : "", edit::models::cross_entropy_path(logits));
     }
 
     edit::sync::StrategyConfig sync = c.sync;

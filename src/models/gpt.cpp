@@ -1,7 +1,6 @@
 #include "edit/models/gpt.h"
 
 #include <c10/core/GradMode.h>
-#include <torch/nn/functional/loss.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
@@ -12,6 +11,7 @@
 
 #include "edit/core/check.h"
 #include "edit/core/torch_compat.h"
+#include "edit/models/cross_entropy.h"
 #include "edit/models/linear.h"
 
 namespace edit::models {
@@ -288,11 +288,9 @@ at::Tensor GptImpl::forward(const at::Tensor& tokens) {
 }
 
 at::Tensor GptImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
-  at::Tensor logits = forward(tokens);
-  // Softmax and log over the vocabulary in fp32 at least (bf16 logits lose the small probabilities).
-  if (logits.scalar_type() != at::kDouble) logits = logits.to(at::kFloat);
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, config_.vocab_size}),
-                                              targets.reshape({-1}));
+  // Softmax and log over the vocabulary in fp32 at least (bf16 logits lose the small probabilities),
+  // fused on CUDA (models/cross_entropy.h).
+  return models::cross_entropy(forward(tokens), targets);
 }
 
 }  // namespace edit::models
