@@ -137,13 +137,6 @@ struct RmsNormImpl : torch::nn::Module {
 };
 TORCH_MODULE(RmsNorm);
 
-// Causal attention: LibTorch's fused kernel where it has one (2.x), else the exact form with its
-// two batched products through edit::models::matmul (oneDNN on the CPU where built with it).
-at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  if (compat::has_fused_attention()) return compat::causal_attention(q, k, v);
-  return compat::causal_attention_with(q, k, v, [](const at::Tensor& a, const at::Tensor& b) { return models::matmul(a, b); });
-}
-
 // A Linear layer's product through edit::models::linear (oneDNN on the CPU where built with it).
 at::Tensor dense(const torch::nn::Linear& layer, const at::Tensor& x) {
   return models::linear(x, layer->weight, layer->bias);
@@ -217,7 +210,7 @@ struct BlockImpl : torch::nn::Module {
       q = apply_rope(q, rope_cos, rope_sin);
       k = apply_rope(k, rope_cos, rope_sin);
     }
-    const at::Tensor y = attention(q, k, v).transpose(1, 2).reshape({B, T, C});
+    const at::Tensor y = models::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, C});
     const at::Tensor h = x + dense(out, y);
     const at::Tensor n = gpt2 ? ln2->forward(h) : rms2->forward(h);
     const at::Tensor mlp = gpt2 ? at::gelu(dense(up, n), "tanh") : at::silu(dense(gate, n)) * dense(up, n);

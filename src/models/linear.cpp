@@ -4,12 +4,15 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 
 #include "edit/config.h"
 #include "edit/core/check.h"
+#include "edit/core/torch_compat.h"
 
 #if EDIT_HAS_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
@@ -31,10 +34,10 @@ bool onednn_enabled() {
 }
 
 #if EDIT_HAS_ONEDNN
-// C (m, n) = op(A) op(B), row-major, fp32; op is a transpose where `ta` / `tb` is 'T'.
+// C (m, n) = alpha op(A) op(B) + beta C, row-major, fp32; op is a transpose where `ta` / `tb` is 'T'.
 void sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
-           const float* b, std::int64_t ldb, float* c, std::int64_t ldc) {
-  const dnnl_status_t status = dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+           const float* b, std::int64_t ldb, float* c, std::int64_t ldc, float alpha = 1.0f, float beta = 0.0f) {
+  const dnnl_status_t status = dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   EDIT_CHECK(status == dnnl_success, "oneDNN's sgemm failed (status ", static_cast<int>(status), ") on a ", m,
              "x", k, " by ", k, "x", n, " product; set EDIT_CPU_GEMM=aten to use LibTorch's instead");
 }
@@ -103,21 +106,22 @@ std::optional<Operand> operand_of(const at::Tensor& t) {
   return std::nullopt;
 }
 
-// a (..., m, k) @ b (..., k, n) into a new contiguous (..., m, n), one sgemm per matrix; the
-// leading dimensions may have any strides.
-at::Tensor batched_product(at::Tensor a, at::Tensor b) {
+// alpha a (..., m, k) @ b (..., k, n) into a new contiguous (..., m, n), one sgemm per matrix; the
+// leading dimensions may have any strides. With `addend` (broadcastable to (..., m, n)), the
+// product is added to it in the sgemm (beta = 1) instead of in a pass of its own.
+at::Tensor batched_product(at::Tensor a, at::Tensor b, float alpha = 1.0f, const at::Tensor& addend = {}) {
   if (!operand_of(a)) a = a.contiguous();
   if (!operand_of(b)) b = b.contiguous();
   const Operand oa = *operand_of(a), ob = *operand_of(b);
   const std::int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   auto sizes = a.sizes().vec();
   sizes.back() = n;
-  at::Tensor c = at::empty(sizes, a.options());
+  at::Tensor c = addend.defined() ? addend.expand(sizes).contiguous() : at::empty(sizes, a.options());
   const std::int64_t lead = a.dim() - 2;
   std::int64_t batches = 1;
   for (std::int64_t d = 0; d < lead; ++d) batches *= a.size(d);
   if (m == 0 || n == 0) return c;
-  if (k == 0) return c.zero_();
+  if (k == 0) return addend.defined() ? c : c.zero_();
   const float* pa = a.data_ptr<float>();
   const float* pb = b.data_ptr<float>();
   float* pc = c.data_ptr<float>();
@@ -129,7 +133,8 @@ at::Tensor batched_product(at::Tensor a, at::Tensor b) {
       offset_a += index * a.stride(d);
       offset_b += index * b.stride(d);
     }
-    sgemm(oa.trans, ob.trans, m, n, k, pa + offset_a, oa.ld, pb + offset_b, ob.ld, pc + i * m * n, n);
+    sgemm(oa.trans, ob.trans, m, n, k, pa + offset_a, oa.ld, pb + offset_b, ob.ld, pc + i * m * n, n, alpha,
+          addend.defined() ? 1.0f : 0.0f);
   }
   return c;
 }
@@ -149,6 +154,30 @@ struct OneDnnMatmul : public torch::autograd::Function<OneDnnMatmul> {
     if (ctx->needs_input_grad(0)) da = batched_product(grads[0], b.transpose(-2, -1));
     if (ctx->needs_input_grad(1)) db = batched_product(a.transpose(-2, -1), grads[0]);
     return {da, db};
+  }
+};
+
+// The attention's scores, scale q k^T + causal mask over (..., T, d) q and k, in one sgemm per
+// matrix: the scale is its alpha, and the mask (0 on and below the diagonal, -inf above) its C
+// with beta = 1. Unfused, the scale and the mask are two more passes over the (..., T, T) scores,
+// forward and backward. The mask has no gradient: dq = scale g k, dk = scale g^T q.
+struct CausalScores : public torch::autograd::Function<CausalScores> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            double scale) {
+    ctx->save_for_backward({q, k});
+    ctx->saved_data["scale"] = scale;
+    const std::int64_t t = q.size(-2);
+    const at::Tensor mask = at::full({t, t}, -std::numeric_limits<float>::infinity(), q.options()).triu_(1);
+    return batched_product(q, k.transpose(-2, -1), static_cast<float>(scale), mask);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto scale = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    at::Tensor dq, dk;
+    if (ctx->needs_input_grad(0)) dq = batched_product(grads[0], saved[1], scale);
+    if (ctx->needs_input_grad(1)) dk = batched_product(grads[0].transpose(-2, -1), saved[0], scale);
+    return {dq, dk, at::Tensor()};
   }
 };
 
@@ -184,6 +213,18 @@ at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {
   }
 #endif
   return at::matmul(a, b);
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (compat::has_fused_attention()) return compat::causal_attention(q, k, v);
+#if EDIT_HAS_ONEDNN
+  if (onednn_enabled() && fp32_cpu(q) && fp32_cpu(k) && fp32_cpu(v) && q.dim() >= 2 && q.sizes() == k.sizes() &&
+      q.sizes().slice(0, q.dim() - 1) == v.sizes().slice(0, v.dim() - 1)) {
+    const at::Tensor scores = CausalScores::apply(q, k, 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+    return models::matmul(at::softmax(scores, -1), v);
+  }
+#endif
+  return compat::causal_attention_reference(q, k, v);
 }
 
 const char* cpu_gemm_backend() { return onednn_enabled() ? "onednn" : "aten"; }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "edit/config.h"
+#include "edit/core/torch_compat.h"
 
 namespace {
 
@@ -97,6 +98,33 @@ TEST(Matmul, BatchedProductsMatchDoublePrecision) {
   // Broadcasting leading dimensions is not taken: at::matmul does it.
   const at::Tensor a = at::randn({2, 3, 4}), b = at::randn({4, 5});
   EXPECT_TRUE(at::equal(edit::models::matmul(a, b), at::matmul(a, b)));
+}
+
+// Causal attention with the scale and mask in the scores' sgemm, on (B, H, T, d) views as the
+// model makes them, against the reference formula in double: values and the gradients of q, k, v.
+TEST(CausalAttention, MatchesTheReferenceInDoublePrecision) {
+  at::manual_seed(7);
+  for (const std::int64_t T : {1, 5, 33}) {
+    const std::int64_t B = 2, H = 3, d = 8;
+    const at::Tensor qkv = at::randn({B, T, 3 * H * d});
+    const auto parts = qkv.chunk(3, -1);
+    const auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, d}).transpose(1, 2); };
+    std::vector<at::Tensor> ours, reference;
+    for (const auto& part : parts) {
+      ours.push_back(heads(part).detach().requires_grad_(true));
+      reference.push_back(heads(part).to(at::kDouble).detach().requires_grad_(true));
+    }
+    const at::Tensor y = edit::models::causal_attention(ours[0], ours[1], ours[2]);
+    const at::Tensor y64 = edit::compat::causal_attention_reference(reference[0], reference[1], reference[2]);
+    const std::string what = "T " + std::to_string(T);
+    expect_close(y, y64, what + ": y");
+    const at::Tensor dy = at::randn(y.sizes());
+    y.backward(dy);
+    y64.backward(dy.to(at::kDouble));
+    expect_close(ours[0].grad(), reference[0].grad(), what + ": dq");
+    expect_close(ours[1].grad(), reference[1].grad(), what + ": dk");
+    expect_close(ours[2].grad(), reference[2].grad(), what + ": dv");
+  }
 }
 
 TEST(Linear, OtherDtypesAreAtLinearItself) {

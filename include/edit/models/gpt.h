@@ -4,7 +4,8 @@
 //   GPT-2:  learned positions, LayerNorm, GELU MLP (4x), biases;
 //   Llama:  RoPE, RMSNorm, SwiGLU MLP (~8/3 x, rounded to 64), no biases.
 // Causal attention uses LibTorch's fused scaled-dot-product attention where the LibTorch has it
-// (2.x) and an exact fallback elsewhere (compat::causal_attention).
+// (2.x), else oneDNN products with the scale and mask in the sgemm, else an exact fallback
+// (models::causal_attention in linear.h).
 // With tie_embeddings (GPT-2's choice) the head projects with the token embedding's weight; the
 // ShardedModel keeps it in the embedding unit and lends it to the head unit.
 #pragma once
