@@ -5,7 +5,7 @@
 #   3. benchmarks GPT-2 124M in bf16 on one GPU (tokens/s and MFU for --strategy none, edit with
 #      H = 32, and ddp), then two ranks on that one GPU through the MPI host-staging path;
 #   4. writes <out>/gpu_bench.csv and prints the table (markdown), with a profile of three steps of
-#      the first run (device busy share, time per kernel kind, the costliest kernels).
+#      --strategy none (device busy share, time per kernel kind, the costliest kernels).
 #
 #   scripts/gpu-check.sh [--out DIR] [--steps N] [--batch-size B] [--skip-build] [--skip-tests]
 #
@@ -148,21 +148,23 @@ for r in rows:
 PY
 }
 
-# Steps 20-22 of the first run profiled: device busy share, time per kernel kind, top kernels.
-run none 1 --strategy none --steps "$steps" --profile-steps 20:3
-awk '/profile of step/ {p = 1} p && /^\[/ && !/profile of step/ {p = 0} p' "$out/none.log" | sed 's/^\[.*\] //' > "$out/profile.md"
-cat "$out/profile.md"
+run none 1 --strategy none --steps "$steps"
 # Twice the sequences per step: how much of the MFU gap is per-step overhead (launches, host reads).
 RUN_BATCH=$((batch * 2)) run none_batch2x 1 --strategy none --steps "$steps"
 # LibTorch's loss over an fp32 copy of the logits instead of the fused kernels: what they save.
 RUN_ENV="EDIT_CROSS_ENTROPY=aten" run none_aten_loss 1 --strategy none --steps "$steps"
 run edit_h32 1 --strategy edit --sync-every 32 --steps "$steps"
 run ddp 1 --strategy ddp --steps "$steps"
+# Steps 20-22 of a short run profiled (a run of its own: profiled steps are slower): how busy the
+# GPU is, time per kernel kind, the costliest kernels.
+run profile 1 --strategy none --steps 30 --profile-steps 20:3
+awk '/profile of step/ {p = 1} p && /^\[/ && !/profile of step/ {p = 0} p' "$out/profile.log" | sed 's/^\[.*\] //' > "$out/profile.md"
+cat "$out/profile.md"
 # Two ranks on the one GPU: NCCL refuses that, so their collectives go through MPI and host memory.
 run edit_h8_np2_mpi 2 --strategy edit --sync-every 8 --steps $((steps / 2)) --comm-backend mpi
 run fsdp_edit_h8_s2_np2_mpi 2 --strategy edit --sync-every 8 --shard-size 2 --steps $((steps / 2)) --comm-backend mpi
 cat "$out/gpu_bench.md"
-[[ -s $out/profile.md ]] && { echo; echo "Where the time of --strategy none goes (CSV and trace in $out/none/):"; cat "$out/profile.md"; } >> "$out/gpu_bench.md"
+[[ -s $out/profile.md ]] && { echo; echo "Where the time of --strategy none goes (CSV and trace in $out/profile/):"; cat "$out/profile.md"; } >> "$out/gpu_bench.md"
 
 log "done: $out/gpu_bench.csv"
 [[ $tests_failed == 0 ]] || { echo "gpu-check.sh: tests failed; see $out/tests_*.log" >&2; exit 1; }

@@ -81,8 +81,14 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   }
 
   if (options_.profile_steps > 0 && step_ == options_.profile_first) {
-    if (!profiler_) profiler_ = std::make_unique<StepProfiler>(model_.device());
-    profiler_->start();
+    // A profiler that cannot start (no CUPTI, a sandbox refusing it) costs the profile, not the run.
+    try {
+      if (!profiler_) profiler_ = std::make_unique<StepProfiler>(model_.device());
+      profiler_->start();
+    } catch (const std::exception& e) {
+      spdlog::warn("rank {}: the profiler did not start ({}); training goes on without a profile", mesh_.rank(),
+                   e.what());
+    }
   }
   StepMetrics metrics;
   metrics.step = step_;
@@ -187,11 +193,15 @@ void Trainer::finish_profile() {
   const std::string name = "rank" + std::to_string(mesh_.rank());
   const std::string trace =
       options_.profile_dir.empty() ? "" : (std::filesystem::path(options_.profile_dir) / ("trace_" + name + ".json")).string();
-  const ProfileSummary summary = profiler_->stop(options_.profile_first, options_.profile_steps, trace);
-  if (!options_.profile_dir.empty()) {
-    write_profile_csv(summary, (std::filesystem::path(options_.profile_dir) / ("profile_" + name + ".csv")).string());
+  try {
+    const ProfileSummary summary = profiler_->stop(options_.profile_first, options_.profile_steps, trace);
+    if (!options_.profile_dir.empty()) {
+      write_profile_csv(summary, (std::filesystem::path(options_.profile_dir) / ("profile_" + name + ".csv")).string());
+    }
+    if (mesh_.rank() == 0) spdlog::info("{}", format_profile(summary));
+  } catch (const std::exception& e) {
+    spdlog::warn("rank {}: the profile was lost ({}); training goes on", mesh_.rank(), e.what());
   }
-  if (mesh_.rank() == 0) spdlog::info("{}", format_profile(summary));
 }
 
 StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {
