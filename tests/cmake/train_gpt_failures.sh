@@ -57,6 +57,8 @@ expect_failure min_lr_above_lr 30 "--min-lr 0.1 is above --lr" --steps 4 --lr 0.
 expect_failure no_penalty_with_ddp 30 "--no-penalty" --steps 4 --strategy ddp --no-penalty --out-dir "$work/x2"
 expect_failure zero_heads 30 "--heads" --steps 4 --heads 0 --out-dir "$work/x3"
 common=("${base[@]}")
+expect_failure profile_not_a_window 30 "--profile-steps 9 is not FIRST:COUNT" --steps 4 --profile-steps 9 --out-dir "$work/x10"
+expect_failure profile_after_the_run 30 "--profile-steps 3:2 ends after the run" --steps 4 --profile-steps 3:2 --out-dir "$work/x11"
 expect_failure huge_seq_len 30 "lower --seq-len" --steps 4 --seq-len 1000000 --out-dir "$work/x4"
 common=("${base[@]}" --seq-len 32)
 expect_failure nan_loss 60 "(loss|gradient norm) is (nan|inf|-nan)" --steps 30 --lr 1e12 --warmup-steps 0 --clip 0 --out-dir "$work/x5"
