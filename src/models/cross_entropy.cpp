@@ -115,6 +115,8 @@ at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& targets) {
   EDIT_CHECK(targets.scalar_type() == at::kLong, "cross_entropy takes int64 targets, got ", targets.scalar_type());
   EDIT_CHECK(targets.numel() * vocab == logits.numel(), "cross_entropy: ", targets.numel(), " targets for logits of shape ",
              logits.sizes(), "; there must be one target per row of ", vocab, " logits");
+  EDIT_CHECK(targets.device() == logits.device(), "cross_entropy: the targets are on ", targets.device(),
+             " and the logits on ", logits.device(), "; move the batch to the model's device");
   const at::Tensor rows = logits.reshape({-1, vocab});
   const at::Tensor flat_targets = targets.reshape({-1});
   if (aten_forced()) {
