@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU path end to end, on one CUDA machine with a PyTorch 2.x (CUDA) installed:
 #   1. builds libedit against that PyTorch's LibTorch, NCCL and the CUDA toolkit;
-#   2. runs the CUDA and NCCL tests and a short CUDA training run;
+#   2. runs the CUDA and NCCL tests (NCCL between two ranks where there are two GPUs);
 #   3. benchmarks GPT-2 124M in bf16 on one GPU (tokens/s and MFU for --strategy none, edit with
-#      H = 32, and ddp), then two ranks on that one GPU through the MPI host-staging path;
+#      H = 32, and ddp), then two ranks on that one GPU through the MPI host-staging path, and on
+#      two GPUs through NCCL where the machine has them;
 #   4. writes <out>/gpu_bench.csv and prints the table (markdown), with a profile of three steps of
 #      --strategy none (device busy share, time per kernel kind, the costliest kernels).
 #
@@ -62,7 +63,7 @@ if [[ $skip_build == 0 ]]; then
     args+=(-DEDIT_NCCL_INCLUDE_DIR="$nccl_root/include" -DEDIT_NCCL_LIBRARY="$(ls "$nccl_root"/lib/libnccl.so* | head -1)")
   fi
   # Only what the checks run (EDIT_BUILD_TARGETS="" builds everything).
-  if ! EDIT_BUILD_KEEP_GOING=1 EDIT_BUILD_TARGETS=${EDIT_BUILD_TARGETS-edit_tests edit-train-gpt} EDIT_BUILD_DIR=$build bash "$root/scripts/build.sh" "${args[@]}" >"$out/build.log" 2>&1; then
+  if ! EDIT_BUILD_KEEP_GOING=1 EDIT_BUILD_TARGETS=${EDIT_BUILD_TARGETS-edit_tests edit_mpi_tests edit-train-gpt} EDIT_BUILD_DIR=$build bash "$root/scripts/build.sh" "${args[@]}" >"$out/build.log" 2>&1; then
     grep -E "error" "$out/build.log" | sort | uniq -c | sort -rn | head -60
     echo "gpu-check.sh: the build failed; see $out/build.log" >&2
     exit 1
@@ -76,6 +77,13 @@ if [[ $skip_tests == 0 ]]; then
   log "CUDA and NCCL tests"
   "$build/tests/edit_tests" --gtest_filter='*Cuda*:*CUDA*:*Nccl*:*NCCL*:*Gpu*:*GPU*' > "$out/tests_cuda.log" 2>&1 || tests_failed=1
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure|Expected|actual" "$out/tests_cuda.log" | head -30
+  gpus=$(nvidia-smi -L | wc -l)
+  if [[ $gpus -ge 2 ]]; then
+    log "NCCL across 2 GPUs"
+    mpirun -np 2 --oversubscribe --bind-to none "$build/tests/edit_mpi_tests" --gtest_filter='NcclMesh*' \
+      > "$out/tests_nccl_np2.log" 2>&1 || tests_failed=1
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure" "$out/tests_nccl_np2.log" | head -10
+  fi
   log "unit tests"
   "$build/tests/edit_tests" --gtest_brief=1 > "$out/tests_unit.log" 2>&1 || tests_failed=1
   tail -5 "$out/tests_unit.log"
@@ -120,7 +128,8 @@ V, T, d, L = 50304, 1024, 768, 12
 N = V * d + T * d + L * (2 * 2 * d + 4 * d * d + 4 * d + 2 * 4 * d * d + 4 * d + d) + 2 * d
 flops_per_token = 6 * N + 12 * L * d * T
 rows = []
-for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi"):
+for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi",
+              "edit_h8_np2_nccl", "fsdp_edit_h8_s2_np2_nccl"):
     path = os.path.join(out, label, "metrics.jsonl")
     lines = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
     steps = [l for l in lines if l["step"] >= 5]   # after the warm-up of kernels and allocator
@@ -163,6 +172,11 @@ cat "$out/profile.md"
 # Two ranks on the one GPU: NCCL refuses that, so their collectives go through MPI and host memory.
 run edit_h8_np2_mpi 2 --strategy edit --sync-every 8 --steps $((steps / 2)) --comm-backend mpi
 run fsdp_edit_h8_s2_np2_mpi 2 --strategy edit --sync-every 8 --shard-size 2 --steps $((steps / 2)) --comm-backend mpi
+# Two ranks on two GPUs of their own: NCCL between them.
+if [[ $(nvidia-smi -L | wc -l) -ge 2 ]]; then
+  run edit_h8_np2_nccl 2 --strategy edit --sync-every 8 --steps $((steps / 2)) --comm-backend nccl
+  run fsdp_edit_h8_s2_np2_nccl 2 --strategy edit --sync-every 8 --shard-size 2 --steps $((steps / 2)) --comm-backend nccl
+fi
 cat "$out/gpu_bench.md"
 [[ -s $out/profile.md ]] && { echo; echo "Where the time of --strategy none goes (CSV and trace in $out/profile/):"; cat "$out/profile.md"; } >> "$out/gpu_bench.md"
 
