@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "edit/core/check.h"
+#include "edit/core/profile_scope.h"
 #include "edit/sync/pseudo_grad.h"
 #include "rank_sum.h"
 
@@ -400,6 +401,7 @@ void EDiT::prepare_norms() {
 
 void EDiT::on_pre_gather(int unit) {
   if (!pending_ || done_.at(static_cast<size_t>(unit))) return;
+  const ProfileScope scope("edit::sync");  // the layer-wise sync, inside the forward
   const auto start = Clock::now();
   // The sync's first unit (or the first after a resume): the norms of every unit left go out in
   // one exchange, so the units after it find theirs here.

@@ -192,12 +192,26 @@ ProfileSummary StepProfiler::stop(std::int64_t first_step, std::int64_t steps, c
     entry.total_us += length;
   }
   const std::vector<double> self = self_times(host_calls);
+  std::map<std::string, ProfileEntry> phases;
   for (std::size_t i = 0; i < host_events.size(); ++i) {
-    ProfileEntry& entry = by_name[{host_events[i]->name(), false}];
+    const std::string name = host_events[i]->name();
+    ProfileEntry& entry = by_name[{name, false}];
     entry.calls += 1;
     entry.total_us += self[i];
     summary.host_us += self[i];
+    if (name.rfind("edit::", 0) == 0) {
+      ProfileEntry& phase = phases[name];
+      phase.calls += 1;
+      phase.total_us += host_calls[i].end - host_calls[i].begin;
+    }
   }
+  for (auto& [name, phase] : phases) {
+    phase.name = name;
+    phase.kind = "phase";
+    summary.phases.push_back(std::move(phase));
+  }
+  std::stable_sort(summary.phases.begin(), summary.phases.end(),
+                   [](const ProfileEntry& a, const ProfileEntry& b) { return a.total_us > b.total_us; });
   for (auto& [key, entry] : by_name) {
     entry.name = key.first;
     entry.on_device = key.second;
@@ -230,6 +244,13 @@ std::string format_profile(const ProfileSummary& s, std::size_t top) {
                        ms(s.device_busy_us), percent(s.device_busy_us, s.wall_us));
   }
   out += fmt::format(", host ops {} ms\n", ms(s.host_us));
+  if (!s.phases.empty()) {
+    out += "\n| phase | calls a step | ms a step | share of the step |\n| --- | --- | --- | --- |\n";
+    for (const auto& p : s.phases) {
+      out += fmt::format("| {} | {:.1f} | {} | {} |\n", p.name, static_cast<double>(p.calls) / steps, ms(p.total_us),
+                         percent(p.total_us, s.wall_us));
+    }
+  }
   if (device) {
     double device_total = 0.0;
     for (const auto& [kind, us] : s.device_kinds()) device_total += us;
@@ -262,10 +283,12 @@ void write_profile_csv(const ProfileSummary& s, const std::string& path) {
   EDIT_CHECK(out.good(), "cannot write the profile ", path, "; check that its folder exists and is writable");
   const double steps = static_cast<double>(std::max<std::int64_t>(1, s.steps));
   out << "name,kind,where,calls,total_us,us_per_step\n";
-  for (const auto& e : s.entries) {
-    out << csv_field(e.name) << ',' << e.kind << ',' << (e.on_device ? "device" : "host") << ',' << e.calls << ','
+  auto row = [&](const ProfileEntry& e, const char* where) {
+    out << csv_field(e.name) << ',' << e.kind << ',' << where << ',' << e.calls << ','
         << fmt::format("{:.3f},{:.3f}", e.total_us, e.total_us / steps) << '\n';
-  }
+  };
+  for (const auto& p : s.phases) row(p, "phase");
+  for (const auto& e : s.entries) row(e, e.on_device ? "device" : "host");
   out.flush();
   EDIT_CHECK(out.good(), "writing the profile ", path, " failed; is the disk full?");
 }

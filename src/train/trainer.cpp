@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "edit/core/check.h"
+#include "edit/core/profile_scope.h"
 
 namespace edit::train {
 
@@ -98,15 +99,31 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   // make the host wait for the GPU before it may queue the next micro-batch.
   at::Tensor loss_sum;
   for (int micro = 0; micro < options_.accumulation; ++micro) {
-    strategy_.before_micro_batch(step_, micro, options_.accumulation);
-    const Batch batch = next_batch(step_, micro);
-    at::Tensor loss = loss_fn(batch) / options_.accumulation;
-    model_.backward(loss);
+    {
+      const ProfileScope scope("edit::sync");
+      strategy_.before_micro_batch(step_, micro, options_.accumulation);
+    }
+    const Batch batch = [&] {
+      const ProfileScope scope("edit::batch");
+      return next_batch(step_, micro);
+    }();
+    at::Tensor loss = [&] {
+      const ProfileScope scope("edit::forward");
+      return loss_fn(batch) / options_.accumulation;
+    }();
+    {
+      const ProfileScope scope("edit::backward");
+      model_.backward(loss);
+    }
     const at::Tensor part = loss.detach().to(at::kDouble);
     loss_sum = loss_sum.defined() ? loss_sum + part : part;
     tokens += batch.targets.numel();
   }
-  metrics.loss = loss_sum.item<double>();
+  {
+    // On a GPU the host waits here for the device to finish the backward.
+    const ProfileScope scope("edit::loss_read");
+    metrics.loss = loss_sum.item<double>();
+  }
   if (!options_.stragglers.empty()) {
     // A slower worker: its compute (timed up to the loss read, which waits for the device) takes
     // longer, before the strategy can sync.
@@ -120,8 +137,14 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
              metrics.loss, " on rank ", mesh_.rank(), " (lr ", options_.schedule.at(step_),
              "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
              "the learning rate or check the data, then resume from the last checkpoint");
-  strategy_.before_step(step_);
-  metrics.grad_norm = options_.clip_norm > 0 ? model_.clip_grad_norm(options_.clip_norm) : NAN;
+  {
+    const ProfileScope scope("edit::sync");
+    strategy_.before_step(step_);
+  }
+  {
+    const ProfileScope scope("edit::clip");
+    metrics.grad_norm = options_.clip_norm > 0 ? model_.clip_grad_norm(options_.clip_norm) : NAN;
+  }
   // The norm is global (identical on every rank), so every rank stops together.
   EDIT_CHECK(!options_.stop_on_nonfinite || options_.clip_norm == 0 || std::isfinite(metrics.grad_norm), "step ",
              step_, ": the gradient norm is ", metrics.grad_norm,
@@ -129,8 +152,14 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
              "learning rate or check the data, then resume from the last checkpoint");
   metrics.lr = options_.schedule.at(step_);
   inner_.set_lr(metrics.lr);
-  inner_.step();
-  strategy_.after_step(step_);
+  {
+    const ProfileScope scope("edit::optimizer");
+    inner_.step();
+  }
+  {
+    const ProfileScope scope("edit::sync");
+    strategy_.after_step(step_);
+  }
 
   metrics.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   if (profiler_ && profiler_->running() && step_ + 1 == options_.profile_first + options_.profile_steps) {

@@ -10,6 +10,8 @@
 #include <fstream>
 #include <string>
 
+#include "edit/core/profile_scope.h"
+
 namespace {
 
 using edit::train::kernel_kind;
@@ -85,7 +87,10 @@ TEST(Profiler, ACpuWindowCountsTheOpsItRan) {
   edit::train::StepProfiler profiler(c10::Device(c10::kCPU));
   profiler.start();
   EXPECT_TRUE(profiler.running());
-  for (int i = 0; i < 5; ++i) b = at::mm(a, b).tanh();
+  for (int i = 0; i < 5; ++i) {
+    const edit::ProfileScope scope("edit::work");
+    b = at::mm(a, b).tanh();
+  }
   const edit::train::ProfileSummary s = profiler.stop(7, 2);
   EXPECT_FALSE(profiler.running());
   EXPECT_EQ(s.first_step, 7);
@@ -102,6 +107,16 @@ TEST(Profiler, ACpuWindowCountsTheOpsItRan) {
   }
   EXPECT_EQ(mm_calls, 5);
   EXPECT_EQ(tanh_calls, 5);
+  // The phase with its whole time: at least the self time of the ops inside it.
+  ASSERT_EQ(s.phases.size(), 1u);
+  EXPECT_EQ(s.phases[0].name, "edit::work");
+  EXPECT_EQ(s.phases[0].kind, "phase");
+  EXPECT_EQ(s.phases[0].calls, 5);
+  double inside = 0.0;
+  for (const auto& e : s.entries)
+    if (e.name == "aten::mm" || e.name == "aten::tanh") inside += e.total_us;
+  EXPECT_GE(s.phases[0].total_us, inside);
+  EXPECT_LE(s.phases[0].total_us, s.wall_us);
   // Self times on one thread do not overlap, so they fit in the window.
   EXPECT_GT(s.host_us, 0.0);
   EXPECT_LE(s.host_us, s.wall_us);
@@ -110,6 +125,7 @@ TEST(Profiler, ACpuWindowCountsTheOpsItRan) {
   EXPECT_NE(report.find("profile of steps 7-8"), std::string::npos) << report;
   EXPECT_NE(report.find("| aten::mm | 2.5 |"), std::string::npos) << report;  // 5 calls over 2 steps
   EXPECT_EQ(report.find("device busy"), std::string::npos) << report;
+  EXPECT_NE(report.find("| edit::work | 2.5 |"), std::string::npos) << report;
   EXPECT_THROW(profiler.stop(0, 1), std::exception);
 }
 
@@ -117,15 +133,18 @@ TEST(Profiler, CsvQuotesNamesAndGivesTimePerStep) {
   edit::train::ProfileSummary s;
   s.steps = 4;
   s.entries = {{"void k<a, \"b\">", "elementwise", true, 8, 100.0}, {"aten::mm", "host", false, 4, 20.0}};
+  s.phases = {{"edit::forward", "phase", false, 4, 400.0}};
   const auto path = (std::filesystem::temp_directory_path() / "edit_profile_test.csv").string();
   edit::train::write_profile_csv(s, path);
   std::ifstream in(path);
-  std::string header, first, second, extra;
+  std::string header, phase, first, second, extra;
   std::getline(in, header);
+  std::getline(in, phase);
   std::getline(in, first);
   std::getline(in, second);
   EXPECT_FALSE(std::getline(in, extra));
   EXPECT_EQ(header, "name,kind,where,calls,total_us,us_per_step");
+  EXPECT_EQ(phase, "\"edit::forward\",phase,phase,4,400.000,100.000");
   EXPECT_EQ(first, "\"void k<a, \"\"b\"\">\",elementwise,device,8,100.000,25.000");
   EXPECT_EQ(second, "\"aten::mm\",host,host,4,20.000,5.000");
   std::filesystem::remove(path);

@@ -81,6 +81,9 @@ TEST(Trainer, EditLearnsAndTheMetricsRecordEachSync) {
   }
   EXPECT_EQ(calls["aten::gelu"], 2 * 2 * config.layers);
   EXPECT_EQ(calls["aten::gelu_backward"], 2 * 2 * config.layers);
+  EXPECT_EQ(calls["edit::forward"], 2 * 2);
+  EXPECT_EQ(calls["edit::backward"], 2 * 2);
+  EXPECT_EQ(calls["edit::optimizer"], 2);
 
   mesh.world().barrier()->wait();
   if (mesh.rank() != 0) return;

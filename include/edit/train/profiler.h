@@ -8,7 +8,9 @@
 //   - What keeps it busy? Each kernel is put in a kind (matmul, attention, elementwise, ...): time
 //     outside matmul and attention is what fusion could win back.
 // Host ops are ranked by self time (their children's time taken out), so nested ops are not
-// counted twice. On a 2.x build the Chrome trace is written too (chrome://tracing, Perfetto).
+// counted twice. The phases of a step (edit::forward, edit::backward, edit::sync, ..., marked with
+// edit::ProfileScope) are reported with their whole time. On a 2.x build the Chrome trace is
+// written too (chrome://tracing, Perfetto).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -35,6 +37,9 @@ struct ProfileSummary {
   double device_busy_us = 0.0;  // union of device activity; 0 where nothing ran on a device
   double host_us = 0.0;         // sum of host ops' self time
   std::vector<ProfileEntry> entries;  // descending total_us
+  // The step's phases (ProfileScope spans named "edit::...", kind "phase"), each with its whole
+  // time, nested work included, descending. Phases may nest: EDiT's sync runs inside the forward.
+  std::vector<ProfileEntry> phases;
   std::string trace_path;             // the Chrome trace, where this LibTorch wrote one; else empty
 
   // Device time per kind, descending.
@@ -77,10 +82,10 @@ class StepProfiler {
   double started_us_ = 0.0;
 };
 
-// A readable report: the busy fraction, time per kind, and the `top` costliest device kernels and
-// host ops, per step.
+// A readable report: the phases, the busy fraction, time per kind, and the `top` costliest device
+// kernels and host ops, per step.
 std::string format_profile(const ProfileSummary& summary, std::size_t top = 15);
-// Every entry: name, kind, where, calls, total_us, us_per_step.
+// Every phase and entry: name, kind, where (phase, device or host), calls, total_us, us_per_step.
 void write_profile_csv(const ProfileSummary& summary, const std::string& path);
 
 }  // namespace edit::train
