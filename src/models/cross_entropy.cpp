@@ -10,6 +10,7 @@
 
 #include "edit/config.h"
 #include "edit/core/check.h"
+#include "edit/core/profile_scope.h"
 
 #if EDIT_HAS_KERNELS && EDIT_WITH_CUDA
 #define EDIT_MODELS_CUDA_KERNELS 1
@@ -52,6 +53,7 @@ kernels::LogitsType logits_type(const at::Tensor& logits) {
 // extra memory is one float per row.
 struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets) {
+    const ProfileScope scope("models::cross_entropy");
     at::Tensor lse, row_loss;
 #if EDIT_MODELS_CUDA_KERNELS
     if (use_kernels(logits)) {

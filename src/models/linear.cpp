@@ -12,6 +12,7 @@
 
 #include "edit/config.h"
 #include "edit/core/check.h"
+#include "edit/core/profile_scope.h"
 #include "edit/core/torch_compat.h"
 
 #if EDIT_HAS_ONEDNN
@@ -47,6 +48,8 @@ void sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, con
 struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& weight) {
+    // A span of its own for the profiler, which records ATen ops and sees none in an sgemm.
+    const ProfileScope scope("models::linear (oneDNN)");
     const std::int64_t in = weight.size(1), out = weight.size(0);
     const at::Tensor x2 = x.reshape({-1, in}).contiguous();
     const at::Tensor w = weight.contiguous();
@@ -142,6 +145,7 @@ at::Tensor batched_product(at::Tensor a, at::Tensor b, float alpha = 1.0f, const
 // a @ b over a batch, autograd's way: da = dc b^T, db = a^T dc (transposed views, not copies).
 struct OneDnnMatmul : public torch::autograd::Function<OneDnnMatmul> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
+    const ProfileScope scope("models::matmul (oneDNN)");
     ctx->save_for_backward({a, b});
     return batched_product(a, b);
   }
@@ -164,6 +168,7 @@ struct OneDnnMatmul : public torch::autograd::Function<OneDnnMatmul> {
 struct CausalScores : public torch::autograd::Function<CausalScores> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
                             double scale) {
+    const ProfileScope scope("models::causal_scores (oneDNN)");
     ctx->save_for_backward({q, k});
     ctx->saved_data["scale"] = scale;
     const std::int64_t t = q.size(-2);
