@@ -12,6 +12,7 @@
 #include "edit/core/check.h"
 #include "edit/core/torch_compat.h"
 #include "edit/models/cross_entropy.h"
+#include "edit/models/gelu.h"
 #include "edit/models/linear.h"
 
 namespace edit::models {
@@ -213,7 +214,7 @@ struct BlockImpl : torch::nn::Module {
     const at::Tensor y = models::causal_attention(q, k, v).transpose(1, 2).reshape({B, T, C});
     const at::Tensor h = x + dense(out, y);
     const at::Tensor n = gpt2 ? ln2->forward(h) : rms2->forward(h);
-    const at::Tensor mlp = gpt2 ? at::gelu(dense(up, n), "tanh") : at::silu(dense(gate, n)) * dense(up, n);
+    const at::Tensor mlp = gpt2 ? models::gelu_tanh(dense(up, n)) : at::silu(dense(gate, n)) * dense(up, n);
     return h + dense(down, mlp);
   }
 

@@ -14,15 +14,15 @@
 #include "edit/core/check.h"
 #include "edit/core/profile_scope.h"
 #include "edit/core/torch_compat.h"
+#include "onednn.h"
 
 #if EDIT_HAS_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
 #endif
 
 namespace edit::models {
-namespace {
 
-bool onednn_enabled() {
+bool detail::onednn_enabled() {
 #if EDIT_HAS_ONEDNN
   static const bool enabled = [] {
     const char* choice = std::getenv("EDIT_CPU_GEMM");
@@ -33,6 +33,10 @@ bool onednn_enabled() {
   return false;
 #endif
 }
+
+namespace {
+
+using detail::onednn_enabled;
 
 #if EDIT_HAS_ONEDNN
 // C (m, n) = alpha op(A) op(B) + beta C, row-major, fp32; op is a transpose where `ta` / `tb` is 'T'.
