@@ -10,7 +10,8 @@
 // The fast path takes fp32, contiguous-or-made-so CPU tensors; anything else (CUDA, bf16, double)
 // is at::linear. Forward and backward (dx = dy W, dW = dy^T x, db = sum dy) are products of the
 // same sgemm; one product is deterministic, as at::linear's is. The environment variable
-// EDIT_CPU_GEMM=aten forces at::linear (read once), for comparisons.
+// EDIT_CPU_GEMM=aten forces at::linear (read once), for comparisons; it switches oneDNN's GELU
+// off too (models/gelu.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
