@@ -90,14 +90,19 @@ struct FusedCrossEntropy : public torch::autograd::Function<FusedCrossEntropy> {
   }
 };
 
+// {targets in [0, vocab), the targets with the others replaced by 0}: a bad target reads column 0,
+// and its row is then made NaN (forward) or left without its -1 (backward), as the kernels do.
+std::pair<at::Tensor, at::Tensor> checked_targets(const at::Tensor& targets, std::int64_t vocab) {
+  const at::Tensor valid = targets.ge(0).logical_and(targets.lt(vocab));
+  return {valid, at::where(valid, targets, at::zeros_like(targets))};
+}
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, const at::Tensor& targets) {
   const at::Tensor x = widened(logits);
   const at::Tensor lse = at::logsumexp(x, 1);
-  // A target outside [0, V) gathers from column 0 and then makes its row NaN, as the kernel does.
-  const at::Tensor valid = targets.ge(0).logical_and(targets.lt(logits.size(1)));
-  const at::Tensor safe = at::where(valid, targets, at::zeros_like(targets));
+  const auto [valid, safe] = checked_targets(targets, logits.size(1));
   const at::Tensor picked = x.gather(1, safe.unsqueeze(1)).squeeze(1);
   const at::Tensor nan = at::full({}, std::numeric_limits<double>::quiet_NaN(), lse.options());
   return {lse, at::where(valid, lse - picked, nan)};
@@ -106,8 +111,7 @@ std::pair<at::Tensor, at::Tensor> cross_entropy_rows(const at::Tensor& logits, c
 at::Tensor cross_entropy_rows_backward(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& lse,
                                        const at::Tensor& scale) {
   at::Tensor grad = at::exp(widened(logits) - lse.unsqueeze(1));
-  const at::Tensor valid = targets.ge(0).logical_and(targets.lt(logits.size(1)));
-  const at::Tensor safe = at::where(valid, targets, at::zeros_like(targets));
+  const auto [valid, safe] = checked_targets(targets, logits.size(1));
   grad.scatter_add_(1, safe.unsqueeze(1), valid.to(grad.scalar_type()).neg().unsqueeze(1));
   return grad.mul_(scale.to(grad.scalar_type())).to(logits.scalar_type());
 }
