@@ -186,8 +186,12 @@ ProfileSummary StepProfiler::stop(std::int64_t first_step, std::int64_t steps, c
       host_events.push_back(&event);
       continue;
     }
+    // Newer LibTorch mirrors each user scope onto the GPU's timeline as an annotation spanning
+    // its kernels: not work of its own, and counting it would cover the device's idle gaps.
+    const std::string name = event.name();
+    if (name.rfind("edit::", 0) == 0 || name.rfind("models::", 0) == 0) continue;
     device_intervals.emplace_back(begin, begin + length);
-    ProfileEntry& entry = by_name[{event.name(), true}];
+    ProfileEntry& entry = by_name[{name, true}];
     entry.calls += 1;
     entry.total_us += length;
   }
