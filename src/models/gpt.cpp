@@ -1,6 +1,8 @@
 #include "edit/models/gpt.h"
 
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/nn/init.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
@@ -10,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "edit/core/check.h"
+#include "edit/core/profile_scope.h"
 #include "edit/core/torch_compat.h"
 #include "edit/models/cross_entropy.h"
 #include "edit/models/gelu.h"
@@ -72,10 +75,72 @@ std::int64_t GptConfig::num_parameters() const {
   return v * d + layers * block + d + (tie_embeddings ? 0 : d * v);
 }
 
+namespace {
+
+// The rotation of every (..., t, :) row of x: out[i] = x[i] c - x[i + h] s, out[i + h] = x[i] s +
+// x[i + h] c, with c, s the row's (h) table entries; `sign` -1 rotates back (the backward). x may be
+// any strided view; out is contiguous. Each product and sum rounded as ATen's would be.
+void rotate_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, float sign, at::Tensor& out) {
+  const std::int64_t d = x.size(-1), half = d / 2, t_size = x.size(-2), rows = x.numel() / d;
+  const std::int64_t dim = x.dim();
+  const float* px = x.data_ptr<float>();
+  const float* pc = cos.data_ptr<float>();
+  const float* ps = sin.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  const std::int64_t step = x.stride(-1);
+  at::parallel_for(0, rows, 64, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t row = begin; row < end; ++row) {
+      std::int64_t rest = row, offset = 0;
+      for (std::int64_t k = dim - 2; k >= 0; --k) {  // the row's index, unravelled over x's strides
+        offset += (rest % x.size(k)) * x.stride(k);
+        rest /= x.size(k);
+      }
+      const float* in = px + offset;
+      const std::int64_t t = row % t_size;
+      const float* c = pc + t * half;
+      const float* s = ps + t * half;
+      float* o = po + row * d;
+      for (std::int64_t i = 0; i < half; ++i) {
+        const float a = in[i * step], b = in[(i + half) * step], si = sign * s[i];
+        o[i] = a * c[i] - b * si;
+        o[i + half] = a * si + b * c[i];
+      }
+    }
+  });
+}
+
+// RoPE on fp32 CPU tensors in one pass each way. Unfused it is four products, a sum, a difference
+// and a concatenation forward, and twice that backward: a seventh of a small Llama step on the CPU.
+struct CpuRope : public torch::autograd::Function<CpuRope> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin) {
+    const ProfileScope scope("models::apply_rope (CPU)");
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    rotate_rows(x, cos, sin, 1.0f, out);
+    ctx->save_for_backward({cos, sin});
+    return out;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const ProfileScope scope("models::apply_rope backward (CPU)");
+    const auto saved = ctx->get_saved_variables();
+    // A rotation's transpose is the rotation by the opposite angle: sin -> -sin.
+    at::Tensor dx = at::empty(grads[0].sizes(), grads[0].options());
+    rotate_rows(grads[0], saved[0], saved[1], -1.0f, dx);
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const auto half = x.size(-1) / 2;
-  const at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   const auto t = x.size(-2);
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && x.layout() == at::kStrided && x.dim() >= 2 &&
+      cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat) {
+    return CpuRope::apply(x, cos.narrow(0, 0, t).contiguous(), sin.narrow(0, 0, t).contiguous());
+  }
+  const at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   // The tables are fp32; in the activations' dtype, so bf16 compute stays bf16.
   const at::Tensor c = cos.narrow(0, 0, t).to(x.scalar_type()), s = sin.narrow(0, 0, t).to(x.scalar_type());
   return at::cat({x1 * c - x2 * s, x1 * s + x2 * c}, -1);

@@ -136,6 +136,26 @@ TEST(Rope, ScoresDependOnlyOnTheRelativePosition) {
   EXPECT_GT(std::abs(score(3, 1) - score(3, 2)), 1e-3);
 }
 
+// The fused fp32 CPU rotation against the formula in double (the ATen path), values and gradient,
+// on the (B, H, T, d) strided view the model hands it, with T shorter than the tables.
+TEST(Rope, CpuPathMatchesTheFormulaInDouble) {
+  at::manual_seed(6);
+  const std::int64_t B = 2, T = 5, H = 3, d = 8;
+  const auto [cos, sin] = edit::models::rope_tables(12, d, 10000.0);
+  const at::Tensor base = at::randn({B, T, 3 * H * d});
+  const auto heads = [&](const at::Tensor& t) { return t.narrow(-1, H * d, H * d).reshape({B, T, H, d}).transpose(1, 2); };
+  const at::Tensor x = heads(base).detach().requires_grad_(true);
+  const at::Tensor x64 = heads(base.to(at::kDouble)).detach().requires_grad_(true);
+  ASSERT_FALSE(x.is_contiguous());
+  const at::Tensor y = apply_rope(x, cos, sin);
+  const at::Tensor y64 = apply_rope(x64, cos.to(at::kDouble), sin.to(at::kDouble));
+  EXPECT_LT((y.to(at::kDouble) - y64).abs().max().item<double>(), 1e-6);
+  const at::Tensor dy = at::randn(y.sizes());
+  y.backward(dy);
+  y64.backward(dy.to(at::kDouble));
+  EXPECT_LT((x.grad().to(at::kDouble) - x64.grad()).abs().max().item<double>(), 1e-6);
+}
+
 TEST(GptConfig, PresetsAndErrorsNameTheFix) {
   EXPECT_EQ(GptConfig::preset("124m").dim, 768);
   GptConfig c = GptConfig::preset("small");
