@@ -9,6 +9,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <cmath>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "edit/core/check.h"
@@ -133,6 +134,111 @@ struct CpuRope : public torch::autograd::Function<CpuRope> {
 
 }  // namespace
 
+namespace {
+
+// sum_i a[i] b[i] in double, in four interleaved partial sums (one chain of dependent adds would
+// wait out the adder's latency at every term).
+double dot_in_double(const float* a, const float* b, std::int64_t n) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  std::int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<double>(a[i]) * b[i];
+    s1 += static_cast<double>(a[i + 1]) * b[i + 1];
+    s2 += static_cast<double>(a[i + 2]) * b[i + 2];
+    s3 += static_cast<double>(a[i + 3]) * b[i + 3];
+  }
+  for (; i < n; ++i) s0 += static_cast<double>(a[i]) * b[i];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// RMSNorm on fp32 CPU tensors: one pass forward (the mean square accumulated in double), one
+// backward. Unfused it is a square, a mean, an add, a reciprocal root and two products, each with
+// its backward.
+struct CpuRmsNorm : public torch::autograd::Function<CpuRmsNorm> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            double eps) {
+    const ProfileScope scope("models::rms_norm (CPU)");
+    const at::Tensor input = x.contiguous();
+    const std::int64_t d = input.size(-1), rows = input.numel() / d;
+    at::Tensor out = at::empty_like(input);
+    at::Tensor inv_rms = at::empty({rows}, input.options());
+    const float* px = input.data_ptr<float>();
+    const float* pw = weight.data_ptr<float>();
+    float* po = out.data_ptr<float>();
+    float* pr = inv_rms.data_ptr<float>();
+    at::parallel_for(0, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t row = begin; row < end; ++row) {
+        const float* xr = px + row * d;
+        const auto r = static_cast<float>(1.0 / std::sqrt(dot_in_double(xr, xr, d) / static_cast<double>(d) + eps));
+        pr[row] = r;
+        float* yr = po + row * d;
+        for (std::int64_t i = 0; i < d; ++i) yr[i] = (xr[i] * r) * pw[i];
+      }
+    });
+    ctx->save_for_backward({input, weight, inv_rms});
+    return out;
+  }
+
+  // n = x r, y = n w: dw = sum over rows of dy n; dx = r (dn - n mean(dn n)) with dn = dy w.
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    const ProfileScope scope("models::rms_norm backward (CPU)");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &inv_rms = saved[2];
+    const at::Tensor dy = grads[0].contiguous();
+    const std::int64_t d = x.size(-1), rows = x.numel() / d;
+    at::Tensor dx = at::empty_like(x);
+    const float* px = x.data_ptr<float>();
+    const float* pw = weight.data_ptr<float>();
+    const float* pr = inv_rms.data_ptr<float>();
+    const float* pdy = dy.data_ptr<float>();
+    float* pdx = dx.data_ptr<float>();
+    at::parallel_for(0, rows, 16, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<float> dn(static_cast<std::size_t>(d)), n(static_cast<std::size_t>(d));
+      for (std::int64_t row = begin; row < end; ++row) {
+        const float* xr = px + row * d;
+        const float* gr = pdy + row * d;
+        const float r = pr[row];
+        for (std::int64_t i = 0; i < d; ++i) {
+          dn[static_cast<std::size_t>(i)] = gr[i] * pw[i];
+          n[static_cast<std::size_t>(i)] = xr[i] * r;
+        }
+        const auto mean = static_cast<float>(dot_in_double(dn.data(), n.data(), d) / static_cast<double>(d));
+        float* dxr = pdx + row * d;
+        for (std::int64_t i = 0; i < d; ++i) {
+          dxr[i] = r * (dn[static_cast<std::size_t>(i)] - n[static_cast<std::size_t>(i)] * mean);
+        }
+      }
+    });
+    at::Tensor dw;
+    if (ctx->needs_input_grad(1)) {
+      // Over the rows in order (the same sum for any number of threads), element-wise across the
+      // row, so the loop vectorizes; fp32 partial sums, as LibTorch's reduction keeps them.
+      dw = at::zeros_like(weight);
+      float* pdw = dw.data_ptr<float>();
+      for (std::int64_t row = 0; row < rows; ++row) {
+        const float* xr = px + row * d;
+        const float* gr = pdy + row * d;
+        const float r = pr[row];
+        for (std::int64_t i = 0; i < d; ++i) pdw[i] += gr[i] * (xr[i] * r);
+      }
+    }
+    return {dx, dw, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && x.layout() == at::kStrided && x.dim() >= 1 &&
+      weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == x.size(-1)) {
+    return CpuRmsNorm::apply(x, weight, eps);
+  }
+  // The mean square in fp32 at least: in bf16 its rounding would scale every activation.
+  const at::Tensor wide = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
+  return (wide * at::rsqrt(wide.pow(2).mean(-1, true) + eps)).to(x.scalar_type()) * weight;
+}
+
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const auto half = x.size(-1) / 2;
   const auto t = x.size(-2);
@@ -193,11 +299,7 @@ namespace {
 // y = x / rms(x) * weight
 struct RmsNormImpl : torch::nn::Module {
   RmsNormImpl(int dim, double eps) : eps(eps) { weight = register_parameter("weight", at::ones({dim})); }
-  // The mean square in fp32 at least: in bf16 its rounding would scale every activation.
-  at::Tensor forward(const at::Tensor& x) {
-    const at::Tensor wide = x.scalar_type() == at::kDouble ? x : x.to(at::kFloat);
-    return (wide * at::rsqrt(wide.pow(2).mean(-1, true) + eps)).to(x.scalar_type()) * weight;
-  }
+  at::Tensor forward(const at::Tensor& x) { return rms_norm(x, weight, eps); }
   at::Tensor weight;
   double eps;
 };

@@ -156,6 +156,28 @@ TEST(Rope, CpuPathMatchesTheFormulaInDouble) {
   EXPECT_LT((x.grad().to(at::kDouble) - x64.grad()).abs().max().item<double>(), 1e-6);
 }
 
+// The fused fp32 CPU RMSNorm against the formula in double (the ATen path): values and the
+// gradients of x and the weight, on a strided x with rows far from unit scale.
+TEST(RmsNorm, CpuPathMatchesTheFormulaInDouble) {
+  at::manual_seed(8);
+  const at::Tensor base = at::randn({24, 3, 16}) * at::linspace(0.01, 30.0, 24).reshape({24, 1, 1});
+  const at::Tensor w = at::randn({16});
+  const at::Tensor x = base.transpose(0, 1).detach().requires_grad_(true);  // (3, 24, 16), strided
+  const at::Tensor x64 = base.transpose(0, 1).to(at::kDouble).detach().requires_grad_(true);
+  const at::Tensor w32 = w.clone().requires_grad_(true), w64 = w.to(at::kDouble).requires_grad_(true);
+  const at::Tensor y = edit::models::rms_norm(x, w32, 1e-5);
+  const at::Tensor y64 = edit::models::rms_norm(x64, w64, 1e-5);
+  const auto relative = [](const at::Tensor& got, const at::Tensor& want) {
+    return ((got.to(at::kDouble) - want).abs().max() / want.abs().max()).item<double>();
+  };
+  EXPECT_LT(relative(y, y64), 1e-6);
+  const at::Tensor dy = at::randn(y.sizes());
+  y.backward(dy);
+  y64.backward(dy.to(at::kDouble));
+  EXPECT_LT(relative(x.grad(), x64.grad()), 1e-5);
+  EXPECT_LT(relative(w32.grad(), w64.grad()), 1e-6);
+}
+
 TEST(GptConfig, PresetsAndErrorsNameTheFix) {
   EXPECT_EQ(GptConfig::preset("124m").dim, 768);
   GptConfig c = GptConfig::preset("small");

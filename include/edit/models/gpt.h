@@ -49,6 +49,10 @@ struct GptConfig {
   static GptConfig from_json(const std::string& text);  // throws naming a missing or bad field
 };
 
+// RMSNorm over the last dimension, x / sqrt(mean(x^2) + eps) * weight, the mean square in fp32 at
+// least (fp32 CPU tensors: one fused pass each way, the mean square in double).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
 // Rotary position embedding, rotate-half convention: pairs (i, i + d/2) of (B, H, T, d) are
 // rotated by position t times theta^(-2i/d). `cos` and `sin` are (max T, d/2) tables.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
