@@ -3,7 +3,7 @@
 #       -P train_gpt_e2e.cmake
 # Prepares a small generated corpus, trains a tiny GPT with EDiT on 2 ranks for 60 steps, checks
 # that the loss falls and that the metrics, loss table and a checkpoint were written, then
-# resumes from that checkpoint for 20 more steps, exports and samples.
+# resumes from that checkpoint for 20 more steps (profiling three), exports and samples.
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}/text")
 set(corpus "")
@@ -40,8 +40,18 @@ endif()
 if(NOT EXISTS "${WORK}/run/loss.tsv" OR NOT EXISTS "${WORK}/run/checkpoints/step_00000060/manifest.json")
   message(FATAL_ERROR "loss.tsv or the step-60 checkpoint is missing")
 endif()
-# Resume: 20 more steps from the checkpoint, appending to the same metrics.
-run(${MPIEXEC} -np 2 "${TRAIN}" ${common} --out-dir "${WORK}/run" --steps 80 --resume auto)
+# Resume: 20 more steps from the checkpoint, appending to the same metrics, three of them profiled.
+run(${MPIEXEC} -np 2 "${TRAIN}" ${common} --out-dir "${WORK}/run" --steps 80 --resume auto --profile-steps 65:3)
+foreach(rank 0 1)
+  set(profile "${WORK}/run/profile_rank${rank}.csv")
+  if(NOT EXISTS "${profile}")
+    message(FATAL_ERROR "--profile-steps 65:3 wrote no ${profile}")
+  endif()
+  file(READ "${profile}" text)
+  if(NOT text MATCHES "\"edit::forward\",phase,phase,3,")
+    message(FATAL_ERROR "${profile} has no forward phase of 3 calls:\n${text}")
+  endif()
+endforeach()
 file(STRINGS "${WORK}/run/metrics.jsonl" lines)
 list(LENGTH lines count)
 list(GET lines 60 resumed)
