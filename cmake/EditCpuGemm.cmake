@@ -5,7 +5,7 @@
 # 4-5x slower. Debian's LibTorch already links oneDNN (libdnnl2); the header is libdnnl-dev.
 #   EDIT_WITH_ONEDNN=AUTO  oneDNN when <oneapi/dnnl/dnnl.h> and libdnnl are found
 #   EDIT_WITH_ONEDNN=ON    oneDNN, or a configure error saying what to install
-#   EDIT_WITH_ONEDNN=OFF   LibTorch's at::linear
+#   EDIT_WITH_ONEDNN=OFF   LibTorch's at::linear (and at::gelu: oneDNN 2.x also runs the GELU)
 set(EDIT_WITH_ONEDNN AUTO CACHE STRING "CPU GEMMs of the models through oneDNN's sgemm (AUTO: when found)")
 set_property(CACHE EDIT_WITH_ONEDNN PROPERTY STRINGS AUTO ON OFF)
 find_path(EDIT_ONEDNN_INCLUDE_DIR oneapi/dnnl/dnnl.h)
