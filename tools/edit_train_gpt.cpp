@@ -644,9 +644,15 @@ int main(int argc, char** argv) {
       if (tokenizer) edit::data::copy_tokenizer_record(*tokenizer, run.path());
     }
 
+    // To a GPU the batch goes from pinned memory, queued: a copy from pageable memory would make
+    // the host wait for all the work queued before it, once per micro-batch.
+    const auto upload = [&](const at::Tensor& tokens) {
+      if (!device.is_cuda()) return tokens.to(device);
+      return tokens.pin_memory().to(at::TensorOptions().device(device), /*non_blocking=*/true);
+    };
     const auto next_batch = [&](std::int64_t, int) {
       auto b = train.next_batch(c.batch_size, gpt.seq_len);
-      return edit::train::Batch{b.inputs.to(device), b.targets.to(device)};
+      return edit::train::Batch{upload(b.inputs), upload(b.targets)};
     };
     const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
     // Evaluates the model the replicas agree on: with Local SGD the anchor, i.e. the model of the

@@ -359,19 +359,29 @@ void ShardedModel::zero_grad() {
   for (auto& unit : units_) unit->grad_shard_.zero_();
 }
 
-double ShardedModel::clip_grad_norm(double max_norm) {
+double ShardedModel::clip_grad_norm(double max_norm) { return clip_grad_norm_queued(max_norm).item<double>(); }
+
+at::Tensor ShardedModel::clip_grad_norm_queued(double max_norm) {
   // Each unit's norm in the gradients' own dtype (asking for a double result makes LibTorch 1.13
   // copy the whole gradient to double first: 20x slower on the CPU), squared and summed in double
-  // on the gradients' device, so the host reads one number. The foreach ops are one launch for all
-  // units on a GPU (per unit on the CPU, the same kernels as before).
+  // on the gradients' device. The foreach ops are one launch for all units on a GPU (per unit on
+  // the CPU, the same kernels as before).
   std::vector<at::Tensor> grads;
   grads.reserve(units_.size());
   for (auto& unit : units_) grads.push_back(unit->grad_shard_);
   at::Tensor sum_sq = at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum().reshape({1});
   if (group_->size() > 1) group_->all_reduce(sum_sq)->wait();
-  const double norm = std::sqrt(sum_sq.item<double>());
-  const double coefficient = max_norm / (norm + 1e-6);
-  if (coefficient < 1.0) at::_foreach_mul_(grads, coefficient);
+  const at::Tensor norm = sum_sq.sqrt();
+  if (!norm.is_cuda()) {
+    // On the CPU the read costs nothing, and a step under the limit skips a pass over the gradients.
+    const double coefficient = max_norm / (norm.item<double>() + 1e-6);
+    if (coefficient < 1.0) at::_foreach_mul_(grads, coefficient);
+    return norm;
+  }
+  // On a GPU the factor stays there (as torch's clip_grad_norm_ does it): a factor of 1 leaves the
+  // gradients bit for bit as they were, and the host queues the optimizer without waiting.
+  const at::Tensor coefficient = (at::full_like(norm, max_norm) / (norm + 1e-6)).clamp_max(1.0).to(grads.front().scalar_type());
+  for (at::Tensor& grad : grads) grad.mul_(coefficient);
   return norm;
 }
 

@@ -119,33 +119,40 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     loss_sum = loss_sum.defined() ? loss_sum + part : part;
     tokens += batch.targets.numel();
   }
-  {
-    // On a GPU the host waits here for the device to finish the backward.
-    const ProfileScope scope("edit::loss_read");
-    metrics.loss = loss_sum.item<double>();
-  }
   if (!options_.stragglers.empty()) {
-    // A slower worker: its compute (timed up to the loss read, which waits for the device) takes
-    // longer, before the strategy can sync.
+    // A slower worker: its compute (timed up to the end of its backward, which the read waits for
+    // on a GPU) takes longer, before the strategy can sync.
+    (void)loss_sum.item<double>();
     const double compute = std::chrono::duration<double>(Clock::now() - start).count();
     metrics.straggler_delay_s = options_.stragglers.delay(mesh_.rank(), step_, compute);
     if (metrics.straggler_delay_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(metrics.straggler_delay_s));
   }
-  // A non-finite loss stops here, before any update: the weights, the anchors and every checkpoint
-  // stay as they were.
-  EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.loss), "step ", step_, ": the loss is ",
-             metrics.loss, " on rank ", mesh_.rank(), " (lr ", options_.schedule.at(step_),
-             "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
-             "the learning rate or check the data, then resume from the last checkpoint");
   {
     const ProfileScope scope("edit::sync");
     strategy_.before_step(step_);
   }
-  {
+  at::Tensor grad_norm;
+  if (options_.clip_norm > 0) {
     const ProfileScope scope("edit::clip");
-    metrics.grad_norm = options_.clip_norm > 0 ? model_.clip_grad_norm(options_.clip_norm) : NAN;
+    grad_norm = model_.clip_grad_norm_queued(options_.clip_norm);
   }
-  // The norm is global (identical on every rank), so every rank stops together.
+  {
+    // One read a step, the loss and the gradient norm together, after the clip is queued: on a GPU
+    // every read makes the host wait for all the work queued before it.
+    const ProfileScope scope("edit::host_read");
+    const at::Tensor loss_one = loss_sum.reshape({1});
+    const at::Tensor read =
+        (grad_norm.defined() ? at::cat({loss_one, grad_norm.reshape({1}).to(at::kDouble)}) : loss_one).to(at::kCPU);
+    metrics.loss = read[0].item<double>();
+    metrics.grad_norm = grad_norm.defined() ? read[1].item<double>() : NAN;
+  }
+  // A non-finite loss or gradient norm stops here, before any update: the weights, the anchors and
+  // every checkpoint stay as they were. The loss is this rank's; the norm is global (identical on
+  // every rank of the group that clips together), so a bad rank's peers stop with it.
+  EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.loss), "step ", step_, ": the loss is ",
+             metrics.loss, " on rank ", mesh_.rank(), " (lr ", options_.schedule.at(step_),
+             "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
+             "the learning rate or check the data, then resume from the last checkpoint");
   EDIT_CHECK(!options_.stop_on_nonfinite || options_.clip_norm == 0 || std::isfinite(metrics.grad_norm), "step ",
              step_, ": the gradient norm is ", metrics.grad_norm,
              "; training stopped before the update, so the weights and the last checkpoint are intact. Lower the "

@@ -12,6 +12,7 @@
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/train/trainer.h"
+#include "error_of.h"
 #include "mpi_test_env.h"
 #include "tiny_transformer.h"
 
@@ -151,6 +152,73 @@ TEST(Trainer, StragglerPlanSlowsTheNamedRankAndStepsOnly) {
   // step s + 1: in all, at least the 80 ms of the two delays of rank 1 (a little less for the
   // rank that started first).
   EXPECT_GE(total, 0.070) << "rank " << mesh.rank();
+}
+
+}  // namespace
+
+namespace {
+
+// A copy of every tensor the model and the optimizer hold, to compare after a refused step.
+std::vector<at::Tensor> snapshot(edit::shard::ShardedModel& model, edit::shard::FlatOptimizer& inner) {
+  std::vector<at::Tensor> saved;
+  for (int u = 0; u < model.num_units(); ++u) saved.push_back(model.unit(u).shard().clone());
+  for (const auto& [key, tensor] : inner.state_dict().tensors) saved.push_back(tensor.clone());
+  return saved;
+}
+
+// A NaN loss on one rank stops every rank in the same step, before the update: the bad rank by its
+// loss, the others by the global gradient norm, which the NaN reaches through the gradient average
+// (Ddp, S = 1) or the reduce-scatter (one replica sharded over all ranks: there a rank that stopped
+// at its loss before the clip's all-reduce would leave its peers waiting in it). Weights and AdamW
+// moments stay bit for bit as they were.
+void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size) {
+  SCOPED_TRACE("shard size " + std::to_string(shard_size));
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size});
+  TinyConfig config;
+  at::manual_seed(0);
+  auto module = std::make_shared<TinyTransformer>(config);
+  edit::shard::ShardedModel model(module, mesh.shard_ptr());
+  edit::shard::FlatAdamW inner(model, {1e-3});
+  edit::sync::Ddp strategy(model, mesh.sync_ptr());
+  edit::train::TrainerOptions options;
+  options.steps = 4;
+  options.schedule = {1e-3, 0, 4, 1e-3};
+  options.log_every = 0;
+  options.clip_norm = 1.0;
+  edit::train::Trainer trainer(mesh, model, inner, strategy, options);
+  const int bad_rank = mesh.world_size() - 1;
+  const auto batch_of = [&](std::int64_t step, int) {
+    auto [x, y] = tiny_batch(config, static_cast<int>(step), mesh.rank(), 2);
+    return edit::train::Batch{x, y};
+  };
+  const auto loss_of = [&](const edit::train::Batch& b) {
+    const at::Tensor loss = module->loss(b.inputs, b.targets);
+    return trainer.current_step() == 2 && mesh.rank() == bad_rank ? loss * std::nan("") : loss;
+  };
+  for (int step = 0; step < 2; ++step) {
+    const auto m = trainer.step(batch_of, loss_of);
+    ASSERT_TRUE(std::isfinite(m.loss) && std::isfinite(m.grad_norm) && m.grad_norm > 0) << "step " << step;
+  }
+  const std::vector<at::Tensor> before = snapshot(model, inner);
+  const std::string error = edit::testing_support::error_of([&] { trainer.step(batch_of, loss_of); });
+  // ("nan" or "-nan": a NaN's sign depends on where it was made.)
+  const std::string what = mesh.rank() == bad_rank ? "step 2: the loss is " : "step 2: the gradient norm is ";
+  const size_t at = error.find(what);
+  ASSERT_NE(at, std::string::npos) << error;
+  EXPECT_NE(error.find("nan", at + what.size()), std::string::npos) << error;
+  if (mesh.rank() == bad_rank) {
+    EXPECT_NE(error.find("on rank " + std::to_string(bad_rank)), std::string::npos) << error;
+  }
+  EXPECT_NE(error.find("training stopped before the update"), std::string::npos) << error;
+  EXPECT_EQ(trainer.current_step(), 2);
+  const std::vector<at::Tensor> after = snapshot(model, inner);
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+}
+
+TEST(Trainer, ANonFiniteLossOnOneRankStopsEveryRankBeforeTheUpdate) {
+  expect_a_nan_loss_on_one_rank_stops_every_rank(1);
+  expect_a_nan_loss_on_one_rank_stops_every_rank(world()->size());
 }
 
 }  // namespace

@@ -150,6 +150,10 @@ class ShardedModel : public UnitListener, public Stateful {
   // Clips the global gradient norm (all shards of the group) to max_norm, as
   // torch::nn::utils::clip_grad_norm_ does on the unsharded model; returns the norm before.
   double clip_grad_norm(double max_norm);
+  // The same, without making the host wait for a GPU: the norm comes back as a one-element double
+  // tensor on the gradients' device, and on a GPU the gradients are scaled there by
+  // min(1, max_norm / (norm + 1e-6)). (The Trainer reads it with the loss, in one read a step.)
+  at::Tensor clip_grad_norm_queued(double max_norm);
 
   // Full parameters by name, gathered over the shard group (collective): evaluation, export, tests.
   std::vector<std::pair<std::string, at::Tensor>> gather_full_parameters();
