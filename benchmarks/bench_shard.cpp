@@ -6,12 +6,17 @@
 // Memory is what a rank keeps for parameters, gradients and AdamW state: between steps
 // (shards) plus the peak of full unit buffers gathered during the step. Replicas (R = W / S) train
 // independently here; syncing them is the sync layer's business (bench_sync).
+//
+// A second table (rank 0, --optimizer-out) times the AdamW step alone on the same model, S = 1:
+// FlatAdamW's one-pass CPU update, FlatAdamW as one ATen op per term (fused = false), and
+// torch::optim::AdamW on the unsharded parameters, in alternating rounds.
 #include <ATen/Parallel.h>
 #include <torch/optim/adamw.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <iostream>
 
 #include "edit/comm/device_mesh.h"
@@ -36,10 +41,57 @@ struct Options {
   int steps = 10;                // timed steps (after 2 warm-up steps)
   std::vector<int> shard_sizes = {1, 2, 4};
   std::string out = "bench_shard.csv";
+  std::string optimizer_out = "bench_shard_optimizer.csv";
+  int rounds = 3;                // optimizer table: alternating rounds, the fastest of each counts
   bool quick = false;
 };
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// The AdamW step alone, S = 1, random gradients: the fastest round of each kind, milliseconds a step.
+void time_optimizers(const TinyConfig& config, const Options& options,
+                     const std::shared_ptr<edit::comm::Communicator>& alone) {
+  at::manual_seed(0);
+  auto module_one_pass = std::make_shared<TinyTransformer>(config);
+  auto module_ops = std::make_shared<TinyTransformer>(config);
+  auto module_torch = std::make_shared<TinyTransformer>(config);
+  edit::shard::ShardedModel one_pass_model(module_one_pass, alone);
+  edit::shard::ShardedModel ops_model(module_ops, alone);
+  edit::shard::AdamWOptions adamw{1e-3};
+  edit::shard::FlatAdamW one_pass(one_pass_model, adamw);
+  adamw.fused = false;
+  edit::shard::FlatAdamW ops(ops_model, adamw);
+  torch::optim::AdamW plain(module_torch->parameters(), torch::optim::AdamWOptions(1e-3).betas({0.9, 0.95}).weight_decay(0.1));
+  std::int64_t params = 0;
+  for (auto& p : module_torch->parameters()) {
+    p.mutable_grad() = at::randn_like(p);
+    params += p.numel();
+  }
+  for (auto* model : {&one_pass_model, &ops_model}) {
+    for (int u = 0; u < model->num_units(); ++u) model->unit(u).grad_shard().normal_();
+  }
+  const std::vector<std::pair<std::string, std::function<void()>>> kinds = {
+      {"FlatAdamW, one pass (fused)", [&] { one_pass.step(); }},
+      {"FlatAdamW, ATen ops (fused = false)", [&] { ops.step(); }},
+      {"torch::optim::AdamW", [&] { plain.step(); }}};
+  std::vector<double> best(kinds.size(), 1e300);
+  for (int round = 0; round < options.rounds; ++round) {
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      kinds[k].second();  // warm: first touch of the moments
+      const auto start = Clock::now();
+      for (int s = 0; s < options.steps; ++s) kinds[k].second();
+      best[k] = std::min(best[k], seconds_since(start) / options.steps);
+    }
+  }
+  edit::bench::Table table({"optimizer", "params", "ms_per_step", "ratio_to_torch"});
+  for (size_t k = 0; k < kinds.size(); ++k) {
+    table.add_row({kinds[k].first, std::to_string(params), fmt_num(1e3 * best[k], 3), fmt_num(best.back() / best[k], 2)});
+  }
+  table.print("The AdamW step alone (S = 1, one thread; the fastest of " + std::to_string(options.rounds) +
+              " alternating rounds of " + std::to_string(options.steps) + " steps)");
+  table.write_csv(options.optimizer_out);
+  std::cout << "\nwrote " << options.optimizer_out << "\n\n";
+}
 
 }  // namespace
 
@@ -51,6 +103,10 @@ int main(int argc, char** argv) try {
   app.add_option("--shard-sizes", options.shard_sizes, "shard sizes to run (each must divide the world)")
       ->delimiter(',')->capture_default_str();
   app.add_option("--out", options.out, "CSV path")->capture_default_str();
+  app.add_option("--optimizer-out", options.optimizer_out, "CSV path of the optimizer-step table")
+      ->capture_default_str();
+  app.add_option("--rounds", options.rounds, "alternating rounds of the optimizer-step table")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_flag("--quick", options.quick, "a small model and 3 steps (seconds)");
   CLI11_PARSE(app, argc, argv);
   if (options.quick) {
@@ -122,7 +178,10 @@ int main(int argc, char** argv) try {
                    fmt_num(tps / plain_tps, 3), fmt_num(mem / (1 << 20), 3), fmt_num(mem / plain_mem, 3),
                    fmt_num(memory.peak_full_param_bytes / 1024.0, 1)});
   }
+  // S = 1 on every rank (its shard group is the rank alone); rank 0 times the optimizers on it.
+  edit::comm::DeviceMesh unsharded_mesh = edit::comm::DeviceMesh::from_env({1});
   if (world_mesh.rank() == 0) {
+    time_optimizers(config, options, unsharded_mesh.shard_ptr());
     table.print("ShardedModel: throughput and parameter+gradient+AdamW memory per rank (" +
                 std::to_string(options.model.layers) + " blocks, dim " + std::to_string(options.model.dim) + ")");
     table.write_csv(options.out);

@@ -1,14 +1,24 @@
 #include "edit/shard/flat_adamw.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 
 #include <cmath>
 
 #include "edit/core/check.h"
 #include "edit/core/torch_compat.h"
+#include "adamw_pass.h"
 
 namespace edit::shard {
+
+namespace {
+
+bool fits_cpu_pass(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
+}  // namespace
 
 FrozenElements::FrozenElements(ShardedModel& model) {
   const auto frozen = [](const std::string&, const at::Tensor& param) { return !param.requires_grad(); };
@@ -137,6 +147,14 @@ void FlatAdamW::step() {
     fused_step();
     return;
   }
+  const detail::AdamWFactors factors{static_cast<float>(options_.beta1),
+                             static_cast<float>(1.0 - options_.beta1),
+                             static_cast<float>(options_.beta2),
+                             static_cast<float>(1.0 - options_.beta2),
+                             static_cast<float>(bias_correction2_sqrt),
+                             static_cast<float>(options_.eps),
+                             static_cast<float>(-step_size)};
+  const float decay = static_cast<float>(1.0 - lr * options_.weight_decay);
   for (int u = 0; u < model_.num_units(); ++u) {
     if (frozen_.whole_unit(u)) continue;
     FlatUnit& unit = model_.unit(u);
@@ -147,6 +165,24 @@ void FlatAdamW::step() {
     // One pass over the whole shard, then the frozen elements get their values back: the
     // trainable ones see exactly torch's arithmetic, and nothing is copied when none is frozen.
     const auto kept = frozen_.keep(u, {param, m, v});
+    if (options_.fused && fits_cpu_pass(param) && fits_cpu_pass(grad) && fits_cpu_pass(m) && fits_cpu_pass(v)) {
+      // The runs that decay and the gaps between them, each split over the intra-op threads.
+      const auto pass = [&](std::int64_t begin, std::int64_t length, float factor) {
+        at::parallel_for(begin, begin + length, 1 << 15, [&](std::int64_t from, std::int64_t to) {
+          detail::adamw_pass(param.data_ptr<float>() + from, grad.data_ptr<float>() + from, m.data_ptr<float>() + from,
+                     v.data_ptr<float>() + from, to - from, factor, factors);
+        });
+      };
+      std::int64_t at = 0;
+      for (const auto& [begin, length] : decay_runs_[static_cast<size_t>(u)]) {
+        pass(at, begin - at, 1.0f);
+        pass(begin, length, decay);
+        at = begin + length;
+      }
+      pass(at, param.numel() - at, 1.0f);
+      frozen_.put_back(u, {param, m, v}, kept);
+      continue;
+    }
     if (options_.weight_decay != 0) {
       // torch's p.mul_(1 - lr * wd) (the same float factor), on the decaying elements only.
       for (const auto& [begin, length] : decay_runs_[static_cast<size_t>(u)]) {

@@ -85,6 +85,63 @@ TEST(FlatAdamW, FrozenElementsKeepTheirValuesAndMoments) {
   EXPECT_NEAR(unit.shard()[1].item<float>(), bias - 0.05f, 1e-6);
 }
 
+// The one-pass CPU update against the ATen ops of the unfused path (AdamWOptions::fused = false),
+// on a model with decaying and non-decaying runs in every unit and a frozen tensor, over steps
+// whose gradients change sign and scale (so m and v move both ways).
+TEST(FlatAdamW, OnePassCpuUpdateMatchesTheUnfusedOps) {
+  const auto frozen_of = [](torch::nn::Module& module) {
+    for (const auto& item : module.named_parameters()) {
+      if (item.key().find("norm1.bias") != std::string::npos) return item.value();
+    }
+    ADD_FAILURE() << "no norm1.bias in the tiny transformer";
+    return at::Tensor();
+  };
+  const auto make = [&] {
+    at::manual_seed(3);
+    auto module = std::make_shared<edit::testing_support::TinyTransformer>(edit::testing_support::TinyConfig{});
+    frozen_of(*module).set_requires_grad(false);
+    return module;
+  };
+  auto module_a = make();
+  auto module_b = make();
+  ShardedModel a(module_a, std::make_shared<LoopbackCommunicator>());
+  ShardedModel b(module_b, std::make_shared<LoopbackCommunicator>());
+  edit::shard::AdamWOptions options{3e-3, 0.9, 0.95, 1e-8, 0.1};
+  edit::shard::FlatAdamW one_pass(a, options);
+  options.fused = false;
+  edit::shard::FlatAdamW unfused(b, options);
+  std::vector<at::Tensor> initial;
+  for (int u = 0; u < a.num_units(); ++u) initial.push_back(a.unit(u).shard().clone());
+  const at::Tensor frozen_initial = frozen_of(*module_a).clone();
+  for (int step = 0; step < 6; ++step) {
+    for (int u = 0; u < a.num_units(); ++u) {
+      const at::Tensor grad = at::randn_like(a.unit(u).grad_shard()) * std::pow(10.0, step % 3 - 1);
+      a.unit(u).grad_shard().copy_(grad);
+      b.unit(u).grad_shard().copy_(grad);
+    }
+    one_pass.set_lr(3e-3 * (step + 1));
+    unfused.set_lr(3e-3 * (step + 1));
+    one_pass.step();
+    unfused.step();
+  }
+  EXPECT_TRUE(at::equal(frozen_of(*module_a), frozen_initial));
+  EXPECT_TRUE(at::equal(frozen_of(*module_b), frozen_initial));
+  for (int u = 0; u < a.num_units(); ++u) {
+    SCOPED_TRACE("unit " + std::to_string(u));
+    // Rounded in another order at most (ATen's vector kernels may fuse a multiply-add): within a
+    // few float ulps of the tensor's scale (a moment that cancels to near zero keeps the absolute
+    // error of its terms).
+    const auto expect_close = [](const at::Tensor& got, const at::Tensor& want, const char* what) {
+      const double scale = want.abs().max().item<double>();
+      EXPECT_LE((got - want).abs().max().item<double>(), 1e-6 * scale) << what;
+    };
+    expect_close(a.unit(u).shard(), b.unit(u).shard(), "weights");
+    expect_close(one_pass.exp_avg(u), unfused.exp_avg(u), "exp_avg");
+    expect_close(one_pass.exp_avg_sq(u), unfused.exp_avg_sq(u), "exp_avg_sq");
+    EXPECT_GT((a.unit(u).shard() - initial[static_cast<size_t>(u)]).abs().max().item<float>(), 1e-3) << "nothing moved";
+  }
+}
+
 TEST(LrSchedule, WarmupThenCosineToTheFloor) {
   edit::shard::WarmupCosine schedule{1.0, 10, 110, 0.1};
   schedule.validate();

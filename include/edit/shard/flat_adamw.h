@@ -44,8 +44,9 @@ struct AdamWOptions {
   double beta2 = 0.95;          // LLM pretraining default (torch's default is 0.999)
   double eps = 1e-8;
   double weight_decay = 0.1;    // decoupled: p -= lr * weight_decay * p
-  // One fused kernel per step for CUDA fp32 shards where LibTorch has it (2.1 and later: the
-  // kernel behind torch.optim.AdamW(fused=True)); the same update, rounded in another order.
+  // One pass over the state per step instead of one per ATen op: on CUDA fp32 shards LibTorch's
+  // fused kernel where it has one (2.1 and later: the kernel behind torch.optim.AdamW(fused=True)),
+  // on CPU fp32 shards a loop of libedit's. The same update, rounded in another order at most.
   bool fused = true;
 };
 
@@ -87,7 +88,7 @@ class FlatAdamW : public FlatOptimizer {
   void set_lr(double lr) override { options_.lr = lr; }
   double lr() const override { return options_.lr; }
   std::int64_t steps() const { return steps_; }
-  bool fused() const { return use_fused_; }  // the fused kernel steps (see AdamWOptions::fused)
+  bool fused() const { return use_fused_; }  // LibTorch's fused CUDA kernel steps (see AdamWOptions::fused)
   const AdamWOptions& options() const { return options_; }
 
   // Per-unit state, e.g. for checkpoints: exp_avg and exp_avg_sq of this rank's shard.
