@@ -132,9 +132,15 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     strategy_.before_step(step_);
   }
   at::Tensor grad_norm;
-  if (options_.clip_norm > 0) {
+  {
+    // Without a clip the norm is still taken when non-finite values must stop the step: a NaN
+    // that reached this rank through a gradient average or reduce-scatter shows only there.
     const ProfileScope scope("edit::clip");
-    grad_norm = model_.clip_grad_norm_queued(options_.clip_norm);
+    if (options_.clip_norm > 0) {
+      grad_norm = model_.clip_grad_norm_queued(options_.clip_norm);
+    } else if (options_.stop_on_nonfinite) {
+      grad_norm = model_.grad_norm_queued();
+    }
   }
   {
     // One read a step, the loss and the gradient norm together, after the clip is queued: on a GPU
@@ -153,7 +159,7 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
              metrics.loss, " on rank ", mesh_.rank(), " (lr ", options_.schedule.at(step_),
              "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
              "the learning rate or check the data, then resume from the last checkpoint");
-  EDIT_CHECK(!options_.stop_on_nonfinite || options_.clip_norm == 0 || std::isfinite(metrics.grad_norm), "step ",
+  EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.grad_norm), "step ",
              step_, ": the gradient norm is ", metrics.grad_norm,
              "; training stopped before the update, so the weights and the last checkpoint are intact. Lower the "
              "learning rate or check the data, then resume from the last checkpoint");

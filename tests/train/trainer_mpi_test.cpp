@@ -170,9 +170,9 @@ std::vector<at::Tensor> snapshot(edit::shard::ShardedModel& model, edit::shard::
 // loss, the others by the global gradient norm, which the NaN reaches through the gradient average
 // (Ddp, S = 1) or the reduce-scatter (one replica sharded over all ranks: there a rank that stopped
 // at its loss before the clip's all-reduce would leave its peers waiting in it). Weights and AdamW
-// moments stay bit for bit as they were.
-void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size) {
-  SCOPED_TRACE("shard size " + std::to_string(shard_size));
+// moments stay bit for bit as they were. Without a clip the norm is checked all the same.
+void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size, double clip) {
+  SCOPED_TRACE("shard size " + std::to_string(shard_size) + (clip > 0 ? ", clip on" : ", clip off"));
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size});
   TinyConfig config;
   at::manual_seed(0);
@@ -184,7 +184,7 @@ void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size) {
   options.steps = 4;
   options.schedule = {1e-3, 0, 4, 1e-3};
   options.log_every = 0;
-  options.clip_norm = 1.0;
+  options.clip_norm = clip;
   edit::train::Trainer trainer(mesh, model, inner, strategy, options);
   const int bad_rank = mesh.world_size() - 1;
   const auto batch_of = [&](std::int64_t step, int) {
@@ -217,8 +217,9 @@ void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size) {
 }
 
 TEST(Trainer, ANonFiniteLossOnOneRankStopsEveryRankBeforeTheUpdate) {
-  expect_a_nan_loss_on_one_rank_stops_every_rank(1);
-  expect_a_nan_loss_on_one_rank_stops_every_rank(world()->size());
+  expect_a_nan_loss_on_one_rank_stops_every_rank(1, 1.0);
+  expect_a_nan_loss_on_one_rank_stops_every_rank(world()->size(), 1.0);
+  expect_a_nan_loss_on_one_rank_stops_every_rank(1, 0.0);
 }
 
 }  // namespace

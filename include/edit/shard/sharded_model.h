@@ -154,6 +154,8 @@ class ShardedModel : public UnitListener, public Stateful {
   // tensor on the gradients' device, and on a GPU the gradients are scaled there by
   // min(1, max_norm / (norm + 1e-6)). (The Trainer reads it with the loss, in one read a step.)
   at::Tensor clip_grad_norm_queued(double max_norm);
+  // The global gradient norm alone, queued likewise (one element, double, the gradients' device).
+  at::Tensor grad_norm_queued();
 
   // Full parameters by name, gathered over the shard group (collective): evaluation, export, tests.
   std::vector<std::pair<std::string, at::Tensor>> gather_full_parameters();
@@ -186,6 +188,7 @@ class ShardedModel : public UnitListener, public Stateful {
   void post_backward(FlatUnit& unit);
   void finish_pending_backward(int above_unit);
   void cast_shard_for_compute(FlatUnit& unit);
+  std::vector<at::Tensor> grad_shards() const;
 
   std::shared_ptr<torch::nn::Module> model_;
   std::shared_ptr<comm::Communicator> group_;

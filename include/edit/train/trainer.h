@@ -37,7 +37,9 @@ struct TrainerOptions {
   shard::WarmupCosine schedule;  // learning rate per step
   std::string metrics_path;     // JSONL file written by rank 0; empty: none
   int log_every = 10;           // readable line + world-mean loss every N steps; 0: never
-  bool stop_on_nonfinite = true;  // a NaN/Inf loss or gradient norm throws before the update
+  // A NaN/Inf loss or global gradient norm throws before the update (the norm is taken even
+  // without a clip).
+  bool stop_on_nonfinite = true;
   StragglerPlan stragglers;       // simulated slow ranks (tests, benchmarks); empty: none
   // Profile steps [profile_first, profile_first + profile_steps) with LibTorch's profiler (0 steps:
   // off; train/profiler.h). Rank 0 logs the report; with a profile_dir every rank writes
@@ -59,7 +61,7 @@ struct StepMetrics {
   double loss = 0.0;        // this rank's mean over its micro-batches
   double loss_world = NAN;  // mean over all ranks (log steps only; A-EDiT: over the replica's)
   double lr = 0.0;
-  double grad_norm = 0.0;
+  double grad_norm = 0.0;   // global, before the clip (NaN with no clip and stop_on_nonfinite off)
   double seconds = 0.0;
   double tokens_per_s = 0.0;       // all ranks together
   std::int64_t bytes_shard = 0;    // sent by this rank in the step, per group
