@@ -113,37 +113,55 @@ TEST(Trainer, EditLearnsAndTheMetricsRecordEachSync) {
 
 namespace {
 
+std::shared_ptr<TinyTransformer> seeded_tiny_transformer(const TinyConfig& config) {
+  at::manual_seed(0);
+  return std::make_shared<TinyTransformer>(config);
+}
+
+// The tiny transformer under Ddp and AdamW on a mesh of shard size S, for the tests below, each with
+// the tiny batches of its step and rank.
+struct DdpRun {
+  explicit DdpRun(int shard_size)
+      : mesh(edit::comm::DeviceMesh::from_env({shard_size})),
+        module(seeded_tiny_transformer(config)),
+        model(module, mesh.shard_ptr()),
+        inner(model, {1e-3}),
+        strategy(model, mesh.sync_ptr()) {}
+  edit::train::Batch batch(std::int64_t step) const {
+    auto [x, y] = tiny_batch(config, static_cast<int>(step), mesh.rank(), 2);
+    return edit::train::Batch{x, y};
+  }
+
+  edit::comm::DeviceMesh mesh;
+  TinyConfig config;
+  std::shared_ptr<TinyTransformer> module;
+  edit::shard::ShardedModel model;
+  edit::shard::FlatAdamW inner;
+  edit::sync::Ddp strategy;
+};
+
 // The straggler plan slows exactly the ranks and steps it names, inside the step, and Ddp makes
 // every rank wait for it.
 TEST(Trainer, StragglerPlanSlowsTheNamedRankAndStepsOnly) {
-  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({1});
-  TinyConfig config;
-  at::manual_seed(0);
-  auto module = std::make_shared<TinyTransformer>(config);
-  edit::shard::ShardedModel model(module, mesh.shard_ptr());
-  edit::shard::FlatAdamW inner(model, {1e-3});
-  edit::sync::Ddp strategy(model, mesh.sync_ptr());
+  DdpRun run(1);
   edit::train::TrainerOptions options;
   options.steps = 6;
   options.schedule = {1e-3, 0, 6, 1e-3};
   options.log_every = 0;
   options.stragglers = edit::train::StragglerPlan::parse("1:+40ms@2-4,1:2x@5-6");
-  edit::train::Trainer trainer(mesh, model, inner, strategy, options);
-  const auto batch_of = [&](std::int64_t step, int) {
-    auto [x, y] = tiny_batch(config, static_cast<int>(step), mesh.rank(), 2);
-    return edit::train::Batch{x, y};
-  };
-  const auto loss_of = [&](const edit::train::Batch& b) { return module->loss(b.inputs, b.targets); };
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+  const auto loss_of = [&](const edit::train::Batch& b) { return run.module->loss(b.inputs, b.targets); };
   double total = 0.0;
   for (std::int64_t step = 0; step < 6; ++step) {
     const auto m = trainer.step(batch_of, loss_of);
-    const bool slowed_rank = mesh.rank() == 1;
+    const bool slowed_rank = run.mesh.rank() == 1;
     if (slowed_rank && (step == 2 || step == 3)) {
       EXPECT_DOUBLE_EQ(m.straggler_delay_s, 0.040) << "step " << step;
     } else if (slowed_rank && step == 5) {
       EXPECT_GT(m.straggler_delay_s, 0.0) << "2x: the step's own compute time again";
     } else {
-      EXPECT_EQ(m.straggler_delay_s, 0.0) << "step " << step << " rank " << mesh.rank();
+      EXPECT_EQ(m.straggler_delay_s, 0.0) << "step " << step << " rank " << run.mesh.rank();
     }
     total += m.seconds;
   }
@@ -151,13 +169,8 @@ TEST(Trainer, StragglerPlanSlowsTheNamedRankAndStepsOnly) {
   // backward, before the straggler's delay, so a fast rank's wait for a delay of step s comes in
   // step s + 1: in all, at least the 80 ms of the two delays of rank 1 (a little less for the
   // rank that started first).
-  EXPECT_GE(total, 0.070) << "rank " << mesh.rank();
+  EXPECT_GE(total, 0.070) << "rank " << run.mesh.rank();
 }
-
-}  // namespace
-
-namespace {
-
 // A copy of every tensor the model and the optimizer hold, to compare after a refused step.
 std::vector<at::Tensor> snapshot(edit::shard::ShardedModel& model, edit::shard::FlatOptimizer& inner) {
   std::vector<at::Tensor> saved;
@@ -173,45 +186,37 @@ std::vector<at::Tensor> snapshot(edit::shard::ShardedModel& model, edit::shard::
 // moments stay bit for bit as they were. Without a clip the norm is checked all the same.
 void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size, double clip) {
   SCOPED_TRACE("shard size " + std::to_string(shard_size) + (clip > 0 ? ", clip on" : ", clip off"));
-  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size});
-  TinyConfig config;
-  at::manual_seed(0);
-  auto module = std::make_shared<TinyTransformer>(config);
-  edit::shard::ShardedModel model(module, mesh.shard_ptr());
-  edit::shard::FlatAdamW inner(model, {1e-3});
-  edit::sync::Ddp strategy(model, mesh.sync_ptr());
+  DdpRun run(shard_size);
   edit::train::TrainerOptions options;
   options.steps = 4;
   options.schedule = {1e-3, 0, 4, 1e-3};
   options.log_every = 0;
   options.clip_norm = clip;
-  edit::train::Trainer trainer(mesh, model, inner, strategy, options);
-  const int bad_rank = mesh.world_size() - 1;
-  const auto batch_of = [&](std::int64_t step, int) {
-    auto [x, y] = tiny_batch(config, static_cast<int>(step), mesh.rank(), 2);
-    return edit::train::Batch{x, y};
-  };
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  const int rank = run.mesh.rank();
+  const int bad_rank = run.mesh.world_size() - 1;
+  const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
   const auto loss_of = [&](const edit::train::Batch& b) {
-    const at::Tensor loss = module->loss(b.inputs, b.targets);
-    return trainer.current_step() == 2 && mesh.rank() == bad_rank ? loss * std::nan("") : loss;
+    const at::Tensor loss = run.module->loss(b.inputs, b.targets);
+    return trainer.current_step() == 2 && rank == bad_rank ? loss * std::nan("") : loss;
   };
   for (int step = 0; step < 2; ++step) {
     const auto m = trainer.step(batch_of, loss_of);
     ASSERT_TRUE(std::isfinite(m.loss) && std::isfinite(m.grad_norm) && m.grad_norm > 0) << "step " << step;
   }
-  const std::vector<at::Tensor> before = snapshot(model, inner);
+  const std::vector<at::Tensor> before = snapshot(run.model, run.inner);
   const std::string error = edit::testing_support::error_of([&] { trainer.step(batch_of, loss_of); });
   // ("nan" or "-nan": a NaN's sign depends on where it was made.)
-  const std::string what = mesh.rank() == bad_rank ? "step 2: the loss is " : "step 2: the gradient norm is ";
+  const std::string what = rank == bad_rank ? "step 2: the loss is " : "step 2: the gradient norm is ";
   const size_t at = error.find(what);
   ASSERT_NE(at, std::string::npos) << error;
   EXPECT_NE(error.find("nan", at + what.size()), std::string::npos) << error;
-  if (mesh.rank() == bad_rank) {
+  if (rank == bad_rank) {
     EXPECT_NE(error.find("on rank " + std::to_string(bad_rank)), std::string::npos) << error;
   }
   EXPECT_NE(error.find("training stopped before the update"), std::string::npos) << error;
   EXPECT_EQ(trainer.current_step(), 2);
-  const std::vector<at::Tensor> after = snapshot(model, inner);
+  const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
   ASSERT_EQ(after.size(), before.size());
   for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
 }
