@@ -106,7 +106,7 @@ int main(int argc, char** argv) try {
   app.add_option("--optimizer-out", options.optimizer_out, "CSV path of the optimizer-step table")
       ->capture_default_str();
   app.add_option("--rounds", options.rounds, "alternating rounds of the optimizer-step table")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(CLI::Range(1, 1000))->capture_default_str();
   app.add_flag("--quick", options.quick, "a small model and 3 steps (seconds)");
   CLI11_PARSE(app, argc, argv);
   if (options.quick) {

@@ -41,6 +41,25 @@
 
 namespace {
 
+// A number above zero (kPositive) or not below it (kNonNegative). CLI11's PositiveNumber and
+// NonNegativeNumber would say "not in range 0.000000 to 179769313486231570814527...".
+CLI::Validator number_check(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](std::string& text) -> std::string {
+        double value = NAN;
+        try {
+          value = std::stod(text);
+        } catch (const std::exception&) {
+          return "Value " + text + " is not a number";
+        }
+        if (value > 0 || (zero_allowed && value == 0)) return {};
+        return "Value " + text + (zero_allowed ? " must not be negative" : " must be above 0");
+      },
+      zero_allowed ? "NONNEGATIVE" : "POSITIVE");
+}
+const CLI::Validator kPositive = number_check(false);
+const CLI::Validator kNonNegative = number_check(true);
+
 // Every knob. The library's option structs hold the defaults; the CLI binds to their fields and
 // prints their values, so a default is stated once. The program's own choices are set in Config().
 struct Config {
@@ -101,17 +120,17 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--style", c.style, "gpt2 or llama")->group(model)->capture_default_str();
   app.add_option("--vocab-size", c.vocab_size, "override the preset's vocabulary")
       ->group(model)
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   app.add_option("--seq-len", c.seq_len, "override the context length")
       ->group(model)
-      ->check(CLI::PositiveNumber);
-  app.add_option("--dim", c.dim, "override the width")->group(model)->check(CLI::PositiveNumber);
+      ->check(kPositive);
+  app.add_option("--dim", c.dim, "override the width")->group(model)->check(kPositive);
   app.add_option("--heads", c.heads, "override the attention heads")
       ->group(model)
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   app.add_option("--layers", c.layers, "override the number of blocks")
       ->group(model)
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   app.add_option("--tie-embeddings", c.tie_embeddings,
                  "head reuses the token embedding: auto (gpt2 yes, llama no), on, off")
       ->group(model)
@@ -136,27 +155,27 @@ void add_options(CLI::App& app, Config& c) {
   auto* optim = "Optimization";
   app.add_option("--batch-size", c.batch_size, "sequences per rank per micro-batch")
       ->group(optim)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--grad-accum", c.trainer.accumulation, "micro-batches per step")
       ->group(optim)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--steps", c.trainer.steps, "inner steps")
       ->group(optim)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--lr", c.adamw.lr, "peak learning rate (AdamW)")
       ->group(optim)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--min-lr", c.trainer.schedule.min_lr, "learning rate at the end of the cosine")
       ->group(optim)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--warmup-steps", c.trainer.schedule.warmup_steps, "linear warm-up steps")
       ->group(optim)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--weight-decay", c.adamw.weight_decay, "decoupled weight decay (matrices)")
       ->group(optim)
@@ -165,7 +184,7 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--beta2", c.adamw.beta2, "AdamW beta2")->group(optim)->capture_default_str();
   app.add_option("--clip", c.trainer.clip_norm, "gradient-norm clip (0: off)")
       ->group(optim)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   auto* sync = "Synchronization";
   app.add_option("--strategy", c.sync.name, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")
@@ -177,12 +196,12 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--sync-interval", c.sync.aedit.interval_s,
                  "T: seconds between syncs (replaces --sync-every)")
       ->group(aedit)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--time-limit", c.sync.aedit.time_limit_s,
                  "end at the last sync within this many seconds (0: --steps alone ends it)")
       ->group(aedit)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--step-share", c.sync.aedit.step_share,
                  "r: weight w = (1 - r) penalty weight + r share of the inner steps")
@@ -193,7 +212,7 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--fragments", c.sync.streaming.fragments,
                  "P: fragments of units that sync in turn, every H / P steps")
       ->group(streaming)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--fragment-layout", c.fragment_layout,
                  "strided (unit u in fragment u mod P), sequential (runs of consecutive units), balanced "
@@ -205,7 +224,7 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--overlap", c.sync.streaming.overlap,
                  "tau: inner steps between a fragment's exchange and its merge (0: blocking)")
       ->group(streaming)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--alpha", c.sync.streaming.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")
       ->group(streaming)
@@ -217,14 +236,14 @@ void add_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--quant-block", c.sync.streaming.quant.block, "values per quantization scale")
       ->group(streaming)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_flag("--penalty", c.penalty,
                "the pseudo-gradient penalty for diloco and streaming as well (edit has it on)")
       ->group(streaming);
   app.add_option("--sync-every", c.sync.local.sync_every, "H: inner steps between outer syncs")
       ->group(sync)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--outer", c.outer, "outer optimizer: nesterov, average, sign")
       ->group(sync)
@@ -254,31 +273,31 @@ void add_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--shard-size", c.shard_size, "S: ranks sharing one model replica (ZeRO-3)")
       ->group(sync)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   auto* run = "Evaluation, logging and checkpoints";
   app.add_option("--eval-every", c.eval_every, "evaluate on the val split every N steps (0: only at the end)")
       ->group(run)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--eval-batches", c.eval_batches, "val batches per evaluation and rank")
       ->group(run)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--log-every", c.trainer.log_every, "readable log line every N steps (0: none)")
       ->group(run)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--out-dir", c.out_dir, "metrics, loss table and checkpoints go here")
       ->group(run)
       ->capture_default_str();
   app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")
       ->group(run)
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")
       ->group(run)
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app.add_option("--resume", c.resume, "auto (latest in out-dir), a checkpoint folder, or none")
       ->group(run)
@@ -290,11 +309,11 @@ void add_options(CLI::App& app, Config& c) {
                  "seconds a collective may wait for a peer before the job fails "
                  "(default: EDIT_COMM_TIMEOUT_S, else 600)")
       ->group(run)
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   app.add_option("--sample-tokens", c.sample_tokens,
                  "print a sample of N tokens at the end (decoded with the data's recorded tokenizer)")
       ->group(run)
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   app.add_option("--profile-steps", c.profile_steps,
                  "profile steps FIRST:COUNT (e.g. 20:3): time per kernel kind, busiest kernels and host ops "
                  "(logged; CSV and trace in --out-dir)")
@@ -516,9 +535,12 @@ int main(int argc, char** argv) {
   c.streaming_flags_given =
       given({"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"});
   c.aedit_flags_given = given({"--sync-interval", "--time-limit", "--step-share"});
-  EDIT_CHECK(c.sync.name != "aedit" || app.count("--sync-every") == 0,
-             "--sync-every counts steps, but A-EDiT syncs "
-             "on a wall clock; drop --sync-every and give --sync-interval SECONDS");
+  if (c.sync.name == "aedit" && app.count("--sync-every") > 0) {
+    std::cerr << "edit-train-gpt: --sync-every counts steps, but A-EDiT syncs on a wall clock; drop --sync-every "
+                 "and give --sync-interval SECONDS"
+              << std::endl;
+    return 2;
+  }
   try {
     at::set_num_threads(1);
     edit::comm::MeshOptions mesh_options;

@@ -23,6 +23,10 @@ Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::Flat
              options_.accumulation);
   EDIT_CHECK(options_.clip_norm >= 0, "clip norm must be >= 0 (0 turns clipping off), got ", options_.clip_norm);
   options_.schedule.validate();
+  for (const StragglerRule& rule : options_.stragglers.rules()) {
+    EDIT_CHECK(rule.rank < mesh_.world_size(), "a straggler rule slows rank ", rule.rank, ", but the job has ",
+               mesh_.world_size(), " rank(s), 0 to ", mesh_.world_size() - 1, "; name one of them");
+  }
   EDIT_CHECK(options_.profile_first >= 0 && options_.profile_steps >= 0,
              "the profiled steps must start at a step >= 0 and number >= 0, got ", options_.profile_steps,
              " from step ", options_.profile_first);

@@ -26,6 +26,8 @@ expect_failure() {
   timeout 120 "${mpiexec[@]}" -np 2 "$train" "${common[@]}" "$@" > "$work/$name.log" 2>&1
   local rc=$? took=$((SECONDS - start))
   if [[ $rc -eq 0 ]]; then fail "$name: exited 0"; return; fi
+  # 128 + N: a rank died of signal N (an abort from an uncaught exception, a crash), not an error exit.
+  if [[ $rc -ge 128 ]]; then fail "$name: crashed (exit $rc) instead of exiting with an error"; fi
   if [[ $took -gt $bound ]]; then fail "$name: took ${took} s (bound ${bound} s)"; fi
   grep -qE -- "$pattern" "$work/$name.log" || { fail "$name: no message matching '$pattern'"; sed 's/^/    /' "$work/$name.log" | head -20; }
   echo "ok: $name (exit $rc, ${took} s)"
@@ -84,6 +86,8 @@ expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by -
   --strategy streaming --fragments 3 --out-dir "$work/x14"
 
 # A-EDiT: a step count where a wall-clock interval is due, and its options for another strategy.
+expect_failure straggler_past_the_ranks 30 "slows rank 2, but the job has 2 rank\(s\), 0 to 1" --steps 4 \
+  --straggler 2:2x --out-dir "$work/x17"
 expect_failure aedit_sync_every 30 "--sync-every counts steps, but A-EDiT syncs on a wall clock" --steps 4 \
   --strategy aedit --sync-interval 1 --out-dir "$work/x15"
 expect_failure aedit_flags_elsewhere 30 "--sync-interval, --time-limit apply only to A-EDiT" --steps 4 \
