@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -592,6 +593,21 @@ int main(int argc, char** argv) {
     }
     edit::data::TokenDataset train(c.train_data, data_options);
     edit::data::TokenDataset val(c.val_data.empty() ? c.train_data : c.val_data, val_options);
+    {
+      // Past the batches the val split holds, an evaluation reads the same windows again: their
+      // mean weights some twice and costs time for nothing. The fewest any rank holds (sharded
+      // forwards are collective, so every rank evaluates as many batches).
+      const auto held = mesh.world().all_gather_values({static_cast<double>(val.windows_per_epoch() / c.batch_size)});
+      const auto distinct = static_cast<int>(std::max(1.0, *std::min_element(held.begin(), held.end())));
+      if (c.eval_batches > distinct) {
+        if (mesh.rank() == 0) {
+          spdlog::warn("--eval-batches {} is more than the val split holds ({} batches of {} sequences per rank); "
+                       "evaluating on those {}",
+                       c.eval_batches, distinct, c.batch_size, distinct);
+        }
+        c.eval_batches = distinct;
+      }
+    }
 
     at::manual_seed(static_cast<std::uint64_t>(c.seed));
     auto module =

@@ -98,6 +98,20 @@ list(LENGTH rounds round_count)
 if(round_count LESS 2 OR faster LESS round_count)
   message(FATAL_ERROR "A-EDiT: ${round_count} rounds, the unslowed rank 0 ahead in ${faster} of them")
 endif()
+# --eval-batches past what the val split holds: a warning, and the evaluation of the batches it
+# holds (the val loss of a run asking for exactly those).
+execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 5 --eval-batches 100000 --out-dir "${WORK}/evals"
+                RESULT_VARIABLE many_result OUTPUT_VARIABLE many_out ERROR_VARIABLE many_err)
+if(NOT many_result EQUAL 0 OR NOT "${many_out}${many_err}" MATCHES "evaluating on those ([0-9]+)")
+  message(FATAL_ERROR "--eval-batches 100000: no warning naming the batches held\n${many_out}\n${many_err}")
+endif()
+set(held ${CMAKE_MATCH_1})
+file(STRINGS "${WORK}/evals/loss.tsv" many_rows REGEX "^0\t")
+run(${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 5 --eval-batches ${held} --out-dir "${WORK}/evals" --overwrite)
+file(STRINGS "${WORK}/evals/loss.tsv" held_rows REGEX "^0\t")
+if(many_rows STREQUAL "" OR NOT many_rows STREQUAL held_rows)
+  message(FATAL_ERROR "--eval-batches 100000 gave '${many_rows}', --eval-batches ${held} '${held_rows}'")
+endif()
 # Bad input: a token id beyond the model's vocabulary is refused with the file named.
 execute_process(COMMAND ${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 5 --vocab-size 64 --out-dir "${WORK}/bad"
                 RESULT_VARIABLE bad_result OUTPUT_VARIABLE bad_out ERROR_VARIABLE bad_err)
