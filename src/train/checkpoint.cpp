@@ -315,9 +315,10 @@ std::int64_t Checkpointer::load(const std::string& path) {
              manifest.value("format", std::string("?")), "' but this libedit reads '", kFormat,
              "'; resume it with the libedit version that wrote it, or start a new run");
   EDIT_CHECK(manifest.value("world_size", -1) == mesh_.world_size() && manifest.value("shard_size", -1) == mesh_.shard_size(),
-             dir, " was saved by ", manifest.value("world_size", -1), " ranks with shard size ",
-             manifest.value("shard_size", -1), ", but this job has ", mesh_.world_size(), " ranks with shard size ",
-             mesh_.shard_size(), "; resume with the same mesh");
+             dir, " was saved by ", manifest.value("world_size", -1), " rank(s) with shard size ",
+             manifest.value("shard_size", -1), ", but this job has ", mesh_.world_size(), " rank(s) with shard size ",
+             mesh_.shard_size(), "; resume with the same number of ranks and --shard-size (a checkpoint is not "
+             "resharded)");
   const auto& entry = manifest["ranks"].at(static_cast<size_t>(mesh_.rank()));
   const fs::path file = fs::path(dir) / entry["file"].get<std::string>();
   const std::string name = file.string();

@@ -204,7 +204,7 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
     std::ofstream(manifest) << text;
   }
   mesh.world().barrier()->wait();
-  EXPECT_NE(message_of((fs::path(root) / "step_00000002").string()).find("resume with the same mesh"), std::string::npos);
+  EXPECT_NE(message_of((fs::path(root) / "step_00000002").string()).find("resume with the same number of ranks and --shard-size"), std::string::npos);
 }
 
 }  // namespace
