@@ -1,6 +1,7 @@
-// Training on a CUDA device (skipped without one): the fused AdamW against the unfused update, and
-// a bf16 run against the fp32 run on the CPU. Each is an independent reference: the unfused update
-// is the closed-form AdamW the CPU tests check against torch::optim::AdamW.
+// Training on a CUDA device (skipped without one): the fused AdamW against the unfused update, the
+// clip against the CPU's, and a bf16 run against the fp32 run on the CPU. Each is an independent
+// reference: the unfused update is the closed-form AdamW the CPU tests check against
+// torch::optim::AdamW.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -80,6 +81,40 @@ TEST(CudaFusedAdamW, TwentyStepsMatchTheUnfusedUpdate) {
   for (int u = 0; u < fused.sharded->num_units(); ++u) {
     const at::Tensor diff = (fused.sharded->unit(u).shard() - plain.sharded->unit(u).shard()).abs().max();
     EXPECT_LT(diff.item<double>(), 1e-4) << "unit " << u;
+  }
+}
+
+// The clip on a GPU keeps its factor on the device (clip_grad_norm_queued): the same gradients on
+// the CPU, where the host reads the norm and decides, are the reference. Under the limit nothing
+// moves, bit for bit; over it, both scale by max / (norm + 1e-6).
+TEST(CudaClip, MatchesTheCpuClipOnTheSameGradients) {
+  SKIP_WITHOUT_CUDA();
+  TinyConfig config;
+  const c10::Device cuda(c10::kCUDA, 0), cpu(c10::kCPU);
+  TrainingRun gpu = make_run(config, cuda, at::kFloat, true);
+  TrainingRun reference = make_run(config, cpu, at::kFloat, false);
+  for (const double max_norm : {1e6, 0.5}) {
+    SCOPED_TRACE("max norm " + std::to_string(max_norm));
+    std::vector<at::Tensor> grads;
+    for (int u = 0; u < reference.sharded->num_units(); ++u) {
+      grads.push_back(at::randn_like(reference.sharded->unit(u).grad_shard()));
+      reference.sharded->unit(u).grad_shard().copy_(grads.back());
+      gpu.sharded->unit(u).grad_shard().copy_(grads.back());
+    }
+    const at::Tensor gpu_norm = gpu.sharded->clip_grad_norm_queued(max_norm);
+    EXPECT_TRUE(gpu_norm.is_cuda());
+    const double cpu_norm = reference.sharded->clip_grad_norm(max_norm);
+    EXPECT_NEAR(gpu_norm.item<double>(), cpu_norm, 1e-6 * cpu_norm);
+    ASSERT_GT(cpu_norm, 0.5) << "the second round must clip";
+    for (int u = 0; u < reference.sharded->num_units(); ++u) {
+      const at::Tensor on_gpu = gpu.sharded->unit(u).grad_shard().cpu();
+      const at::Tensor on_cpu = reference.sharded->unit(u).grad_shard();
+      if (max_norm > cpu_norm) {
+        EXPECT_TRUE(at::equal(on_gpu, grads[static_cast<size_t>(u)])) << "unit " << u << " moved under the limit";
+      } else {
+        EXPECT_TRUE(at::allclose(on_gpu, on_cpu, 1e-6, 1e-9)) << "unit " << u;
+      }
+    }
   }
 }
 
