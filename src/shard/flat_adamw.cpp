@@ -147,13 +147,11 @@ void FlatAdamW::step() {
     fused_step();
     return;
   }
-  const detail::AdamWFactors factors{static_cast<float>(options_.beta1),
-                             static_cast<float>(1.0 - options_.beta1),
-                             static_cast<float>(options_.beta2),
-                             static_cast<float>(1.0 - options_.beta2),
-                             static_cast<float>(bias_correction2_sqrt),
-                             static_cast<float>(options_.eps),
-                             static_cast<float>(-step_size)};
+  const detail::AdamWFactors factors{
+      static_cast<float>(options_.beta1),        static_cast<float>(1.0 - options_.beta1),
+      static_cast<float>(options_.beta2),        static_cast<float>(1.0 - options_.beta2),
+      static_cast<float>(bias_correction2_sqrt), static_cast<float>(options_.eps),
+      static_cast<float>(-step_size)};
   const float decay = static_cast<float>(1.0 - lr * options_.weight_decay);
   for (int u = 0; u < model_.num_units(); ++u) {
     if (frozen_.whole_unit(u)) continue;
@@ -169,8 +167,8 @@ void FlatAdamW::step() {
       // The runs that decay and the gaps between them, each split over the intra-op threads.
       const auto pass = [&](std::int64_t begin, std::int64_t length, float factor) {
         at::parallel_for(begin, begin + length, 1 << 15, [&](std::int64_t from, std::int64_t to) {
-          detail::adamw_pass(param.data_ptr<float>() + from, grad.data_ptr<float>() + from, m.data_ptr<float>() + from,
-                     v.data_ptr<float>() + from, to - from, factor, factors);
+          detail::adamw_pass(param.data_ptr<float>() + from, grad.data_ptr<float>() + from,
+                             m.data_ptr<float>() + from, v.data_ptr<float>() + from, to - from, factor, factors);
         });
       };
       std::int64_t at = 0;
