@@ -651,6 +651,25 @@ int main(int argc, char** argv) {
           "constant rate",
           steps, c.sync.aedit.time_limit_s, c.adamw.lr);
     }
+    // Local SGD evaluates and exports the anchor, the model of the last outer sync: inner steps
+    // after it never reach what evaluations report and exports hold.
+    const std::int64_t h = c.sync.local.sync_every;
+    if ((c.sync.name == "edit" || c.sync.name == "diloco") && steps % h != 0 && mesh.rank() == 0) {
+      if (steps < h) {
+        spdlog::warn(
+            "--steps {} is below --sync-every {}: no outer sync happens, so the model that evaluations "
+            "and exports use (the anchor) stays the initial one; train at least {} steps or lower "
+            "--sync-every",
+            steps, h, h);
+      } else {
+        // Less than one round is left out: worth knowing, not a fault (the defaults do it).
+        spdlog::info(
+            "--steps {} is not a multiple of --sync-every {}: the last {} inner steps come after the last "
+            "outer sync and do not reach the anchor that evaluations and exports use (--steps {} or {} "
+            "would end on a sync)",
+            steps, h, steps % h, steps - steps % h, steps - steps % h + h);
+      }
+    }
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     if (!c.profile_steps.empty()) {

@@ -106,6 +106,10 @@ if(NOT many_result EQUAL 0 OR NOT "${many_out}${many_err}" MATCHES "evaluating o
   message(FATAL_ERROR "--eval-batches 100000: no warning naming the batches held\n${many_out}\n${many_err}")
 endif()
 set(held ${CMAKE_MATCH_1})
+# Fewer steps than H: no outer sync, so the anchor (what evaluations and exports use) never moves.
+if(NOT "${many_out}${many_err}" MATCHES "--steps 5 is below --sync-every 8: no outer sync happens")
+  message(FATAL_ERROR "--steps 5 with --sync-every 8: no warning that the anchor never moves\n${many_out}\n${many_err}")
+endif()
 file(STRINGS "${WORK}/evals/loss.tsv" many_rows REGEX "^0\t")
 run(${MPIEXEC} -np 2 "${TRAIN}" ${common} --steps 5 --eval-batches ${held} --out-dir "${WORK}/evals" --overwrite)
 file(STRINGS "${WORK}/evals/loss.tsv" held_rows REGEX "^0\t")
