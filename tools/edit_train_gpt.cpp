@@ -388,6 +388,25 @@ std::pair<std::int64_t, std::int64_t> profile_window(const std::string& text) {
   return {first, count};
 }
 
+// Local SGD evaluates and exports the anchor, the model of the last outer sync: inner steps after
+// it never reach what evaluations report and exports hold. Says so when a run has such steps.
+void note_steps_after_the_last_sync(const Config& c) {
+  const std::int64_t steps = c.trainer.steps, h = c.sync.local.sync_every;
+  if ((c.sync.name != "edit" && c.sync.name != "diloco") || steps % h == 0) return;
+  if (steps < h) {
+    spdlog::warn(
+        "--steps {} is below --sync-every {}: no outer sync happens, so the model that evaluations and exports "
+        "use (the anchor) stays the initial one; train at least {} steps or lower --sync-every",
+        steps, h, h);
+    return;
+  }
+  // Less than one round is left out: worth knowing, not a fault (the defaults do it).
+  spdlog::info(
+      "--steps {} is not a multiple of --sync-every {}: the last {} inner steps come after the last outer sync "
+      "and do not reach the anchor that evaluations and exports use (--steps {} or {} would end on a sync)",
+      steps, h, steps % h, steps - steps % h, steps - steps % h + h);
+}
+
 // Contradictions no single option's check can see. Every rank reaches the same verdict.
 void validate(const Config& c) {
   const double lr = c.adamw.lr;
@@ -651,25 +670,7 @@ int main(int argc, char** argv) {
           "constant rate",
           steps, c.sync.aedit.time_limit_s, c.adamw.lr);
     }
-    // Local SGD evaluates and exports the anchor, the model of the last outer sync: inner steps
-    // after it never reach what evaluations report and exports hold.
-    const std::int64_t h = c.sync.local.sync_every;
-    if ((c.sync.name == "edit" || c.sync.name == "diloco") && steps % h != 0 && mesh.rank() == 0) {
-      if (steps < h) {
-        spdlog::warn(
-            "--steps {} is below --sync-every {}: no outer sync happens, so the model that evaluations "
-            "and exports use (the anchor) stays the initial one; train at least {} steps or lower "
-            "--sync-every",
-            steps, h, h);
-      } else {
-        // Less than one round is left out: worth knowing, not a fault (the defaults do it).
-        spdlog::info(
-            "--steps {} is not a multiple of --sync-every {}: the last {} inner steps come after the last "
-            "outer sync and do not reach the anchor that evaluations and exports use (--steps {} or {} "
-            "would end on a sync)",
-            steps, h, steps % h, steps - steps % h, steps - steps % h + h);
-      }
-    }
+    if (mesh.rank() == 0) note_steps_after_the_last_sync(c);
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     if (!c.profile_steps.empty()) {
