@@ -15,6 +15,13 @@ Launched by OpenMPI (the rank and size come from OMPI_COMM_WORLD_*), one torch t
       --train-data 'data/fortunes/train_*.bin' --val-data 'data/fortunes/val_*.bin' \
       --dim 128 --layers 4 --heads 4 --seq-len 128 --batch-size 8 --strategy ddp --steps 60
 
+On a GPU (`--device cuda`, one rank) it is the reference for libedit's GPU path
+(scripts/gpu-check.sh): bf16 autocast (`--dtype bf16`), torch's fused attention (`--attention sdpa`),
+its fused AdamW (`--fused-adamw`) and, with `--compile`, torch.compile's kernel fusion:
+
+  python3 benchmarks/peer_pytorch.py --device cuda --dtype bf16 --attention sdpa --fused-adamw \
+      --vocab-size 50304 --seq-len 1024 --dim 768 --heads 12 --layers 12 --batch-size 16 ...
+
 Prints tokens/s (all ranks together, steps after --skip-steps) and the final losses; --csv appends
 one row. --check-export FILE (one process, no mpirun) instead evaluates an `edit-export` safetensors
 file on libedit's val batches, to show that this model computes what libedit's does.
@@ -24,6 +31,7 @@ with /usr/bin/python3 (another python on the PATH will not see Debian's packages
 """
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
@@ -111,7 +119,7 @@ class TokenBatches:
             self.order = epoch_permutation(self.windows, self.seed, self.epoch)[self.rank :: self.world]
         return self.order
 
-    def next(self, batch):  # -> (B, T) inputs, (B, T) targets
+    def next(self, batch, device="cpu"):  # -> (B, T) inputs, (B, T) targets
         starts = []
         for _ in range(batch):
             if self.position == len(self._order()):
@@ -120,6 +128,8 @@ class TokenBatches:
             self.position += 1
         index = torch.tensor(starts).unsqueeze(1) + torch.arange(self.seq_len + 1)  # (B, T + 1)
         window = self.tokens[index]
+        if device != "cpu":  # up from pinned memory without a wait, as edit-train-gpt does
+            window = window.pin_memory().to(device, non_blocking=True)
         return window[:, :-1], window[:, 1:]
 
 
@@ -133,15 +143,15 @@ class Embedding(nn.Module):
         self.positions = nn.Embedding(seq_len, dim)
 
     def forward(self, ids):  # (B, T) -> (B, T, C)
-        return self.tokens(ids) + self.positions(torch.arange(ids.size(1)))
+        return self.tokens(ids) + self.positions(torch.arange(ids.size(1), device=ids.device))
 
 
 class Block(nn.Module):
     """Pre-norm: x + attn(ln1(x)), then h + mlp(ln2(h)); every Linear has a bias."""
 
-    def __init__(self, dim, heads, hidden, eps):
+    def __init__(self, dim, heads, hidden, eps, attention):
         super().__init__()
-        self.heads = heads
+        self.heads, self.attention = heads, attention
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -153,10 +163,12 @@ class Block(nn.Module):
         B, T, C = x.shape
         hd = C // self.heads
         q, k, v = (t.reshape(B, T, self.heads, hd).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1))
-        # Causal attention written out, as libedit does on LibTorch 1.13 (no fused kernel there).
-        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
-        future = torch.ones(T, T, dtype=torch.bool).triu(1)
-        y = torch.matmul(torch.softmax(scores.masked_fill(future, float("-inf")), -1), v)  # (B, H, T, hd)
+        if self.attention == "sdpa":  # the fused kernel, as libedit calls it on LibTorch 2.x
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # written out, as libedit does on LibTorch 1.13 (no fused kernel there)
+            scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T)
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            y = torch.matmul(torch.softmax(scores.masked_fill(future, float("-inf")), -1), v)  # (B, H, T, hd)
         h = x + self.out(y.transpose(1, 2).reshape(B, T, C))
         return h + self.down(F.gelu(self.up(self.norm2(h)), approximate="tanh"))
 
@@ -172,12 +184,12 @@ class Head(nn.Module):
 
 
 class Gpt(nn.Module):
-    def __init__(self, vocab, seq_len, dim, heads, layers, eps=1e-5):
+    def __init__(self, vocab, seq_len, dim, heads, layers, eps=1e-5, attention="explicit"):
         super().__init__()
         self.layers = layers
         self.embed = Embedding(vocab, seq_len, dim)
-        for i in range(layers):
-            self.add_module(f"block{i}", Block(dim, heads, 4 * dim, eps))  # GptConfig::hidden(): 4 dim for gpt2
+        for i in range(layers):  # GptConfig::hidden(): 4 dim for gpt2
+            self.add_module(f"block{i}", Block(dim, heads, 4 * dim, eps, attention))
         self.head = Head(dim, eps, self.embed.tokens.weight)
         self.reset_parameters()
 
@@ -237,6 +249,8 @@ def adamw(model, a):
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     extra = {} if a.foreach is None else {"foreach": a.foreach}
+    if a.fused_adamw:
+        extra["fused"] = True
     return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=1e-8, **extra)
 
 
@@ -257,8 +271,9 @@ class DiLoCo:
             return
         start = time.perf_counter()
         delta = self.anchor - torch.cat([p.reshape(-1) for p in self.params])
-        dist.all_reduce(delta)
-        delta /= self.world
+        if self.world > 1:
+            dist.all_reduce(delta)
+            delta /= self.world
         self.velocity.mul_(self.momentum).add_(delta)
         self.anchor.add_(delta, alpha=-self.lr).add_(self.velocity, alpha=-self.lr * self.momentum)
         self.reset_to_anchor()
@@ -273,9 +288,21 @@ class DiLoCo:
 
 
 @torch.no_grad()
-def evaluate(model, batches, batch_size, count):
+def evaluate(model, batches, batch_size, count, device="cpu", autocast=None):
     batches.reset()  # the same val batches every time, as libedit's evaluate()
-    return sum(model.loss(*batches.next(batch_size)).item() for _ in range(count)) / count
+    total = 0.0
+    for _ in range(count):
+        with autocast_context(device, autocast):
+            total += model.loss(*batches.next(batch_size, device)).item()
+    return total / count
+
+
+def autocast_context(device, dtype):
+    """bf16 autocast on `device` (fp32 weights and optimizer, matrix products in bf16, the loss in
+    fp32), or nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def world_mean(value, world):
@@ -294,39 +321,53 @@ def train(a):
     train_batches = TokenBatches(read_tokens(a.train_data, a.vocab_size), a.seq_len, a.seed, rank, world)
     val_batches = TokenBatches(read_tokens(a.val_data, a.vocab_size), a.seq_len, a.seed, rank, world)
 
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"peer_pytorch: --device {a.device}, but this torch ({torch.__version__}) sees no CUDA GPU")
+    if a.device != "cpu" and world != 1:
+        sys.exit(f"peer_pytorch: --device {a.device} runs one rank (the GPU reference); this job has {world}")
+    if a.attention == "sdpa" and not hasattr(F, "scaled_dot_product_attention"):
+        sys.exit(f"peer_pytorch: --attention sdpa needs torch 2.x; this is {torch.__version__}")
+    if a.compile and not hasattr(torch, "compile"):
+        sys.exit(f"peer_pytorch: --compile needs torch 2.x; this is {torch.__version__}")
+    autocast = torch.bfloat16 if a.dtype == "bf16" else None
+
     torch.manual_seed(a.seed)
-    model = Gpt(a.vocab_size, a.seq_len, a.dim, a.heads, a.layers)
+    model = Gpt(a.vocab_size, a.seq_len, a.dim, a.heads, a.layers, attention=a.attention).to(a.device)
     params = list(model.parameters())
     expected = libedit_param_count(a.vocab_size, a.seq_len, a.dim, a.layers)
     if param_count(model) != expected:
         sys.exit(f"peer_pytorch: {param_count(model)} parameters, libedit's GptConfig has {expected}")
     with torch.no_grad():  # every replica starts from rank 0's weights (DDP would do it too)
-        for p in params:
+        for p in params if world > 1 else []:
             dist.broadcast(p, 0)
     outer = None
-    if a.strategy == "ddp":
-        trained = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    if a.strategy == "ddp":  # (one rank alone has no gradients to average)
+        trained = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
     else:
         trained = model
         outer = DiLoCo(params, a.sync_every, a.outer_lr, a.outer_momentum, world)
     optimizer = adamw(model, a)
+    # What one step computes: the loss of a batch (torch.compile fuses it, forward and backward).
+    step_loss_fn = lambda inputs, targets: F.cross_entropy(  # noqa: E731
+        trained(inputs).reshape(-1, a.vocab_size), targets.reshape(-1))
+    if a.compile:
+        step_loss_fn = torch.compile(step_loss_fn)
     if rank == 0:
+        where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"{torch.get_num_threads()} thread(s)"
         print(f"peer_pytorch: {a.strategy}, {world} ranks, {param_count(model)} parameters (libedit: {expected}), "
-              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
+              f"torch {torch.__version__}, {a.device} ({where}), {a.dtype}, attention {a.attention}"
+              f"{', compiled' if a.compile else ''}", flush=True)
 
     step_seconds, loss = [], float("nan")
     for step in range(a.steps):
         start = time.perf_counter()
-        inputs, targets = train_batches.next(a.batch_size)
+        inputs, targets = train_batches.next(a.batch_size, a.device)
         lr = lr_at(step, a)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=False)  # libedit keeps its flat gradient and zeroes it
-        if a.strategy == "ddp":
-            logits = trained(inputs)
-            step_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        else:
-            step_loss = model.loss(inputs, targets)
+        with autocast_context(a.device, autocast):
+            step_loss = step_loss_fn(inputs, targets)
         step_loss.backward()
         loss = step_loss.item()
         if not math.isfinite(loss):
@@ -349,7 +390,7 @@ def train(a):
     train_loss = world_mean(loss, world)
     if outer is not None and a.steps % a.sync_every:
         outer.reset_to_anchor()  # evaluate the model the replicas agree on, as libedit does
-    val_loss = world_mean(evaluate(model, val_batches, a.batch_size, a.eval_batches), world)
+    val_loss = world_mean(evaluate(model, val_batches, a.batch_size, a.eval_batches, a.device, autocast), world)
     sync_s = outer.seconds if outer is not None else float("nan")
     if rank == 0:
         print(f"peer_pytorch: {tokens_per_s:.0f} tokens/s (all ranks; per rank 0's clock: steps {a.skip_steps}-"
@@ -362,7 +403,8 @@ def train(a):
                    "seq_len": a.seq_len, "batch": a.batch_size, "steps": a.steps, "skip": a.skip_steps,
                    "params": param_count(model), "tokens_per_s": f"{tokens_per_s:.1f}",
                    "mean_step_ms": f"{1e3 * statistics.mean(measured):.2f}", "train_loss": f"{train_loss:.4f}",
-                   "val_loss": f"{val_loss:.4f}", "label": a.label}
+                   "val_loss": f"{val_loss:.4f}", "label": a.label, "device": a.device, "dtype": a.dtype,
+                   "attention": a.attention, "compiled": int(a.compile), "torch": torch.__version__}
             new = not os.path.exists(a.csv) or os.path.getsize(a.csv) == 0
             with open(a.csv, "a", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(row))
@@ -448,6 +490,12 @@ def main():
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--foreach", type=lambda s: s == "on", default=None, metavar="on|off",
                    help="torch AdamW's multi-tensor path (default: torch's choice, off on the CPU in 1.13)")
+    p.add_argument("--fused-adamw", action="store_true", help="torch AdamW's fused kernels (fused=True; torch 2.x)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (one rank: the reference for libedit's GPU path)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast on the device")
+    p.add_argument("--attention", choices=["explicit", "sdpa"], default="explicit",
+                   help="explicit: written out (libedit on LibTorch 1.13); sdpa: torch's fused kernel (libedit on 2.x)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the loss, forward and backward (torch 2.x)")
     p.add_argument("--strategy", choices=["ddp", "diloco"], default="ddp")
     p.add_argument("--sync-every", type=int, default=32, help="H for diloco")
     p.add_argument("--outer-lr", type=float, default=0.7)

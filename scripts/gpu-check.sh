@@ -3,8 +3,10 @@
 #   1. builds libedit against that PyTorch's LibTorch, NCCL and the CUDA toolkit;
 #   2. runs the CUDA and NCCL tests (NCCL between two ranks where there are two GPUs);
 #   3. benchmarks GPT-2 124M in bf16 on one GPU (tokens/s and MFU for --strategy none, edit with
-#      H = 32, and ddp), then two ranks on that one GPU through the MPI host-staging path, and on
-#      two GPUs through NCCL where the machine has them;
+#      H = 32, and ddp), against the same model in a plain PyTorch loop on the same GPU, eager and
+#      torch.compile'd (benchmarks/peer_pytorch.py: the independent reference), then two ranks on
+#      that one GPU through the MPI host-staging path, and on two GPUs through NCCL where the
+#      machine has them;
 #   4. writes <out>/gpu_bench.csv and prints the table (markdown), with a profile of three steps of
 #      --strategy none (device busy share, time per kernel kind, the costliest kernels);
 #   5. last, the whole CPU unit suite against this LibTorch (after the figures, which matter more
@@ -145,8 +147,20 @@ V, T, d, L = 50304, 1024, 768, 12
 N = V * d + T * d + L * (2 * 2 * d + 4 * d * d + 4 * d + 2 * 4 * d * d + 4 * d + d) + 2 * d
 flops_per_token = 6 * N + 12 * L * d * T
 rows = []
-for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi",
-              "edit_h8_np2_nccl", "fsdp_edit_h8_s2_np2_nccl"):
+for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "pytorch_eager", "pytorch_compile",
+              "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi", "edit_h8_np2_nccl", "fsdp_edit_h8_s2_np2_nccl"):
+    peer = os.path.join(out, label, "peer.csv")  # a PyTorch reference run: one CSV row
+    if label.startswith("pytorch"):
+        import csv
+        got = list(csv.DictReader(open(peer))) if os.path.exists(peer) else []
+        if not got:
+            ran = os.path.exists(os.path.join(out, label + ".log"))
+            rows.append((label, "failed" if ran else "not run", "", "", "", "")); continue
+        r = got[-1]
+        tps = float(r["tokens_per_s"])
+        rows.append((label, f"{int(r['steps']) - int(r['skip'])}", f"{tps:,.0f}",
+                     f"{100 * flops_per_token * tps / (peak * 1e12):.1f}", f"{float(r['mean_step_ms']):.1f}", ""))
+        continue
     path = os.path.join(out, label, "metrics.jsonl")
     lines = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
     steps = [l for l in lines if l["step"] >= 5]   # after the warm-up of kernels and allocator
@@ -181,6 +195,23 @@ RUN_BATCH=$((batch * 2)) run none_batch2x 1 --strategy none --steps "$steps"
 RUN_ENV="EDIT_CROSS_ENTROPY=aten" run none_aten_loss 1 --strategy none --steps "$steps"
 run edit_h32 1 --strategy edit --sync-every 32 --steps "$steps"
 run ddp 1 --strategy ddp --steps "$steps"
+# The same model and step in a plain PyTorch loop on this GPU (bf16 autocast, torch's fused
+# attention and AdamW): eager, then compiled (torch.compile fuses what eager runs op by op; its
+# first steps compile, and are left out with the other warm-up steps).
+peer() {
+  local label=$1; shift
+  log "run $label: benchmarks/peer_pytorch.py $*"
+  mkdir -p "$out/$label"
+  rm -f "$out/$label/peer.csv"
+  "$py" "$root/benchmarks/peer_pytorch.py" --device cuda --dtype bf16 --attention sdpa --fused-adamw \
+    --vocab-size 50304 --seq-len 1024 --dim 768 --heads 12 --layers 12 --batch-size "$batch" \
+    --train-data "$data/train_000.bin" --val-data "$data/val_000.bin" --lr 6e-4 --warmup-steps 4 \
+    --skip-steps 5 --eval-batches 1 --log-every 32 --csv "$out/$label/peer.csv" --label "$label" "$@" \
+    > "$out/$label.log" 2>&1 || echo "run $label failed: $(tail -3 "$out/$label.log")"
+  grep -E "peer_pytorch" "$out/$label.log" | tail -2 || true
+  report > "$out/gpu_bench.md"
+}
+peer pytorch_eager --steps "$steps"
 # Steps 20-22 of a short run profiled (a run of its own: profiled steps are slower): how busy the
 # GPU is, time per kernel kind, the costliest kernels.
 run profile 1 --strategy none --steps 30 --profile-steps 20:3
@@ -188,6 +219,7 @@ run profile 1 --strategy none --steps 30 --profile-steps 20:3
 { awk '/profile of step/ {p = 1} p && /^\[/ && !/profile of step/ {p = 0} p' "$out/profile.log" | sed 's/^\[.*\] //'; } \
   > "$out/profile.md" 2>/dev/null || true
 cat "$out/profile.md"
+peer pytorch_compile --steps "$steps" --compile
 # Two ranks on the one GPU: NCCL refuses that, so their collectives go through MPI and host memory.
 # Few steps: staging makes them slow (1.7 s a step with S = 2), and they show its cost, nothing more.
 run edit_h8_np2_mpi 2 --strategy edit --sync-every 8 --steps 24 --comm-backend mpi
