@@ -167,7 +167,7 @@ Result run_one(const Options& o, edit::comm::DeviceMesh& mesh, edit::data::Token
   const std::int64_t warmup = o.warmup > 0 ? o.warmup : 5LL * o.sync_every;
   options.schedule = {o.lr, warmup, o.steps, scenario == "cosine" ? o.lr / 10 : o.lr};
   options.log_every = 0;
-  options.stop_on_nonfinite = false;  // the spiked scenarios show what a NaN does without the penalty
+  options.on_nonfinite = edit::train::NonFinitePolicy::kIgnore;  // the spiked scenarios show what a NaN does without the penalty
   edit::train::Trainer trainer(mesh, model, inner, used, options);
   train.set_cursor({});
   trainer.run([&](std::int64_t, int) {

@@ -108,6 +108,7 @@ struct Config {
   std::string dtype = "auto";         // compute dtype; auto: bf16 on CUDA, fp32 on the CPU
   std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
   std::string comm_backend = "auto";
+  std::string on_nonfinite = "stop";  // a NaN/Inf loss or gradient norm: stop or skip the step
   std::string straggler;  // simulated slow ranks, e.g. "1:3x@100-300"
   std::string profile_steps;  // "FIRST:COUNT": profile those steps; empty: none
 };
@@ -186,6 +187,17 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--clip", c.trainer.clip_norm, "gradient-norm clip (0: off)")
       ->group(optim)
       ->check(kNonNegative)
+      ->capture_default_str();
+  app.add_option("--on-nonfinite", c.on_nonfinite,
+                 "a NaN/Inf loss or gradient norm: stop (before the update; resume from a checkpoint) or "
+                 "skip (leave that step's update out and go on)")
+      ->group(optim)
+      ->check(CLI::IsMember({"stop", "skip"}))
+      ->capture_default_str();
+  app.add_option("--max-skipped-steps", c.trainer.max_skipped_steps,
+                 "--on-nonfinite skip: the steps a replica may skip in the whole run; the next non-finite one stops it")
+      ->group(optim)
+      ->check(kPositive)
       ->capture_default_str();
   auto* sync = "Synchronization";
   app.add_option("--strategy", c.sync.name, "edit, aedit (asynchronous EDiT), diloco, streaming, ddp or none")
@@ -522,6 +534,20 @@ double world_mean(edit::comm::DeviceMesh& mesh, double value) {
   return total / mesh.world_size();
 }
 
+// The mean over the ranks whose value is finite (the loss of a step skipped for a NaN is not); NaN
+// if no rank's is.
+double world_mean_of_finite(edit::comm::DeviceMesh& mesh, double value) {
+  double total = 0.0;
+  int finite = 0;
+  for (double v : mesh.world().all_gather_values({value})) {
+    if (std::isfinite(v)) {
+      total += v;
+      ++finite;
+    }
+  }
+  return finite > 0 ? total / finite : NAN;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -673,6 +699,8 @@ int main(int argc, char** argv) {
     if (mesh.rank() == 0) note_steps_after_the_last_sync(c);
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
+    options.on_nonfinite = c.on_nonfinite == "skip" ? edit::train::NonFinitePolicy::kSkip
+                                                    : edit::train::NonFinitePolicy::kStop;
     if (!c.profile_steps.empty()) {
       std::tie(options.profile_first, options.profile_steps) = profile_window(c.profile_steps);
       options.profile_dir = run.path();
@@ -753,7 +781,7 @@ int main(int argc, char** argv) {
       const std::int64_t done = progress();
       const bool eval_now = crossed(before, done, c.eval_every) || finished();
       if (eval_now) {
-        const double train_loss = world_mean(mesh, m.loss);  // this step's, over all ranks
+        const double train_loss = world_mean_of_finite(mesh, m.loss);  // this step's, over all ranks
         const double val_loss = evaluate();
         if (mesh.rank() == 0) {
           spdlog::info("eval at step {}: val loss {:.4f} (train {:.4f})", done, val_loss, train_loss);

@@ -237,8 +237,12 @@ std::string Checkpointer::save(std::int64_t step) {
   Writer writer(tmp_dir / rank_file(mesh_.rank()));
   writer.bytes(kMagic, sizeof(kMagic));
   writer.value<std::uint64_t>(state.tensors.size());
+  std::string nonfinite;  // the first state tensor holding a NaN or Inf, if one does
   for (const auto& [name, live] : state.tensors) {
     const at::Tensor t = live.detach().to(at::kCPU).contiguous();
+    if (nonfinite.empty() && at::isFloatingType(t.scalar_type()) && !at::isfinite(t).all().item<bool>()) {
+      nonfinite = name;
+    }
     writer.text(name);
     writer.value<std::int32_t>(static_cast<std::int32_t>(t.scalar_type()));
     writer.value<std::uint32_t>(static_cast<std::uint32_t>(t.dim()));
@@ -254,8 +258,24 @@ std::string Checkpointer::save(std::int64_t step) {
   }
   const auto [size, crc] = writer.close();
 
-  // Sizes and checksums of every rank go into the manifest (doubles hold them exactly).
-  const auto files = mesh_.world().all_gather_values({static_cast<double>(size), static_cast<double>(crc)});
+  // Sizes and checksums of every rank go into the manifest (doubles hold them exactly), with
+  // whether its state is finite: an update that overflowed leaves NaN or Inf weights that no loss
+  // has shown yet, and a checkpoint of them must not become the newest one.
+  const auto files = mesh_.world().all_gather_values(
+      {static_cast<double>(size), static_cast<double>(crc), nonfinite.empty() ? 0.0 : 1.0});
+  std::string bad_ranks;
+  for (int r = 0; r < mesh_.world_size(); ++r) {
+    if (files[3 * r + 2] != 0.0) bad_ranks += (bad_ranks.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (!bad_ranks.empty()) {
+    if (mesh_.rank() == 0) fs::remove_all(tmp_dir);
+    const auto previous = latest();
+    EDIT_FAIL("step ", step, ": the state of rank(s) ", bad_ranks, " holds NaN or Inf",
+              nonfinite.empty() ? std::string() : " (here in " + nonfinite + ")",
+              ", so this checkpoint was not written; ",
+              previous ? "the newest is still " + *previous : std::string("there is no earlier one"),
+              ". The last update overflowed: lower the learning rate, then resume from the newest checkpoint");
+  }
   if (mesh_.rank() == 0) {
     nlohmann::json names = nlohmann::json::array();
     for (const auto& [component, unused] : components_) names.push_back(component);
@@ -267,8 +287,8 @@ std::string Checkpointer::save(std::int64_t step) {
                                {"ranks", nlohmann::json::array()}};
     for (int r = 0; r < mesh_.world_size(); ++r) {
       manifest["ranks"].push_back({{"file", rank_file(r)},
-                                   {"bytes", static_cast<std::uint64_t>(files[2 * r])},
-                                   {"crc32", static_cast<std::uint32_t>(files[2 * r + 1])}});
+                                   {"bytes", static_cast<std::uint64_t>(files[3 * r])},
+                                   {"crc32", static_cast<std::uint32_t>(files[3 * r + 1])}});
     }
     {
       std::ofstream out(tmp_dir / "manifest.json");

@@ -22,6 +22,8 @@ Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::Flat
   EDIT_CHECK(options_.accumulation >= 1, "gradient accumulation must be at least 1 micro-batch, got ",
              options_.accumulation);
   EDIT_CHECK(options_.clip_norm >= 0, "clip norm must be >= 0 (0 turns clipping off), got ", options_.clip_norm);
+  EDIT_CHECK(options_.max_skipped_steps >= 1, "--max-skipped-steps must be at least 1, got ",
+             options_.max_skipped_steps, "; to never skip a step, keep --on-nonfinite stop");
   options_.schedule.validate();
   for (const StragglerRule& rule : options_.stragglers.rules()) {
     EDIT_CHECK(rule.rank < mesh_.world_size(), "a straggler rule slows rank ", rule.rank, ", but the job has ",
@@ -41,10 +43,15 @@ Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::Flat
 StateDict Trainer::state_dict() {
   StateDict state;
   state.put("step", step_);
+  state.put("skipped_steps", skipped_steps_);
   return state;
 }
 
-void Trainer::load_state_dict(const StateDict& state) { set_step(state.integer("the trainer", "step")); }
+void Trainer::load_state_dict(const StateDict& state) {
+  set_step(state.integer("the trainer", "step"));
+  // (Checkpoints from before skipped steps were counted have no count.)
+  skipped_steps_ = state.has_scalar("skipped_steps") ? state.integer("the trainer", "skipped_steps") : 0;
+}
 
 void Trainer::open_metrics() {
   // Lines of steps at or after the one this process starts with were written by a run that
@@ -135,14 +142,15 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     const ProfileScope scope("edit::sync");
     strategy_.before_step(step_);
   }
+  const bool check_finite = options_.on_nonfinite != NonFinitePolicy::kIgnore;
   at::Tensor grad_norm;
   {
-    // Without a clip the norm is still taken when non-finite values must stop the step: a NaN
-    // that reached this rank through a gradient average or reduce-scatter shows only there.
+    // Without a clip the norm is still taken when non-finite values must stop or skip the step: a
+    // NaN that reached this rank through a gradient average or reduce-scatter shows only there.
     const ProfileScope scope("edit::clip");
     if (options_.clip_norm > 0) {
       grad_norm = model_.clip_grad_norm_queued(options_.clip_norm);
-    } else if (options_.stop_on_nonfinite) {
+    } else if (check_finite) {
       grad_norm = model_.grad_norm_queued();
     }
   }
@@ -156,20 +164,41 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     metrics.loss = read[0].item<double>();
     metrics.grad_norm = grad_norm.defined() ? read[1].item<double>() : NAN;
   }
-  // A non-finite loss or gradient norm stops here, before any update: the weights, the anchors and
-  // every checkpoint stay as they were. The loss is this rank's; the norm is global (identical on
-  // every rank of the group that clips together), so a bad rank's peers stop with it.
-  EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.loss), "step ", step_, ": the loss is ",
-             metrics.loss, " on rank ", mesh_.rank(), " (lr ", options_.schedule.at(step_),
-             "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
-             "the learning rate or check the data, then resume from the last checkpoint");
-  EDIT_CHECK(!options_.stop_on_nonfinite || std::isfinite(metrics.grad_norm), "step ",
-             step_, ": the gradient norm is ", metrics.grad_norm,
-             "; training stopped before the update, so the weights and the last checkpoint are intact. Lower the "
-             "learning rate or check the data, then resume from the last checkpoint");
+  // A non-finite gradient norm skips the update where asked to: the norm is global (identical on
+  // every rank of the group that clips together), so the group skips as one.
+  metrics.skipped = options_.on_nonfinite == NonFinitePolicy::kSkip && !std::isfinite(metrics.grad_norm);
+  if (check_finite && !metrics.skipped) {
+    // Else a non-finite loss or gradient norm stops here, before any update: the weights, the
+    // anchors and every checkpoint stay as they were. A bad rank's peers stop with it on the norm.
+    EDIT_CHECK(std::isfinite(metrics.loss), "step ", step_, ": the loss is ", metrics.loss, " on rank ",
+               mesh_.rank(), " (lr ", options_.schedule.at(step_), ")",
+               options_.on_nonfinite == NonFinitePolicy::kSkip
+                   ? " while the gradient norm is finite, so the ranks of its model could not skip the step together"
+                   : "",
+               "; training stopped before the update, so the weights and the last checkpoint are intact. Lower "
+               "the learning rate or check the data, then resume from the last checkpoint");
+    EDIT_CHECK(std::isfinite(metrics.grad_norm), "step ", step_, ": the gradient norm is ", metrics.grad_norm,
+               "; training stopped before the update, so the weights and the last checkpoint are intact. Lower the "
+               "learning rate or check the data, then resume from the last checkpoint (or let such steps be "
+               "skipped: --on-nonfinite skip)");
+  }
   metrics.lr = options_.schedule.at(step_);
-  inner_.set_lr(metrics.lr);
-  {
+  if (metrics.skipped) {
+    EDIT_CHECK(skipped_steps_ < options_.max_skipped_steps, "step ", step_, ": the gradient norm is ",
+               metrics.grad_norm, ", and replica ", mesh_.sync().rank(), " has skipped ", skipped_steps_,
+               " steps already (--max-skipped-steps ", options_.max_skipped_steps,
+               "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
+               "the learning rate or check the data, then resume from the last checkpoint");
+    ++skipped_steps_;
+    ++skipped_since_log_;
+    if (mesh_.shard().rank() == 0) {  // once per replica
+      spdlog::warn("step {}: the gradient norm is {} on replica {} (loss {:.4f} on rank {}); its update was skipped, "
+                   "the weights and optimizer state are as before the step ({} skipped, at most {})",
+                   step_, metrics.grad_norm, mesh_.sync().rank(), metrics.loss, mesh_.rank(), skipped_steps_,
+                   options_.max_skipped_steps);
+    }
+  } else {
+    inner_.set_lr(metrics.lr);
     const ProfileScope scope("edit::optimizer");
     inner_.step();
   }
@@ -202,9 +231,21 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   if (log_step) {
     // Replicas not in lockstep (A-EDiT) are at other steps: the mean is the replica's own.
     comm::Communicator& group = lockstep ? mesh_.world() : mesh_.shard();
-    double total = 0.0;
-    for (double l : group.all_gather_values({metrics.loss})) total += l;
-    metrics.loss_world = total / group.size();
+    // The losses of steps that were skipped are NaN or Inf: the mean is over the others. Skips are
+    // counted once per replica (its shard group skips as one).
+    const double skips_here = mesh_.shard().rank() == 0 ? static_cast<double>(skipped_since_log_) : 0.0;
+    const std::vector<double> gathered = group.all_gather_values({metrics.loss, skips_here});
+    double total = 0.0, skips = 0.0;
+    int finite = 0;
+    for (size_t i = 0; i + 1 < gathered.size(); i += 2) {
+      if (std::isfinite(gathered[i])) {
+        total += gathered[i];
+        ++finite;
+      }
+      skips += gathered[i + 1];
+    }
+    metrics.loss_world = finite > 0 ? total / finite : NAN;
+    skipped_since_log_ = 0;
     if (mesh_.rank() == 0) {
       // Penalty drops and skips since the last line: a unit skipped again and again means a part
       // of the model has stopped learning.
@@ -213,6 +254,7 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
         penalty = fmt::format(" | dropped {} skipped {}", sync_stats.dropped_workers - logged_dropped_,
                               sync_stats.skipped_units - logged_skipped_);
       }
+      if (skips > 0) penalty += fmt::format(" | {:.0f} non-finite step(s) skipped", skips);
       // Replicas at their own pace (A-EDiT) end on the strategy's clock, not at --steps: their step
       // is the replica's own, and no time to go is guessed from a step count.
       std::string step, to_go;
@@ -264,7 +306,7 @@ void Trainer::write_metrics(const StepMetrics& m) {
   if (options_.metrics_path.empty() || mesh_.rank() != 0) return;
   if (!metrics_) open_metrics();
   nlohmann::json line = {{"step", m.step},
-                         {"loss", m.loss},
+                         {"loss", std::isfinite(m.loss) ? nlohmann::json(m.loss) : nlohmann::json()},
                          {"lr", m.lr},
                          {"grad_norm", std::isfinite(m.grad_norm) ? nlohmann::json(m.grad_norm) : nlohmann::json()},
                          {"tokens_per_s", m.tokens_per_s},
@@ -276,6 +318,7 @@ void Trainer::write_metrics(const StepMetrics& m) {
                          {"skipped_units", m.skipped_units},
                          {"level_shifts", m.level_shifts},
                          {"strategy", strategy_.name()}};
+  if (m.skipped) line["skipped"] = true;  // rank 0's replica left the update out
   if (std::isfinite(m.loss_world)) line["loss_world"] = m.loss_world;
   if (!options_.stragglers.empty()) line["straggler_delay_s"] = m.straggler_delay_s;  // rank 0's
   if (m.round > 0) {  // A-EDiT: a round was agreed at this step

@@ -52,6 +52,12 @@ common=("${base[@]/#$work\/data\/train_\*.bin/$work/data/val_*.bin}" --seq-len 3
 expect_failure other_data 30 "the checkpoint was trained on a corpus of" --steps 12 --resume auto --out-dir "$work/run"
 common=("${base[@]}" --seq-len 32)
 [[ "$(snapshot "$work/run")" == "$before" ]] || fail "a refused start changed the files of the run"
+# An update that overflows (lr 1e39) leaves Inf weights before any loss shows them: the checkpoint
+# of the next step is refused, and the run's checkpoints stay as they were.
+saved=$(snapshot "$work/run/checkpoints")
+expect_failure overflowed_update_not_saved 30 "holds NaN or Inf.*so this checkpoint was not written; the newest is still" \
+  --steps 12 --lr 1e39 --min-lr 1e39 --checkpoint-every 1 --resume auto --out-dir "$work/run"
+[[ "$(snapshot "$work/run/checkpoints")" == "$saved" ]] || fail "an overflowed update changed the saved checkpoints"
 
 touch "$work/a_file"
 expect_failure out_dir_under_a_file 30 "a_file" --steps 4 --out-dir "$work/a_file/run"
@@ -63,6 +69,11 @@ expect_failure profile_not_a_window 30 "--profile-steps 9 is not FIRST:COUNT" --
 expect_failure profile_after_the_run 30 "--profile-steps 3:2 ends after the run" --steps 4 --profile-steps 3:2 --out-dir "$work/x11"
 expect_failure huge_seq_len 30 "lower --seq-len" --steps 4 --seq-len 1000000 --out-dir "$work/x4"
 common=("${base[@]}" --seq-len 32)
+# --on-nonfinite skip leaves out the steps whose gradients are NaN, up to --max-skipped-steps in all
+# (not in a row: here EDiT's syncs put the replicas back on the finite anchor every 4 steps).
+expect_failure skipped_steps 60 "has skipped 5 steps already \(--max-skipped-steps 5\)" --steps 30 \
+  --lr 1e39 --min-lr 1e39 --warmup-steps 0 --on-nonfinite skip --max-skipped-steps 5 --out-dir "$work/x12"
+grep -q "its update was skipped" "$work/skipped_steps.log" || fail "skipped_steps: no warning of a skip"
 expect_failure nan_loss 60 "(loss|gradient norm) is (nan|inf|-nan)" --steps 30 --lr 1e12 --warmup-steps 0 --clip 0 --out-dir "$work/x5"
 
 # --config: a good file is read; a bad one is refused, naming the file and the line.

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/core/check.h"
@@ -205,6 +206,48 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
   }
   mesh.world().barrier()->wait();
   EXPECT_NE(message_of((fs::path(root) / "step_00000002").string()).find("resume with the same number of ranks and --shard-size"), std::string::npos);
+}
+
+
+// An update that overflowed leaves Inf or NaN weights that no loss has shown yet: a save of them is
+// refused on every rank (naming the rank and, there, the tensor), and the checkpoint before stays the
+// newest and loads.
+TEST(Checkpoint, NonFiniteStateIsNeverSaved) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
+  const std::string root = fresh_root(mesh, "ckpt_nonfinite");
+  TrainingRun run(mesh, 0);
+  edit::train::Checkpointer checkpointer(mesh, root);
+  run.track(checkpointer);
+  run.step(mesh);
+  checkpointer.save(1);
+  run.step(mesh);
+  const int bad_rank = mesh.world_size() - 1;
+  if (mesh.rank() == bad_rank) {
+    c10::NoGradGuard no_grad;
+    run.model->unit(1).shard()[0] = std::numeric_limits<float>::infinity();
+  }
+  std::string what;
+  try {
+    checkpointer.save(2);
+  } catch (const edit::Error& e) {
+    what = e.what();
+  }
+  EXPECT_NE(what.find("step 2: the state of rank(s) " + std::to_string(bad_rank) + " holds NaN or Inf"),
+            std::string::npos)
+      << what;
+  EXPECT_NE(what.find("the newest is still"), std::string::npos) << what;
+  if (mesh.rank() == bad_rank) {
+    EXPECT_NE(what.find("(here in model/"), std::string::npos) << what;
+  }
+  mesh.world().barrier()->wait();
+  EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000002"));
+  EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000002.tmp"));
+  ASSERT_TRUE(checkpointer.latest().has_value());
+  EXPECT_EQ(fs::path(*checkpointer.latest()).filename(), "step_00000001");
+  TrainingRun resumed(mesh, 1);
+  edit::train::Checkpointer reader(mesh, root);
+  resumed.track(reader);
+  EXPECT_EQ(reader.load("auto"), 1);
 }
 
 }  // namespace

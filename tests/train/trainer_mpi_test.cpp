@@ -118,15 +118,17 @@ std::shared_ptr<TinyTransformer> seeded_tiny_transformer(const TinyConfig& confi
   return std::make_shared<TinyTransformer>(config);
 }
 
-// The tiny transformer under Ddp and AdamW on a mesh of shard size S, for the tests below, each with
-// the tiny batches of its step and rank.
-struct DdpRun {
-  explicit DdpRun(int shard_size)
+// The tiny transformer under Ddp (or another strategy) and AdamW on a mesh of shard size S, for the
+// tests below, each with the tiny batches of its step and rank.
+template <typename Strategy = edit::sync::Ddp>
+struct TinyRun {
+  template <typename... StrategyArgs>
+  explicit TinyRun(int shard_size, StrategyArgs&&... strategy_args)
       : mesh(edit::comm::DeviceMesh::from_env({shard_size})),
         module(seeded_tiny_transformer(config)),
         model(module, mesh.shard_ptr()),
         inner(model, {1e-3}),
-        strategy(model, mesh.sync_ptr()) {}
+        strategy(model, mesh.sync_ptr(), std::forward<StrategyArgs>(strategy_args)...) {}
   edit::train::Batch batch(std::int64_t step) const {
     auto [x, y] = tiny_batch(config, static_cast<int>(step), mesh.rank(), 2);
     return edit::train::Batch{x, y};
@@ -137,8 +139,9 @@ struct DdpRun {
   std::shared_ptr<TinyTransformer> module;
   edit::shard::ShardedModel model;
   edit::shard::FlatAdamW inner;
-  edit::sync::Ddp strategy;
+  Strategy strategy;
 };
+using DdpRun = TinyRun<>;
 
 // The straggler plan slows exactly the ranks and steps it names, inside the step, and Ddp makes
 // every rank wait for it.
@@ -225,6 +228,160 @@ TEST(Trainer, ANonFiniteLossOnOneRankStopsEveryRankBeforeTheUpdate) {
   expect_a_nan_loss_on_one_rank_stops_every_rank(1, 1.0);
   expect_a_nan_loss_on_one_rank_stops_every_rank(world()->size(), 1.0);
   expect_a_nan_loss_on_one_rank_stops_every_rank(1, 0.0);
+}
+
+
+// --on-nonfinite skip: a NaN loss on one rank at step 2 leaves that step's update out on every rank
+// of its model (the gradient norm the NaN reaches is global), and training goes on. Reference: the
+// same run that never took step 2 (steps 0, 1, then 3, 4 at their own learning rates and batches),
+// which must end bit for bit where the skipping run ends: a skipped step changes neither the weights
+// nor AdamW's moments and step count.
+void expect_a_nan_step_to_be_skipped_by_every_rank(int shard_size, double clip) {
+  SCOPED_TRACE("shard size " + std::to_string(shard_size) + (clip > 0 ? ", clip on" : ", clip off"));
+  edit::train::TrainerOptions options;
+  options.steps = 5;
+  options.schedule = {1e-3, 2, 5, 1e-4};
+  options.log_every = 2;  // the log line's world mean and skip count run on the skipping step
+  options.clip_norm = clip;
+  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
+  std::vector<at::Tensor> skipped_run, reference;
+  {
+    DdpRun run(shard_size);
+    edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+    const int bad_rank = run.mesh.world_size() - 1;
+    const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+    const auto loss_of = [&](const edit::train::Batch& b) {
+      const at::Tensor loss = run.module->loss(b.inputs, b.targets);
+      return trainer.current_step() == 2 && run.mesh.rank() == bad_rank ? loss * std::nan("") : loss;
+    };
+    for (int step = 0; step < 2; ++step) EXPECT_FALSE(trainer.step(batch_of, loss_of).skipped);
+    const std::vector<at::Tensor> before = snapshot(run.model, run.inner);
+    const edit::train::StepMetrics m = trainer.step(batch_of, loss_of);
+    EXPECT_TRUE(m.skipped) << "rank " << run.mesh.rank();
+    EXPECT_FALSE(std::isfinite(m.grad_norm));
+    EXPECT_EQ(std::isfinite(m.loss), run.mesh.rank() != bad_rank);
+    // The world mean leaves the NaN out (every rank has the same batches' losses but its own).
+    EXPECT_TRUE(std::isfinite(m.loss_world));
+    const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
+    ASSERT_EQ(after.size(), before.size());
+    for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+    for (int step = 3; step < 5; ++step) {
+      const auto later = trainer.step(batch_of, loss_of);
+      EXPECT_FALSE(later.skipped);
+      EXPECT_TRUE(std::isfinite(later.loss) && std::isfinite(later.grad_norm));
+    }
+    skipped_run = snapshot(run.model, run.inner);
+  }
+  {
+    DdpRun run(shard_size);
+    edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+    const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+    const auto loss_of = [&](const edit::train::Batch& b) { return run.module->loss(b.inputs, b.targets); };
+    for (int step = 0; step < 2; ++step) trainer.step(batch_of, loss_of);
+    trainer.set_step(3);
+    for (int step = 3; step < 5; ++step) trainer.step(batch_of, loss_of);
+    reference = snapshot(run.model, run.inner);
+  }
+  ASSERT_EQ(skipped_run.size(), reference.size());
+  for (size_t i = 0; i < reference.size(); ++i) EXPECT_TRUE(at::equal(skipped_run[i], reference[i])) << "tensor " << i;
+}
+
+TEST(Trainer, ANonFiniteStepIsSkippedByEveryRankOfItsModelWhenAsked) {
+  expect_a_nan_step_to_be_skipped_by_every_rank(1, 1.0);
+  expect_a_nan_step_to_be_skipped_by_every_rank(world()->size(), 1.0);
+  expect_a_nan_step_to_be_skipped_by_every_rank(1, 0.0);
+}
+
+// Local SGD replicas decide each for their own: DiLoCo with one replica per rank, a NaN on the last
+// replica at step 1; that replica alone skips, the others update, and the sync at step 3 (H = 2)
+// brings every replica to the same finite anchor.
+TEST(Trainer, EachLocalSgdReplicaSkipsItsOwnNonFiniteStep) {
+  edit::sync::LocalSgdOptions local;
+  local.sync_every = 2;
+  TinyRun<edit::sync::DiLoCo> run(1, local);
+  edit::train::TrainerOptions options;
+  options.steps = 4;
+  options.schedule = {1e-3, 0, 4, 1e-3};
+  options.log_every = 0;
+  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  const int bad_rank = run.mesh.world_size() - 1;
+  const bool bad = run.mesh.rank() == bad_rank;
+  const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+  const auto loss_of = [&](const edit::train::Batch& b) {
+    const at::Tensor loss = run.module->loss(b.inputs, b.targets);
+    return trainer.current_step() == 2 && bad ? loss * std::nan("") : loss;
+  };
+  for (int step = 0; step < 2; ++step) trainer.step(batch_of, loss_of);  // the first sync after step 1
+  const std::vector<at::Tensor> before = snapshot(run.model, run.inner);
+  EXPECT_EQ(trainer.step(batch_of, loss_of).skipped, bad);
+  const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
+  EXPECT_EQ(at::equal(after.front(), before.front()), bad) << "rank " << run.mesh.rank();
+  EXPECT_FALSE(trainer.step(batch_of, loss_of).skipped);  // step 3: the replicas sync
+  const at::Tensor mine = run.model.unit(0).shard().clone();
+  at::Tensor all = at::empty({run.mesh.world_size() * mine.numel()});
+  run.mesh.world().all_gather(all, mine)->wait();
+  EXPECT_TRUE(at::all(at::isfinite(all)).item<bool>());
+  for (int r = 0; r < run.mesh.world_size(); ++r) {
+    EXPECT_TRUE(at::equal(all.narrow(0, r * mine.numel(), mine.numel()), mine)) << "replica " << r;
+  }
+}
+
+// Skips are bounded by a count over the run, not a run of steps in a row: with at most 2, NaN
+// steps 1 and 3 are skipped (step 2 updates), and step 5 stops every rank before its update. The
+// count is part of the trainer's checkpointed state: a trainer that loads it stops at its next skip.
+TEST(Trainer, ReplicasStopOnceTheyWouldSkipMoreThanTheMostStepsAllowed) {
+  DdpRun run(1);
+  edit::train::TrainerOptions options;
+  options.steps = 8;
+  options.schedule = {1e-3, 0, 8, 1e-3};
+  options.log_every = 0;
+  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
+  options.max_skipped_steps = 2;
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+  const auto loss_of = [&](const edit::train::Batch& b) {
+    const at::Tensor loss = run.module->loss(b.inputs, b.targets);
+    return trainer.current_step() % 2 == 1 && run.mesh.rank() == 0 ? loss * std::nan("") : loss;
+  };
+  for (int step = 0; step < 4; ++step) EXPECT_EQ(trainer.step(batch_of, loss_of).skipped, step % 2 == 1);
+  EXPECT_EQ(trainer.state_dict().integer("the trainer", "skipped_steps"), 2);
+  EXPECT_FALSE(trainer.step(batch_of, loss_of).skipped);
+  const std::vector<at::Tensor> before = snapshot(run.model, run.inner);
+  const std::string error = edit::testing_support::error_of([&] { trainer.step(batch_of, loss_of); });
+  EXPECT_NE(error.find("step 5: the gradient norm is"), std::string::npos) << error;
+  EXPECT_NE(error.find("has skipped 2 steps already (--max-skipped-steps 2)"), std::string::npos) << error;
+  EXPECT_NE(error.find("training stopped before the update"), std::string::npos) << error;
+  const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+
+  edit::train::Trainer resumed(run.mesh, run.model, run.inner, run.strategy, options);
+  resumed.load_state_dict(trainer.state_dict());
+  EXPECT_EQ(resumed.current_step(), 5);
+  const auto nan_loss = [&](const edit::train::Batch& b) {
+    const at::Tensor loss = run.module->loss(b.inputs, b.targets);
+    return run.mesh.rank() == 0 ? loss * std::nan("") : loss;
+  };
+  EXPECT_NE(edit::testing_support::error_of([&] { resumed.step(batch_of, nan_loss); })
+                .find("has skipped 2 steps already"),
+            std::string::npos);
+}
+
+// A loss that is NaN while the gradients are finite (a NaN added after the graph, so the backward
+// never sees it) cannot be skipped by one rank alone: it stops, and says why.
+TEST(Trainer, ANonFiniteLossWithAFiniteGradientNormStopsEvenWhenSkipping) {
+  DdpRun run(1);
+  edit::train::TrainerOptions options;
+  options.steps = 2;
+  options.schedule = {1e-3, 0, 2, 1e-3};
+  options.log_every = 0;
+  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+  const auto loss_of = [&](const edit::train::Batch& b) { return run.module->loss(b.inputs, b.targets) + std::nan(""); };
+  const std::string error = edit::testing_support::error_of([&] { trainer.step(batch_of, loss_of); });
+  EXPECT_NE(error.find("step 0: the loss is"), std::string::npos) << error;
+  EXPECT_NE(error.find("while the gradient norm is finite"), std::string::npos) << error;
 }
 
 }  // namespace

@@ -5,8 +5,9 @@
 // Metrics: one JSON object per step and line (rank 0 writes): step, loss (this rank), lr,
 // grad_norm, tokens_per_s (all ranks), bytes sent per group in the step, sync wait, and the
 // pseudo-gradient penalty's dropped workers, skipped units and level shifts in the step (with the
-// penalty on); every log_every steps also loss_world (mean over all ranks) and a readable log line
-// (step, loss, lr, tokens/s, sync wait, drops and skips since the last line, time to go).
+// penalty on), "skipped": true on a step whose update was left out (NonFinitePolicy::kSkip); every
+// log_every steps also loss_world (mean over all ranks) and a readable log line (step, loss, lr,
+// tokens/s, sync wait, drops and skips since the last line, time to go).
 // Resuming at step s drops the lines of steps >= s from the metrics file first, so a step never
 // appears twice.
 #pragma once
@@ -30,6 +31,19 @@
 
 namespace edit::train {
 
+// What a step does when its loss or the global gradient norm is NaN or Inf. The norm is global over
+// the ranks that hold one model (the shard group; under Ddp the gradients are already averaged over
+// the replicas), so they all decide alike; replicas of Local SGD decide each for their own.
+enum class NonFinitePolicy {
+  kStop,    // throw before the update: the weights, the anchors and every checkpoint stay intact
+  // Leave the update out (weights and optimizer moments stay as they were; the step counts, so the
+  // schedule and the syncs go on), warn, and throw once a replica would skip more than
+  // max_skipped_steps steps in the run. A rank whose loss alone is non-finite (its gradient norm
+  // finite) cannot skip without its peers: it throws.
+  kSkip,
+  kIgnore,  // apply the update anyway (benchmarks that show what a NaN does)
+};
+
 struct TrainerOptions {
   std::int64_t steps = 100;     // inner steps to run
   int accumulation = 1;         // micro-batches per step (the loss is averaged over them)
@@ -37,9 +51,13 @@ struct TrainerOptions {
   shard::WarmupCosine schedule;  // learning rate per step
   std::string metrics_path;     // JSONL file written by rank 0; empty: none
   int log_every = 10;           // readable line + world-mean loss every N steps; 0: never
-  // A NaN/Inf loss or global gradient norm throws before the update (the norm is taken even
-  // without a clip).
-  bool stop_on_nonfinite = true;
+  // A NaN/Inf loss or global gradient norm: stop, or skip the step (the norm is taken even without
+  // a clip, unless kIgnore).
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::kStop;
+  // kSkip: skipped steps a replica may take in the whole run (resumes included; a count, not a run
+  // of steps in a row: Local SGD's sync puts a diverged replica back on the anchor for a step or
+  // two, and it diverges again). The next non-finite step throws.
+  int max_skipped_steps = 10;
   StragglerPlan stragglers;       // simulated slow ranks (tests, benchmarks); empty: none
   // Profile steps [profile_first, profile_first + profile_steps) with LibTorch's profiler (0 steps:
   // off; train/profiler.h). Rank 0 logs the report; with a profile_dir every rank writes
@@ -59,9 +77,11 @@ using LossFn = std::function<at::Tensor(const Batch& batch)>;
 struct StepMetrics {
   std::int64_t step = 0;
   double loss = 0.0;        // this rank's mean over its micro-batches
-  double loss_world = NAN;  // mean over all ranks (log steps only; A-EDiT: over the replica's)
+  // Mean over all ranks whose loss is finite (log steps only; A-EDiT: over the replica's ranks).
+  double loss_world = NAN;
   double lr = 0.0;
-  double grad_norm = 0.0;   // global, before the clip (NaN with no clip and stop_on_nonfinite off)
+  double grad_norm = 0.0;   // global, before the clip (NaN with no clip under kIgnore)
+  bool skipped = false;     // kSkip: the update was left out (a non-finite gradient norm)
   double seconds = 0.0;
   double tokens_per_s = 0.0;       // all ranks together
   std::int64_t bytes_shard = 0;    // sent by this rank in the step, per group
@@ -111,6 +131,8 @@ class Trainer : public Stateful {
   std::int64_t run_steps_ = 0;
   std::int64_t logged_dropped_ = 0;  // penalty counters at the last log line
   std::int64_t logged_skipped_ = 0;
+  std::int64_t skipped_steps_ = 0;   // kSkip: this replica's skipped steps in the run (checkpointed)
+  std::int64_t skipped_since_log_ = 0;
   std::unique_ptr<std::ofstream> metrics_;
   std::unique_ptr<StepProfiler> profiler_;
 };
