@@ -26,8 +26,9 @@ Prints tokens/s (all ranks together, steps after --skip-steps) and the final los
 one row. --check-export FILE (one process, no mpirun) instead evaluates an `edit-export` safetensors
 file on libedit's val batches, to show that this model computes what libedit's does.
 
-Needs Debian's python3-torch (1.13: the same libtorch_cpu as libedit's CPU build) and numpy; run it
-with /usr/bin/python3 (another python on the PATH will not see Debian's packages).
+Needs Debian's python3-torch (1.13: the same libtorch_cpu as libedit's CPU build), and numpy for
+--check-export; run it with /usr/bin/python3 (another python on the PATH will not see Debian's
+packages).
 """
 
 import argparse
@@ -41,7 +42,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -62,16 +62,21 @@ def read_tokens(patterns, vocab_size):
         if not files:
             sys.exit(f"peer_pytorch: no file matches '{pattern}'; run edit-prepare-text first")
         for path in files:
-            header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-            if header.size < HEADER_INTS or header[0] != MAGIC or header[1] != VERSION:
+            # Read with torch alone (a GPU machine's python may have no numpy); little-endian hosts.
+            with open(path, "rb") as f:
+                raw = bytearray(f.read())
+            header = torch.frombuffer(raw, dtype=torch.int32, count=HEADER_INTS) if len(raw) >= 4 * HEADER_INTS else []
+            if len(header) < HEADER_INTS or header[0] != MAGIC or header[1] != VERSION:
                 sys.exit(f"peer_pytorch: {path} is not an llm.c token file (magic {MAGIC}, version {VERSION})")
-            tokens = np.fromfile(path, dtype="<u2", offset=4 * HEADER_INTS)
-            if tokens.size != header[2]:
-                sys.exit(f"peer_pytorch: {path} holds {tokens.size} tokens, its header says {header[2]}")
-            if tokens.size and int(tokens.max()) >= vocab_size:
+            body = raw[4 * HEADER_INTS :]
+            # uint16 ids: read as int16, then the sign bit taken back.
+            tokens = torch.frombuffer(body, dtype=torch.int16).to(torch.int64) & 0xFFFF if body else torch.zeros(0, dtype=torch.int64)
+            if tokens.numel() != int(header[2]):
+                sys.exit(f"peer_pytorch: {path} holds {tokens.numel()} tokens, its header says {int(header[2])}")
+            if tokens.numel() and int(tokens.max()) >= vocab_size:
                 sys.exit(f"peer_pytorch: {path} has token id {int(tokens.max())} >= --vocab-size {vocab_size}")
             parts.append(tokens)
-    return np.concatenate(parts)
+    return torch.cat(parts)
 
 
 def mix(x):
@@ -104,9 +109,9 @@ class TokenBatches:
     of each epoch's permutation; inputs are a window's first seq_len tokens, targets the next ones."""
 
     def __init__(self, tokens, seq_len, seed, rank, world):
-        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+        self.tokens = tokens  # int64
         self.seq_len, self.seed, self.rank, self.world = seq_len, seed, rank, world
-        self.windows = (tokens.size - 1) // seq_len
+        self.windows = (tokens.numel() - 1) // seq_len
         if self.windows < world:
             sys.exit(f"peer_pytorch: {self.windows} windows of {seq_len + 1} tokens for {world} ranks; need more data")
         self.reset()
@@ -424,6 +429,7 @@ def train(a):
 
 
 def read_safetensors(path):
+    import numpy as np  # --check-export only
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
