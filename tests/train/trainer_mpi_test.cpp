@@ -182,6 +182,12 @@ std::vector<at::Tensor> snapshot(edit::shard::ShardedModel& model, edit::shard::
   return saved;
 }
 
+// Every tensor of `after` bit for bit equal to its counterpart in `before`.
+void expect_bitwise_equal(const std::vector<at::Tensor>& after, const std::vector<at::Tensor>& before) {
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+}
+
 // A NaN loss on one rank stops every rank in the same step, before the update: the bad rank by its
 // loss, the others by the global gradient norm, which the NaN reaches through the gradient average
 // (Ddp, S = 1) or the reduce-scatter (one replica sharded over all ranks: there a rank that stopped
@@ -219,9 +225,7 @@ void expect_a_nan_loss_on_one_rank_stops_every_rank(int shard_size, double clip)
   }
   EXPECT_NE(error.find("training stopped before the update"), std::string::npos) << error;
   EXPECT_EQ(trainer.current_step(), 2);
-  const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
-  ASSERT_EQ(after.size(), before.size());
-  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+  expect_bitwise_equal(snapshot(run.model, run.inner), before);
 }
 
 TEST(Trainer, ANonFiniteLossOnOneRankStopsEveryRankBeforeTheUpdate) {
@@ -229,7 +233,6 @@ TEST(Trainer, ANonFiniteLossOnOneRankStopsEveryRankBeforeTheUpdate) {
   expect_a_nan_loss_on_one_rank_stops_every_rank(world()->size(), 1.0);
   expect_a_nan_loss_on_one_rank_stops_every_rank(1, 0.0);
 }
-
 
 // --on-nonfinite skip: a NaN loss on one rank at step 2 leaves that step's update out on every rank
 // of its model (the gradient norm the NaN reaches is global), and training goes on. Reference: the
@@ -262,9 +265,7 @@ void expect_a_nan_step_to_be_skipped_by_every_rank(int shard_size, double clip) 
     EXPECT_EQ(std::isfinite(m.loss), run.mesh.rank() != bad_rank);
     // The world mean leaves the NaN out (every rank has the same batches' losses but its own).
     EXPECT_TRUE(std::isfinite(m.loss_world));
-    const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
-    ASSERT_EQ(after.size(), before.size());
-    for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+    expect_bitwise_equal(snapshot(run.model, run.inner), before);
     for (int step = 3; step < 5; ++step) {
       const auto later = trainer.step(batch_of, loss_of);
       EXPECT_FALSE(later.skipped);
@@ -282,8 +283,7 @@ void expect_a_nan_step_to_be_skipped_by_every_rank(int shard_size, double clip) 
     for (int step = 3; step < 5; ++step) trainer.step(batch_of, loss_of);
     reference = snapshot(run.model, run.inner);
   }
-  ASSERT_EQ(skipped_run.size(), reference.size());
-  for (size_t i = 0; i < reference.size(); ++i) EXPECT_TRUE(at::equal(skipped_run[i], reference[i])) << "tensor " << i;
+  expect_bitwise_equal(skipped_run, reference);
 }
 
 TEST(Trainer, ANonFiniteStepIsSkippedByEveryRankOfItsModelWhenAsked) {
@@ -352,8 +352,7 @@ TEST(Trainer, ReplicasStopOnceTheyWouldSkipMoreThanTheMostStepsAllowed) {
   EXPECT_NE(error.find("step 5: the gradient norm is"), std::string::npos) << error;
   EXPECT_NE(error.find("has skipped 2 steps already (--max-skipped-steps 2)"), std::string::npos) << error;
   EXPECT_NE(error.find("training stopped before the update"), std::string::npos) << error;
-  const std::vector<at::Tensor> after = snapshot(run.model, run.inner);
-  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(at::equal(after[i], before[i])) << "tensor " << i;
+  expect_bitwise_equal(snapshot(run.model, run.inner), before);
 
   edit::train::Trainer resumed(run.mesh, run.model, run.inner, run.strategy, options);
   resumed.load_state_dict(trainer.state_dict());
