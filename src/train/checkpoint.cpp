@@ -269,6 +269,8 @@ std::string Checkpointer::save(std::int64_t step) {
   }
   if (!bad_ranks.empty()) {
     if (mesh_.rank() == 0) fs::remove_all(tmp_dir);
+    // Every rank is here: no rank may go on to fail (and end the job) while rank 0 still removes.
+    mesh_.world().barrier()->wait();
     const auto previous = latest();
     EDIT_FAIL("step ", step, ": the state of rank(s) ", bad_ranks, " holds NaN or Inf",
               nonfinite.empty() ? std::string() : " (here in " + nonfinite + ")",

@@ -232,17 +232,19 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
     // Replicas not in lockstep (A-EDiT) are at other steps: the mean is the replica's own.
     comm::Communicator& group = lockstep ? mesh_.world() : mesh_.shard();
     // The losses of steps that were skipped are NaN or Inf: the mean is over the others. Skips are
-    // counted once per replica (its shard group skips as one).
+    // per replica (its shard group skips as one; under Ddp every replica skips the same steps): the
+    // line gives the most any replica skipped and how many replicas skipped.
     const double skips_here = mesh_.shard().rank() == 0 ? static_cast<double>(skipped_since_log_) : 0.0;
     const std::vector<double> gathered = group.all_gather_values({metrics.loss, skips_here});
-    double total = 0.0, skips = 0.0;
-    int finite = 0;
+    double total = 0.0, most_skips = 0.0;
+    int finite = 0, skipping_replicas = 0;
     for (size_t i = 0; i + 1 < gathered.size(); i += 2) {
       if (std::isfinite(gathered[i])) {
         total += gathered[i];
         ++finite;
       }
-      skips += gathered[i + 1];
+      most_skips = std::max(most_skips, gathered[i + 1]);
+      skipping_replicas += gathered[i + 1] > 0 ? 1 : 0;
     }
     metrics.loss_world = finite > 0 ? total / finite : NAN;
     skipped_since_log_ = 0;
@@ -254,7 +256,10 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
         penalty = fmt::format(" | dropped {} skipped {}", sync_stats.dropped_workers - logged_dropped_,
                               sync_stats.skipped_units - logged_skipped_);
       }
-      if (skips > 0) penalty += fmt::format(" | {:.0f} non-finite step(s) skipped", skips);
+      if (skipping_replicas > 0) {
+        penalty += fmt::format(" | skipped {:.0f} non-finite step(s) on {} of {} replica(s)", most_skips,
+                               skipping_replicas, group.size() / mesh_.shard_size());
+      }
       // Replicas at their own pace (A-EDiT) end on the strategy's clock, not at --steps: their step
       // is the replica's own, and no time to go is guessed from a step count.
       std::string step, to_go;

@@ -263,7 +263,7 @@ void expect_a_nan_step_to_be_skipped_by_every_rank(int shard_size, double clip) 
     EXPECT_TRUE(m.skipped) << "rank " << run.mesh.rank();
     EXPECT_FALSE(std::isfinite(m.grad_norm));
     EXPECT_EQ(std::isfinite(m.loss), run.mesh.rank() != bad_rank);
-    // The world mean leaves the NaN out (every rank has the same batches' losses but its own).
+    // The world mean is over the finite losses: the bad rank's NaN is left out.
     EXPECT_TRUE(std::isfinite(m.loss_world));
     expect_bitwise_equal(snapshot(run.model, run.inner), before);
     for (int step = 3; step < 5; ++step) {

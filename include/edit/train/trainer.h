@@ -39,7 +39,10 @@ enum class NonFinitePolicy {
   // Leave the update out (weights and optimizer moments stay as they were; the step counts, so the
   // schedule and the syncs go on), warn, and throw once a replica would skip more than
   // max_skipped_steps steps in the run. A rank whose loss alone is non-finite (its gradient norm
-  // finite) cannot skip without its peers: it throws.
+  // finite) cannot skip without its peers: it throws. This is for non-finite gradients: weights
+  // that an update made non-finite (finite gradients, an overflowing step) are not repaired by
+  // skipping (only a Local SGD sync puts a replica back on its anchor), and the Checkpointer
+  // refuses to save them, which ends the run.
   kSkip,
   kIgnore,  // apply the update anyway (benchmarks that show what a NaN does)
 };
@@ -98,7 +101,7 @@ struct StepMetrics {
   std::vector<double> round_waits_s;
 };
 
-// Stateful: the next step ("step").
+// Stateful: the next step ("step") and the steps skipped so far ("skipped_steps").
 class Trainer : public Stateful {
  public:
   Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::FlatOptimizer& inner,
