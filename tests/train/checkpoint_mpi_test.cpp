@@ -250,4 +250,62 @@ TEST(Checkpoint, NonFiniteStateIsNeverSaved) {
   EXPECT_EQ(reader.load("auto"), 1);
 }
 
+
+// One tensor as a checkpoint component.
+struct OneTensor : edit::Stateful {
+  at::Tensor value;
+  edit::StateDict state_dict() override {
+    edit::StateDict state;
+    state.put("value", value);
+    return state;
+  }
+  void load_state_dict(const edit::StateDict& state) override { value = state.tensor("a test tensor", "value"); }
+};
+
+// The check reads the exponent bits of each floating dtype: NaN, +Inf and -Inf are refused in each,
+// anywhere in a tensor of several vector widths, and the extremes of the finite values (the largest,
+// the smallest subnormal, -0) are saved. The reference is the dtype's own std::numeric_limits.
+TEST(Checkpoint, EveryFloatingDtypesNanAndInfAreFoundAndItsFiniteExtremesAreNot) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({1});
+  const std::string root = fresh_root(mesh, "ckpt_dtypes");
+  OneTensor component;
+  edit::train::Checkpointer checkpointer(mesh, root);
+  checkpointer.track("t", component);
+  const auto saved = [&](const at::Tensor& value) {
+    component.value = value;
+    try {
+      checkpointer.save(1);
+      return true;
+    } catch (const edit::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("holds NaN or Inf (here in t/value)"), std::string::npos) << e.what();
+      return false;
+    }
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const at::ScalarType dtype : {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    for (const std::int64_t n : {1, 17, 1000}) {
+      const at::Tensor ones = at::ones({n}, at::TensorOptions().dtype(dtype));
+      EXPECT_TRUE(saved(ones));
+      at::Tensor extremes = ones.clone();
+      const at::Tensor limits = at::empty({3}, at::TensorOptions().dtype(dtype));
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "limits", [&] {
+        limits[0] = std::numeric_limits<scalar_t>::max();
+        limits[1] = std::numeric_limits<scalar_t>::denorm_min();
+        limits[2] = -std::numeric_limits<scalar_t>::max();
+      });
+      extremes.narrow(0, 0, std::min<std::int64_t>(n, 3)).copy_(limits.narrow(0, 0, std::min<std::int64_t>(n, 3)));
+      if (n > 1) extremes[n - 1] = -0.0;
+      EXPECT_TRUE(saved(extremes)) << "n " << n;
+      for (const double bad : {std::nan(""), inf, -inf}) {
+        at::Tensor with_bad = ones.clone();
+        with_bad[n - 1 - (n / 2)] = bad;
+        EXPECT_FALSE(saved(with_bad)) << "n " << n << " value " << bad;
+      }
+    }
+  }
+  // Integer state is never non-finite.
+  EXPECT_TRUE(saved(at::full({5}, -1, at::TensorOptions().dtype(at::kLong))));
+}
+
 }  // namespace
