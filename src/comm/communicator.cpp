@@ -38,6 +38,13 @@ CommOptions CommOptions::from_env() {
   if (const char* busy = std::getenv("EDIT_COMM_BUSY_POLL"); busy != nullptr) {
     options.busy_poll = std::string(busy) == "1";
   }
+  if (const char* ring = std::getenv("EDIT_COMM_RING_MIN_BYTES"); ring != nullptr && *ring != '\0') {
+    char* end = nullptr;
+    const long long bytes = std::strtoll(ring, &end, 10);
+    EDIT_CHECK(end != ring && *end == '\0' && bytes >= 0, "EDIT_COMM_RING_MIN_BYTES='", ring,
+               "' is not a number of bytes >= 0; unset it, or 0 to keep every all-reduce on MPI_Iallreduce");
+    options.ring_all_reduce_min_bytes = bytes;
+  }
   return options;
 }
 

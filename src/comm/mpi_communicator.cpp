@@ -127,6 +127,79 @@ std::string describe(const char* op, const at::Tensor& tensor, const char* extra
   return text + ")";
 }
 
+// A sum all-reduce of a large float or double buffer as a ring of point-to-point messages: a
+// reduce-scatter (p - 1 rounds: pass a chunk to the right, add the one from the left) then an
+// all-gather (p - 1 rounds: pass the finished chunks on). Each rank sends 2 (p - 1) / p of the
+// buffer, as MPI's best algorithms do; OpenMPI's nonblocking all-reduce picks a binomial tree for
+// few ranks, 2-4x slower from 1 MiB up (docs/benchmarks.md, bench_comm). Chunk c is summed in
+// ring order on one rank and copied to the others, so every rank ends with the same bits.
+class RingAllReduce {
+ public:
+  RingAllReduce(at::Tensor data, int rank, int size)
+      : data_(std::move(data)),
+        rank_(rank),
+        size_(size),
+        chunk_((data_.numel() + size - 1) / size),
+        incoming_(at::empty({chunk_}, data_.options())) {}
+
+  // Under the MPI lock: posts the next round's send and receive into `requests`, or none when the
+  // ring is done. Returns MPI's code.
+  int post(MPI_Comm comm, std::vector<MPI_Request>& requests) {
+    requests.clear();
+    if (round_ == 2 * (size_ - 1)) return MPI_SUCCESS;
+    const bool scatter = round_ < size_ - 1;
+    const int step = scatter ? round_ : round_ - (size_ - 1);
+    // Reduce-scatter: send chunk r - k, receive r - k - 1 (into `incoming_`, to add); all-gather:
+    // send chunk r + 1 - k (finished here), receive r - k (finished to the left) in place.
+    const int send = mod(scatter ? rank_ - step : rank_ + 1 - step);
+    receiving_ = mod(scatter ? rank_ - step - 1 : rank_ - step);
+    const MPI_Datatype type = data_.scalar_type() == at::kDouble ? MPI_DOUBLE : MPI_FLOAT;
+    const auto element = static_cast<std::int64_t>(data_.element_size());
+    char* base = static_cast<char*>(data_.data_ptr());
+    const int right = mod(rank_ + 1), left = mod(rank_ - 1);
+    requests.assign(2, MPI_REQUEST_NULL);
+    int code = MPI_Isend(base + begin(send) * element, length(send), type, right, kTag, comm, &requests[0]);
+    if (code != MPI_SUCCESS) return code;
+    void* into = scatter ? incoming_.data_ptr() : static_cast<void*>(base + begin(receiving_) * element);
+    return MPI_Irecv(into, length(receiving_), type, left, kTag, comm, &requests[1]);
+  }
+
+  // Without the lock, once the round's messages are done: adds the chunk received in a
+  // reduce-scatter round into this rank's own.
+  void finish_round() {
+    if (round_ < size_ - 1) {
+      if (data_.scalar_type() == at::kDouble) {
+        add(data_.data_ptr<double>() + begin(receiving_), incoming_.data_ptr<double>(), length(receiving_));
+      } else {
+        add(data_.data_ptr<float>() + begin(receiving_), incoming_.data_ptr<float>(), length(receiving_));
+      }
+    }
+    ++round_;
+  }
+
+  // What MPI may still touch if the op is abandoned in flight.
+  std::vector<at::Tensor> buffers() const { return {data_, incoming_}; }
+
+ private:
+  // Ops on one group run one at a time, so one tag suffices (below 32767, the least MPI_TAG_UB).
+  static constexpr int kTag = 7301;
+
+  template <typename T>
+  static void add(T* __restrict into, const T* __restrict from, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) into[i] += from[i];
+  }
+  int mod(int r) const { return ((r % size_) + size_) % size_; }
+  std::int64_t begin(int c) const { return std::min<std::int64_t>(c * chunk_, data_.numel()); }
+  int length(int c) const { return static_cast<int>(std::min<std::int64_t>((c + 1) * chunk_, data_.numel()) - begin(c)); }
+
+  at::Tensor data_;
+  int rank_, size_;
+  std::int64_t chunk_;
+  at::Tensor incoming_;
+  int round_ = 0;
+  int receiving_ = 0;
+};
+
 }  // namespace
 
 // --- Impl --------------------------------------------------------------------------------------
@@ -142,6 +215,8 @@ struct MpiCommunicator::Impl {
     // an op abandoned in flight hands them to detail::park_abandoned.
     std::vector<at::Tensor> buffers;
     std::function<void()> after;  // comm thread, after success (no MPI calls)
+    // Instead of `start`: an op of several rounds of point-to-point messages.
+    std::shared_ptr<RingAllReduce> ring;
     std::shared_ptr<MpiWork> work;
     std::int64_t bytes = 0;
   };
@@ -180,7 +255,8 @@ struct MpiCommunicator::Impl {
     return std::make_shared<MpiWork>(stats, std::move(finish_on_caller));
   }
 
-  void poll(MPI_Request& request, const Op& op, Clock::time_point start) {
+  // Until every request is done (MPI_Testall sets each to MPI_REQUEST_NULL as it completes).
+  void poll(std::vector<MPI_Request>& requests, const Op& op, Clock::time_point start) {
     auto pause = options.poll_min;
     const auto deadline = start + options.timeout;
     // A peer that stopped (SIGSTOP, a swapped-out node) shows only as a wait: say so long before
@@ -192,7 +268,7 @@ struct MpiCommunicator::Impl {
       int code = MPI_SUCCESS;
       {
         std::lock_guard<std::mutex> guard(runtime->lock());
-        code = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+        code = MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE);
       }
       EDIT_CHECK(code == MPI_SUCCESS, op.what, " on ", group(), " failed: ", mpi_error_string(code));
       if (done) return;
@@ -236,15 +312,32 @@ struct MpiCommunicator::Impl {
         continue;
       }
       const auto start = Clock::now();
-      MPI_Request request = MPI_REQUEST_NULL;
+      std::vector<MPI_Request> requests;
       try {
-        int code = MPI_SUCCESS;
-        {
-          std::lock_guard<std::mutex> guard(runtime->lock());
-          code = op.start(comm, &request);
+        if (op.ring) {
+          while (true) {
+            int code = MPI_SUCCESS;
+            {
+              std::lock_guard<std::mutex> guard(runtime->lock());
+              code = op.ring->post(comm, requests);
+            }
+            EDIT_CHECK(code == MPI_SUCCESS, op.call, " for ", op.what, " on ", group(), " failed: ",
+                       mpi_error_string(code));
+            if (requests.empty()) break;
+            poll(requests, op, start);
+            op.ring->finish_round();
+          }
+        } else {
+          requests.assign(1, MPI_REQUEST_NULL);
+          int code = MPI_SUCCESS;
+          {
+            std::lock_guard<std::mutex> guard(runtime->lock());
+            code = op.start(comm, &requests[0]);
+          }
+          EDIT_CHECK(code == MPI_SUCCESS, op.call, " for ", op.what, " on ", group(), " failed: ",
+                     mpi_error_string(code));
+          poll(requests, op, start);
         }
-        EDIT_CHECK(code == MPI_SUCCESS, op.call, " for ", op.what, " on ", group(), " failed: ", mpi_error_string(code));
-        poll(request, op, start);
         if (op.after) op.after();
         stats->add_op(op.bytes, seconds_since(start));
         op.work->complete(nullptr);
@@ -257,7 +350,9 @@ struct MpiCommunicator::Impl {
         // Still in flight (a timeout, or destroyed under it): MPI may write into the buffers
         // whenever a late peer joins, long after the caller has seen the error and freed its
         // tensors.
-        if (request != MPI_REQUEST_NULL) detail::park_abandoned(request, std::move(op.buffers));
+        for (MPI_Request request : requests) {
+          if (request != MPI_REQUEST_NULL) detail::park_abandoned(request, op.buffers);
+        }
         spdlog::error("{}", e.what());
         op.work->complete(std::current_exception());
       }
@@ -388,10 +483,18 @@ WorkPtr MpiCommunicator::all_reduce(at::Tensor tensor, AllReduceOptions options)
   op.bytes = ring_bytes_all_reduce(tensor.numel() * tensor.element_size(), impl.size);
   at::Tensor host = buffer.host;
   op.buffers = {host};
-  op.call = "MPI_Iallreduce";
-  op.start = [data = host.data_ptr(), count, mpi_type, mpi_op](MPI_Comm comm, MPI_Request* request) {
-    return MPI_Iallreduce(MPI_IN_PLACE, data, count, mpi_type, mpi_op, comm, request);
-  };
+  const std::int64_t bytes = tensor.numel() * tensor.element_size();
+  const std::int64_t ring_from = impl.options.ring_all_reduce_min_bytes;
+  if (impl.size > 1 && ring_from > 0 && bytes >= ring_from && (type == at::kFloat || type == at::kDouble)) {
+    op.call = "MPI_Isend/MPI_Irecv (ring)";
+    op.ring = std::make_shared<RingAllReduce>(host, impl.rank, impl.size);
+    op.buffers = op.ring->buffers();
+  } else {
+    op.call = "MPI_Iallreduce";
+    op.start = [data = host.data_ptr(), count, mpi_type, mpi_op](MPI_Comm comm, MPI_Request* request) {
+      return MPI_Iallreduce(MPI_IN_PLACE, data, count, mpi_type, mpi_op, comm, request);
+    };
+  }
   if (options.op == ReduceOp::kAvg) {
     const int size = impl.size;
     op.after = [host, size] { host.div_(size); };

@@ -121,6 +121,42 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(c10::toString(std::get<0>(info.param))) + "_" + std::to_string(std::get<1>(info.param));
     });
 
+// Large float and double all-reduces run as a ring of point-to-point messages (CommOptions::
+// ring_all_reduce_min_bytes); a communicator that takes the ring from 1 byte tests it at every
+// size, chunks that are uneven or empty (fewer values than ranks) included. Against the float64
+// reference of all ranks' inputs, exactly for sums of small integers, and every rank must end with
+// the same bits (each chunk is summed on one rank and copied to the others).
+TEST(CollectivesRing, AllReduceAsARingMatchesTheReferenceOnEveryRank) {
+  edit::comm::CommOptions options = world()->options();
+  options.ring_all_reduce_min_bytes = 1;
+  const auto ring = edit::comm::MpiCommunicator::world(world()->runtime(), options, "ring");
+  const int n = ring->size();
+  for (const at::ScalarType type : {at::kFloat, at::kDouble}) {
+    for (const std::int64_t numel : {std::int64_t{1}, std::int64_t{3}, std::int64_t{1000}, std::int64_t{300007}}) {
+      const std::string what = std::string(c10::toString(type)) + "[" + std::to_string(numel) + "] on " +
+                               std::to_string(n) + " ranks";
+      // Small integers: every order of summation gives the exact sum.
+      at::Tensor integers = rank_input(ring->rank(), numel, at::kLong, 3).to(type);
+      at::Tensor exact = at::zeros({numel}, at::kLong);
+      for (int r = 0; r < n; ++r) exact += rank_input(r, numel, at::kLong, 3);
+      ring->all_reduce(integers)->wait();
+      EXPECT_TRUE(at::equal(integers, exact.to(type))) << what << " sum of integers";
+
+      at::Tensor reference = at::zeros({numel}, at::kDouble);
+      for (int r = 0; r < n; ++r) reference += rank_input(r, numel, type).mul(1.0 / (r + 1)).to(at::kDouble);
+      at::Tensor mine = rank_input(ring->rank(), numel, type);
+      ring->all_reduce(mine, AllReduceOptions{ReduceOp::kAvg, 1.0 / (ring->rank() + 1)})->wait();
+      expect_close(mine, reference / n, type, what + " weighted average");
+      at::Tensor everyone = at::empty({numel * n}, type);
+      ring->all_gather(everyone, mine)->wait();
+      for (int r = 0; r < n; ++r) {
+        EXPECT_TRUE(at::equal(everyone.narrow(0, r * numel, numel), mine)) << what << ": rank " << r << " differs";
+      }
+    }
+  }
+  EXPECT_EQ(ring->stats().ops, 2 * 4 * 3);
+}
+
 TEST(CollectivesLayout, NonContiguousTensorsAreStagedAndWrittenBack) {
   const auto comm = world();
   // A transposed (3, 5) view: all_reduce must reduce the logical elements and write them back.
