@@ -292,6 +292,16 @@ TEST(Trainer, ANonFiniteStepIsSkippedByEveryRankOfItsModelWhenAsked) {
   expect_a_nan_step_to_be_skipped_by_every_rank(1, 0.0);
 }
 
+// A short run at a constant learning rate that skips the steps whose gradients are non-finite.
+edit::train::TrainerOptions skipping(std::int64_t steps) {
+  edit::train::TrainerOptions options;
+  options.steps = steps;
+  options.schedule = {1e-3, 0, steps, 1e-3};
+  options.log_every = 0;
+  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
+  return options;
+}
+
 // Local SGD replicas decide each for their own: DiLoCo with one replica per rank, a NaN on the last
 // replica at step 1; that replica alone skips, the others update, and the sync at step 3 (H = 2)
 // brings every replica to the same finite anchor.
@@ -299,12 +309,7 @@ TEST(Trainer, EachLocalSgdReplicaSkipsItsOwnNonFiniteStep) {
   edit::sync::LocalSgdOptions local;
   local.sync_every = 2;
   TinyRun<edit::sync::DiLoCo> run(1, local);
-  edit::train::TrainerOptions options;
-  options.steps = 4;
-  options.schedule = {1e-3, 0, 4, 1e-3};
-  options.log_every = 0;
-  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
-  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, skipping(4));
   const int bad_rank = run.mesh.world_size() - 1;
   const bool bad = run.mesh.rank() == bad_rank;
   const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
@@ -332,11 +337,7 @@ TEST(Trainer, EachLocalSgdReplicaSkipsItsOwnNonFiniteStep) {
 // count is part of the trainer's checkpointed state: a trainer that loads it stops at its next skip.
 TEST(Trainer, ReplicasStopOnceTheyWouldSkipMoreThanTheMostStepsAllowed) {
   DdpRun run(1);
-  edit::train::TrainerOptions options;
-  options.steps = 8;
-  options.schedule = {1e-3, 0, 8, 1e-3};
-  options.log_every = 0;
-  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
+  edit::train::TrainerOptions options = skipping(8);
   options.max_skipped_steps = 2;
   edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
   const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
@@ -370,12 +371,7 @@ TEST(Trainer, ReplicasStopOnceTheyWouldSkipMoreThanTheMostStepsAllowed) {
 // never sees it) cannot be skipped by one rank alone: it stops, and says why.
 TEST(Trainer, ANonFiniteLossWithAFiniteGradientNormStopsEvenWhenSkipping) {
   DdpRun run(1);
-  edit::train::TrainerOptions options;
-  options.steps = 2;
-  options.schedule = {1e-3, 0, 2, 1e-3};
-  options.log_every = 0;
-  options.on_nonfinite = edit::train::NonFinitePolicy::kSkip;
-  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, skipping(2));
   const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
   const auto loss_of = [&](const edit::train::Batch& b) { return run.module->loss(b.inputs, b.targets) + std::nan(""); };
   const std::string error = edit::testing_support::error_of([&] { trainer.step(batch_of, loss_of); });
