@@ -368,19 +368,21 @@ std::vector<at::Tensor> ShardedModel::grad_shards() const {
 
 double ShardedModel::clip_grad_norm(double max_norm) { return clip_grad_norm_queued(max_norm).item<double>(); }
 
-at::Tensor ShardedModel::grad_norm_queued() {
+at::Tensor ShardedModel::grad_norm_queued() { return norm_of(grad_shards()); }
+
+at::Tensor ShardedModel::norm_of(const std::vector<at::Tensor>& grads) {
   // Each unit's norm in the gradients' own dtype (asking for a double result makes LibTorch 1.13
   // copy the whole gradient to double first: 20x slower on the CPU), squared and summed in double
   // on the gradients' device. The foreach ops are one launch for all units on a GPU (per unit on
   // the CPU, the same kernels as before).
-  at::Tensor sum_sq = at::stack(at::_foreach_norm(grad_shards(), 2)).to(at::kDouble).square().sum().reshape({1});
+  at::Tensor sum_sq = at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum().reshape({1});
   if (group_->size() > 1) group_->all_reduce(sum_sq)->wait();
   return sum_sq.sqrt();
 }
 
 at::Tensor ShardedModel::clip_grad_norm_queued(double max_norm) {
   std::vector<at::Tensor> grads = grad_shards();
-  const at::Tensor norm = grad_norm_queued();
+  const at::Tensor norm = norm_of(grads);
   if (!norm.is_cuda()) {
     // On the CPU the read costs nothing, and a step under the limit skips a pass over the gradients.
     const double coefficient = max_norm / (norm.item<double>() + 1e-6);

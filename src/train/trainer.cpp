@@ -15,6 +15,13 @@
 
 namespace edit::train {
 
+namespace {
+// How every refused step ends its message: what was kept and what to do.
+constexpr const char* kStoppedBeforeTheUpdate =
+    "training stopped before the update, so the weights and the last checkpoint are intact. Lower the learning "
+    "rate or check the data, then resume from the last checkpoint";
+}  // namespace
+
 Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::FlatOptimizer& inner,
                  sync::SyncStrategy& strategy, TrainerOptions options)
     : mesh_(mesh), model_(model), inner_(inner), strategy_(strategy), options_(std::move(options)) {
@@ -175,20 +182,16 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
                options_.on_nonfinite == NonFinitePolicy::kSkip
                    ? " while the gradient norm is finite, so the ranks of its model could not skip the step together"
                    : "",
-               "; training stopped before the update, so the weights and the last checkpoint are intact. Lower "
-               "the learning rate or check the data, then resume from the last checkpoint");
-    EDIT_CHECK(std::isfinite(metrics.grad_norm), "step ", step_, ": the gradient norm is ", metrics.grad_norm,
-               "; training stopped before the update, so the weights and the last checkpoint are intact. Lower the "
-               "learning rate or check the data, then resume from the last checkpoint (or let such steps be "
-               "skipped: --on-nonfinite skip)");
+               "; ", kStoppedBeforeTheUpdate);
+    EDIT_CHECK(std::isfinite(metrics.grad_norm), "step ", step_, ": the gradient norm is ", metrics.grad_norm, "; ",
+               kStoppedBeforeTheUpdate, " (or let such steps be skipped: --on-nonfinite skip)");
   }
   metrics.lr = options_.schedule.at(step_);
   if (metrics.skipped) {
     EDIT_CHECK(skipped_steps_ < options_.max_skipped_steps, "step ", step_, ": the gradient norm is ",
                metrics.grad_norm, ", and replica ", mesh_.sync().rank(), " has skipped ", skipped_steps_,
                " steps already (--max-skipped-steps ", options_.max_skipped_steps,
-               "); training stopped before the update, so the weights and the last checkpoint are intact. Lower "
-               "the learning rate or check the data, then resume from the last checkpoint");
+               "); ", kStoppedBeforeTheUpdate);
     ++skipped_steps_;
     ++skipped_since_log_;
     if (mesh_.shard().rank() == 0) {  // once per replica

@@ -189,6 +189,7 @@ class ShardedModel : public UnitListener, public Stateful {
   void finish_pending_backward(int above_unit);
   void cast_shard_for_compute(FlatUnit& unit);
   std::vector<at::Tensor> grad_shards() const;
+  at::Tensor norm_of(const std::vector<at::Tensor>& grads);  // grad_norm_queued() of these shards
 
   std::shared_ptr<torch::nn::Module> model_;
   std::shared_ptr<comm::Communicator> group_;
