@@ -137,7 +137,7 @@ run() {
 }
 report() {
 "$py" - "$out" "$gpu_name" "${EDIT_PEAK_TFLOPS:-}" "$batch" <<'PY'
-import json, os, statistics, sys
+import csv, json, os, statistics, sys
 out, gpu, peak_arg, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 peaks = {"H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0, "L40S": 362.1, "B200": 2250.0}
 peak = float(peak_arg) if peak_arg else next((v for k, v in peaks.items() if k in gpu), float("nan"))
@@ -149,9 +149,8 @@ flops_per_token = 6 * N + 12 * L * d * T
 rows = []
 for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "pytorch_eager", "pytorch_compile",
               "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi", "edit_h8_np2_nccl", "fsdp_edit_h8_s2_np2_nccl"):
-    peer = os.path.join(out, label, "peer.csv")  # a PyTorch reference run: one CSV row
-    if label.startswith("pytorch"):
-        import csv
+    if label.startswith("pytorch"):  # a PyTorch reference run: one CSV row
+        peer = os.path.join(out, label, "peer.csv")
         got = list(csv.DictReader(open(peer))) if os.path.exists(peer) else []
         if not got:
             ran = os.path.exists(os.path.join(out, label + ".log"))

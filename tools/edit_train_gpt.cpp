@@ -528,24 +528,17 @@ void check_config_file(const CLI::App& app, const std::string& path) {
   }
 }
 
-double world_mean(edit::comm::DeviceMesh& mesh, double value) {
+// The mean over all ranks; with `finite_only`, over the ranks whose value is finite (the loss of a
+// step skipped for a NaN is not), NaN if none is.
+double world_mean(edit::comm::DeviceMesh& mesh, double value, bool finite_only = false) {
   double total = 0.0;
-  for (double v : mesh.world().all_gather_values({value})) total += v;
-  return total / mesh.world_size();
-}
-
-// The mean over the ranks whose value is finite (the loss of a step skipped for a NaN is not); NaN
-// if no rank's is.
-double world_mean_of_finite(edit::comm::DeviceMesh& mesh, double value) {
-  double total = 0.0;
-  int finite = 0;
+  int counted = 0;
   for (double v : mesh.world().all_gather_values({value})) {
-    if (std::isfinite(v)) {
-      total += v;
-      ++finite;
-    }
+    if (finite_only && !std::isfinite(v)) continue;
+    total += v;
+    ++counted;
   }
-  return finite > 0 ? total / finite : NAN;
+  return counted > 0 ? total / counted : NAN;
 }
 
 }  // namespace
@@ -781,7 +774,7 @@ int main(int argc, char** argv) {
       const std::int64_t done = progress();
       const bool eval_now = crossed(before, done, c.eval_every) || finished();
       if (eval_now) {
-        const double train_loss = world_mean_of_finite(mesh, m.loss);  // this step's, over all ranks
+        const double train_loss = world_mean(mesh, m.loss, /*finite_only=*/true);  // this step's, all ranks
         const double val_loss = evaluate();
         if (mesh.rank() == 0) {
           spdlog::info("eval at step {}: val loss {:.4f} (train {:.4f})", done, val_loss, train_loss);
