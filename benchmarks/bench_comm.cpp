@@ -38,9 +38,11 @@ using edit::comm::Communicator;
 struct Options {
   std::int64_t min_bytes = 4 << 10;          // smallest buffer
   std::int64_t max_bytes = 256 << 20;        // largest buffer
-  // all_reduce_iallreduce (mpi): every all_reduce through MPI_Iallreduce, beside all_reduce, which
-  // takes libedit's ring from CommOptions::ring_all_reduce_min_bytes up.
-  std::vector<std::string> ops = {"all_reduce", "all_reduce_iallreduce", "all_gather", "reduce_scatter"};
+  // all_reduce_iallreduce and reduce_scatter_ireduce_scatter (mpi): every all_reduce through
+  // MPI_Iallreduce and every reduce_scatter through MPI_Ireduce_scatter_block, beside all_reduce
+  // and reduce_scatter, which take libedit's ring from CommOptions::ring_min_bytes up.
+  std::vector<std::string> ops = {"all_reduce", "all_reduce_iallreduce", "all_gather", "reduce_scatter",
+                                  "reduce_scatter_ireduce_scatter"};
   double seconds_per_size = 0.25;            // timing budget per (op, size)
   std::string link;                          // optional LinkEmulator model, e.g. 1Gbit@1ms
   std::string out = "bench_comm.csv";        // CSV path (overlap table goes to <out>.overlap.csv)
@@ -180,23 +182,24 @@ int main(int argc, char** argv) try {
   const bool lead = comm->rank() == 0;
 
   const double memcpy_bw = memcpy_gbps(*comm, buffers, std::min<std::int64_t>(options.max_bytes, 256 << 20));
-  // The same world with the ring turned off, for all_reduce_iallreduce.
-  std::shared_ptr<Communicator> iallreduce;
+  // The same world with the ring turned off, for the ops named after MPI's own collectives.
+  std::shared_ptr<Communicator> mpi_own;
   if (options.backend == "mpi") {
     edit::comm::CommOptions no_ring = edit::comm::CommOptions::from_env();
-    no_ring.ring_all_reduce_min_bytes = 0;
-    iallreduce = edit::comm::MpiCommunicator::world(edit::comm::MpiRuntime::acquire(), no_ring, "iallreduce");
+    no_ring.ring_min_bytes = 0;
+    mpi_own = edit::comm::MpiCommunicator::world(edit::comm::MpiRuntime::acquire(), no_ring, "mpi_own");
     if (!options.link.empty()) {
-      iallreduce = std::make_shared<edit::comm::LinkEmulator>(iallreduce, edit::comm::LinkModel::parse(options.link));
+      mpi_own = std::make_shared<edit::comm::LinkEmulator>(mpi_own, edit::comm::LinkModel::parse(options.link));
     }
   }
   edit::bench::Table table({"backend", "op", "ranks", "bytes", "size", "time_us", "algbw_GBps", "busbw_GBps",
                             "memcpy_GBps", "busbw_over_memcpy"});
   for (const std::string& op_name : options.ops) {
-    EDIT_CHECK(op_name == "all_reduce" || op_name == "all_reduce_iallreduce" || op_name == "all_gather" ||
-                   op_name == "reduce_scatter",
-               "unknown --ops entry '", op_name, "'; use all_reduce, all_reduce_iallreduce, all_gather, reduce_scatter");
-    if (op_name == "all_reduce_iallreduce" && !iallreduce) continue;  // (nccl: no MPI_Iallreduce to compare)
+    const bool on_mpi_own = op_name == "all_reduce_iallreduce" || op_name == "reduce_scatter_ireduce_scatter";
+    EDIT_CHECK(on_mpi_own || op_name == "all_reduce" || op_name == "all_gather" || op_name == "reduce_scatter",
+               "unknown --ops entry '", op_name, "'; use all_reduce, all_reduce_iallreduce, all_gather, ",
+               "reduce_scatter, reduce_scatter_ireduce_scatter");
+    if (on_mpi_own && !mpi_own) continue;  // (nccl: no MPI collective to compare)
     for (std::int64_t bytes = options.min_bytes; bytes <= options.max_bytes; bytes *= 4) {
       const std::int64_t numel = std::max<std::int64_t>(n, bytes / 4 / n * n);  // divisible by the group
       at::Tensor full = buffers.make(numel);
@@ -208,11 +211,13 @@ int main(int argc, char** argv) try {
         seconds = time_op(*comm, options.seconds_per_size, [&] { return comm->all_reduce(full); });
       } else if (op_name == "all_reduce_iallreduce") {
         factor *= 2;
-        seconds = time_op(*iallreduce, options.seconds_per_size, [&] { return iallreduce->all_reduce(full); });
+        seconds = time_op(*mpi_own, options.seconds_per_size, [&] { return mpi_own->all_reduce(full); });
       } else if (op_name == "all_gather") {
         seconds = time_op(*comm, options.seconds_per_size, [&] { return comm->all_gather(full, part); });
-      } else {
+      } else if (op_name == "reduce_scatter") {
         seconds = time_op(*comm, options.seconds_per_size, [&] { return comm->reduce_scatter(part, full); });
+      } else {
+        seconds = time_op(*mpi_own, options.seconds_per_size, [&] { return mpi_own->reduce_scatter(part, full); });
       }
       const double algbw = static_cast<double>(numel * 4) / seconds / 1e9;
       const double busbw = algbw * factor;

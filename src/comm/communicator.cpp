@@ -42,8 +42,8 @@ CommOptions CommOptions::from_env() {
     char* end = nullptr;
     const long long bytes = std::strtoll(ring, &end, 10);
     EDIT_CHECK(end != ring && *end == '\0' && bytes >= 0, "EDIT_COMM_RING_MIN_BYTES='", ring,
-               "' is not a number of bytes >= 0; unset it, or 0 to keep every all-reduce on MPI_Iallreduce");
-    options.ring_all_reduce_min_bytes = bytes;
+               "' is not a number of bytes >= 0; unset it, or 0 to keep every all-reduce and reduce-scatter on MPI's own");
+    options.ring_min_bytes = bytes;
   }
   return options;
 }

@@ -127,74 +127,107 @@ std::string describe(const char* op, const at::Tensor& tensor, const char* extra
   return text + ")";
 }
 
-// A sum all-reduce of a large float or double buffer as a ring of point-to-point messages: a
-// reduce-scatter (p - 1 rounds: pass a chunk to the right, add the one from the left) then an
-// all-gather (p - 1 rounds: pass the finished chunks on). Each rank sends 2 (p - 1) / p of the
-// buffer, as MPI's best algorithms do; OpenMPI's nonblocking all-reduce picks a binomial tree for
-// few ranks, 2-4x slower from 1 MiB up (docs/benchmarks.md, bench_comm). Chunk c is summed in
-// ring order on one rank and copied to the others, so every rank ends with the same bits.
-class RingAllReduce {
+// A sum over the ranks of a large float or double buffer as a ring of point-to-point messages,
+// one round at a time, each rank passing a chunk to its right neighbour and adding the one from
+// its left. OpenMPI's nonblocking all-reduce picks a binomial tree for few ranks, and its
+// nonblocking reduce-scatter is as slow: 2-4x behind a ring from 1 MiB up (docs/benchmarks.md,
+// bench_comm). Each rank sends (p - 1) / p of the buffer per phase, as MPI's best algorithms do.
+//  - reduce-scatter: p - 1 rounds leave the whole sum of chunk r on rank r. Round k sends chunk
+//    r - k - 1 (the rank's own input at k = 0, else its running sum) and receives chunk r - k - 2,
+//    whose running sum becomes this rank's input plus the received one. The input is only read.
+//  - all-reduce: the same rounds in place (each rank then holds one finished chunk, r), then p - 1
+//    rounds that pass the finished chunks on. Chunk c is summed on one rank and copied to the
+//    others, so every rank ends with the same bits.
+class RingReduction {
  public:
-  RingAllReduce(at::Tensor data, int rank, int size)
-      : data_(std::move(data)),
-        rank_(rank),
-        size_(size),
-        chunk_((data_.numel() + size - 1) / size),
-        incoming_(at::empty({chunk_}, data_.options())) {}
+  static std::shared_ptr<RingReduction> all_reduce(at::Tensor data, int rank, int size) {
+    const std::int64_t chunk = (data.numel() + size - 1) / size;
+    return std::shared_ptr<RingReduction>(new RingReduction(data, data, chunk, rank, size, /*gather=*/true));
+  }
+  // `input` holds size x output.numel() values; rank r's output is their sum's chunk r.
+  static std::shared_ptr<RingReduction> reduce_scatter(at::Tensor input, at::Tensor output, int rank, int size) {
+    return std::shared_ptr<RingReduction>(
+        new RingReduction(std::move(input), std::move(output), output.numel(), rank, size, /*gather=*/false));
+  }
 
   // Under the MPI lock: posts the next round's send and receive into `requests`, or none when the
   // ring is done. Returns MPI's code.
   int post(MPI_Comm comm, std::vector<MPI_Request>& requests) {
     requests.clear();
-    if (round_ == 2 * (size_ - 1)) return MPI_SUCCESS;
+    if (round_ == (gather_ ? 2 : 1) * (size_ - 1)) return MPI_SUCCESS;
     const bool scatter = round_ < size_ - 1;
     const int step = scatter ? round_ : round_ - (size_ - 1);
-    // Reduce-scatter: send chunk r - k, receive r - k - 1 (into `incoming_`, to add); all-gather:
-    // send chunk r + 1 - k (finished here), receive r - k (finished to the left) in place.
-    const int send = mod(scatter ? rank_ - step : rank_ + 1 - step);
-    receiving_ = mod(scatter ? rank_ - step - 1 : rank_ - step);
-    const MPI_Datatype type = data_.scalar_type() == at::kDouble ? MPI_DOUBLE : MPI_FLOAT;
-    const auto element = static_cast<std::int64_t>(data_.element_size());
-    char* base = static_cast<char*>(data_.data_ptr());
     const int right = mod(rank_ + 1), left = mod(rank_ - 1);
+    const MPI_Datatype type = input_.scalar_type() == at::kDouble ? MPI_DOUBLE : MPI_FLOAT;
     requests.assign(2, MPI_REQUEST_NULL);
-    int code = MPI_Isend(base + begin(send) * element, length(send), type, right, kTag, comm, &requests[0]);
+    int code = MPI_SUCCESS;
+    if (scatter) {
+      const int send = mod(rank_ - step - 1);
+      receiving_ = mod(rank_ - step - 2);
+      // The running sum of the chunk sent lives in the input's chunk (all-reduce, in place) or,
+      // after the first round, in the output (reduce-scatter).
+      const void* from = (gather_ || step == 0) ? chunk_ptr(input_, send) : output_.data_ptr();
+      code = MPI_Isend(from, length(send), type, right, kTag, comm, &requests[0]);
+      if (code != MPI_SUCCESS) return code;
+      return MPI_Irecv(incoming_.data_ptr(), length(receiving_), type, left, kTag, comm, &requests[1]);
+    }
+    // All-gather: send chunk r - k (finished here), receive r - k - 1 (finished to the left).
+    const int send = mod(rank_ - step);
+    receiving_ = mod(rank_ - step - 1);
+    code = MPI_Isend(chunk_ptr(input_, send), length(send), type, right, kTag, comm, &requests[0]);
     if (code != MPI_SUCCESS) return code;
-    void* into = scatter ? incoming_.data_ptr() : static_cast<void*>(base + begin(receiving_) * element);
-    return MPI_Irecv(into, length(receiving_), type, left, kTag, comm, &requests[1]);
+    return MPI_Irecv(chunk_ptr(input_, receiving_), length(receiving_), type, left, kTag, comm, &requests[1]);
   }
 
-  // Without the lock, once the round's messages are done: adds the chunk received in a
-  // reduce-scatter round into this rank's own.
+  // Without the lock, once the round's messages are done: in a reduce-scatter round, the chunk's
+  // running sum becomes this rank's input plus the received sum.
   void finish_round() {
     if (round_ < size_ - 1) {
-      if (data_.scalar_type() == at::kDouble) {
-        add(data_.data_ptr<double>() + begin(receiving_), incoming_.data_ptr<double>(), length(receiving_));
+      const std::int64_t n = length(receiving_);
+      void* into = gather_ ? chunk_ptr(input_, receiving_) : output_.data_ptr();
+      if (input_.scalar_type() == at::kDouble) {
+        add(static_cast<double*>(into), static_cast<const double*>(chunk_ptr(input_, receiving_)),
+            incoming_.data_ptr<double>(), n);
       } else {
-        add(data_.data_ptr<float>() + begin(receiving_), incoming_.data_ptr<float>(), length(receiving_));
+        add(static_cast<float*>(into), static_cast<const float*>(chunk_ptr(input_, receiving_)),
+            incoming_.data_ptr<float>(), n);
       }
     }
     ++round_;
   }
 
   // What MPI may still touch if the op is abandoned in flight.
-  std::vector<at::Tensor> buffers() const { return {data_, incoming_}; }
+  std::vector<at::Tensor> buffers() const { return {input_, output_, incoming_}; }
 
  private:
+  RingReduction(at::Tensor input, at::Tensor output, std::int64_t chunk, int rank, int size, bool gather)
+      : input_(std::move(input)),
+        output_(std::move(output)),
+        rank_(rank),
+        size_(size),
+        chunk_(chunk),
+        gather_(gather),
+        incoming_(at::empty({chunk_}, input_.options())) {}
+
   // Ops on one group run one at a time, so one tag suffices (below 32767, the least MPI_TAG_UB).
   static constexpr int kTag = 7301;
 
+  // `into` may be `a` (in place) but never overlaps `b`.
   template <typename T>
-  static void add(T* __restrict into, const T* __restrict from, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) into[i] += from[i];
+  static void add(T* into, const T* a, const T* __restrict b, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) into[i] = a[i] + b[i];
   }
   int mod(int r) const { return ((r % size_) + size_) % size_; }
-  std::int64_t begin(int c) const { return std::min<std::int64_t>(c * chunk_, data_.numel()); }
-  int length(int c) const { return static_cast<int>(std::min<std::int64_t>((c + 1) * chunk_, data_.numel()) - begin(c)); }
+  std::int64_t begin(int c) const { return std::min<std::int64_t>(c * chunk_, input_.numel()); }
+  int length(int c) const { return static_cast<int>(std::min<std::int64_t>((c + 1) * chunk_, input_.numel()) - begin(c)); }
+  void* chunk_ptr(const at::Tensor& t, int c) const {
+    return static_cast<char*>(t.data_ptr()) + begin(c) * static_cast<std::int64_t>(t.element_size());
+  }
 
-  at::Tensor data_;
+  at::Tensor input_, output_;
   int rank_, size_;
   std::int64_t chunk_;
+  bool gather_;
   at::Tensor incoming_;
   int round_ = 0;
   int receiving_ = 0;
@@ -216,7 +249,7 @@ struct MpiCommunicator::Impl {
     std::vector<at::Tensor> buffers;
     std::function<void()> after;  // comm thread, after success (no MPI calls)
     // Instead of `start`: an op of several rounds of point-to-point messages.
-    std::shared_ptr<RingAllReduce> ring;
+    std::shared_ptr<RingReduction> ring;
     std::shared_ptr<MpiWork> work;
     std::int64_t bytes = 0;
   };
@@ -388,6 +421,12 @@ struct MpiCommunicator::Impl {
     return MPI_SUM;
   }
 
+  // Float and double sums of at least CommOptions::ring_min_bytes go around the ring.
+  bool takes_ring(std::int64_t bytes, at::ScalarType type) const {
+    const std::int64_t from = options.ring_min_bytes;
+    return size > 1 && from > 0 && bytes >= from && (type == at::kFloat || type == at::kDouble);
+  }
+
   void check_avg(ReduceOp op, at::ScalarType type, const char* name_of_op) const {
     EDIT_CHECK(op != ReduceOp::kAvg || at::isFloatingType(type), name_of_op, " on ", group(),
                ": ReduceOp::kAvg needs a floating dtype, got ", type, "; use kSum and divide yourself");
@@ -484,10 +523,9 @@ WorkPtr MpiCommunicator::all_reduce(at::Tensor tensor, AllReduceOptions options)
   at::Tensor host = buffer.host;
   op.buffers = {host};
   const std::int64_t bytes = tensor.numel() * tensor.element_size();
-  const std::int64_t ring_from = impl.options.ring_all_reduce_min_bytes;
-  if (impl.size > 1 && ring_from > 0 && bytes >= ring_from && (type == at::kFloat || type == at::kDouble)) {
+  if (impl.takes_ring(bytes, type)) {
     op.call = "MPI_Isend/MPI_Irecv (ring)";
-    op.ring = std::make_shared<RingAllReduce>(host, impl.rank, impl.size);
+    op.ring = RingReduction::all_reduce(host, impl.rank, impl.size);
     op.buffers = op.ring->buffers();
   } else {
     op.call = "MPI_Iallreduce";
@@ -550,12 +588,18 @@ WorkPtr MpiCommunicator::reduce_scatter(at::Tensor output, at::Tensor input, Red
   op.what = describe("reduce_scatter", input, to_string(options.op));
   op.bytes = ring_bytes_all_gather(input.numel() * input.element_size(), impl.size);
   at::Tensor out_host = out.host;
-  op.buffers = {in.host, out_host};
-  op.call = "MPI_Ireduce_scatter_block";
-  op.start = [send = in.host.data_ptr(), recv = out_host.data_ptr(), count, mpi_type, mpi_op](
-                 MPI_Comm comm, MPI_Request* request) {
-    return MPI_Ireduce_scatter_block(send, recv, count, mpi_type, mpi_op, comm, request);
-  };
+  if (impl.takes_ring(input.numel() * input.element_size(), type)) {
+    op.call = "MPI_Isend/MPI_Irecv (ring)";
+    op.ring = RingReduction::reduce_scatter(in.host, out_host, impl.rank, impl.size);
+    op.buffers = op.ring->buffers();
+  } else {
+    op.buffers = {in.host, out_host};
+    op.call = "MPI_Ireduce_scatter_block";
+    op.start = [send = in.host.data_ptr(), recv = out_host.data_ptr(), count, mpi_type, mpi_op](
+                   MPI_Comm comm, MPI_Request* request) {
+      return MPI_Ireduce_scatter_block(send, recv, count, mpi_type, mpi_op, comm, request);
+    };
+  }
   if (options.op == ReduceOp::kAvg) {
     const int size = impl.size;
     op.after = [out_host, size] { out_host.div_(size); };

@@ -122,13 +122,13 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // Large float and double all-reduces run as a ring of point-to-point messages (CommOptions::
-// ring_all_reduce_min_bytes); a communicator that takes the ring from 1 byte tests it at every
+// ring_min_bytes); a communicator that takes the ring from 1 byte tests it at every
 // size, chunks that are uneven or empty (fewer values than ranks) included. Against the float64
 // reference of all ranks' inputs, exactly for sums of small integers, and every rank must end with
 // the same bits (each chunk is summed on one rank and copied to the others).
 TEST(CollectivesRing, AllReduceAsARingMatchesTheReferenceOnEveryRank) {
   edit::comm::CommOptions options = world()->options();
-  options.ring_all_reduce_min_bytes = 1;
+  options.ring_min_bytes = 1;
   const auto ring = edit::comm::MpiCommunicator::world(world()->runtime(), options, "ring");
   const int n = ring->size();
   for (const at::ScalarType type : {at::kFloat, at::kDouble}) {
@@ -155,6 +155,37 @@ TEST(CollectivesRing, AllReduceAsARingMatchesTheReferenceOnEveryRank) {
     }
   }
   EXPECT_EQ(ring->stats().ops, 2 * 4 * 3);
+}
+
+// Large float and double reduce-scatters take the same ring (its first half, with the sums kept
+// out of the input): each rank's chunk against the float64 reference of every rank's input, exact
+// sums of integers, the average, and the input left as it was.
+TEST(CollectivesRing, ReduceScatterAsARingGivesEachRankItsChunkAndLeavesTheInput) {
+  edit::comm::CommOptions options = world()->options();
+  options.ring_min_bytes = 1;
+  const auto ring = edit::comm::MpiCommunicator::world(world()->runtime(), options, "ring");
+  const int n = ring->size();
+  const int me = ring->rank();
+  for (const at::ScalarType type : {at::kFloat, at::kDouble}) {
+    for (const std::int64_t numel : {std::int64_t{1}, std::int64_t{3}, std::int64_t{100003}}) {
+      const std::string what = std::string(c10::toString(type)) + "[" + std::to_string(n) + " x " +
+                               std::to_string(numel) + "] on " + std::to_string(n) + " ranks";
+      const at::Tensor integers = rank_input(me, numel * n, at::kLong, 5).to(type);
+      const at::Tensor integers_before = integers.clone();
+      at::Tensor exact = at::zeros({numel}, at::kLong);
+      for (int r = 0; r < n; ++r) exact += rank_input(r, numel * n, at::kLong, 5).narrow(0, me * numel, numel);
+      at::Tensor output = at::full({numel}, 7, type);
+      ring->reduce_scatter(output, integers)->wait();
+      EXPECT_TRUE(at::equal(output, exact.to(type))) << what << " sum of integers";
+      EXPECT_TRUE(at::equal(integers, integers_before)) << what << ": the input changed";
+
+      at::Tensor reference = at::zeros({numel}, at::kDouble);
+      for (int r = 0; r < n; ++r) reference += rank_input(r, numel * n, type).narrow(0, me * numel, numel).to(at::kDouble);
+      ring->reduce_scatter(output, rank_input(me, numel * n, type), {ReduceOp::kAvg})->wait();
+      expect_close(output, reference / n, type, what + " average");
+    }
+  }
+  EXPECT_EQ(ring->stats().ops, 2 * 3 * 2);
 }
 
 TEST(CollectivesLayout, NonContiguousTensorsAreStagedAndWrittenBack) {

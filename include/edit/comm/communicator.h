@@ -38,11 +38,12 @@ struct CommOptions {
   std::chrono::microseconds poll_max{100};
   // Test back to back without sleeping: lowest latency when every rank has a spare core.
   bool busy_poll = false;
-  // MPI: float and double sum/average all-reduces of at least this many bytes run as a ring of
-  // point-to-point messages (2-4x OpenMPI's nonblocking all-reduce from 1 MiB up with few ranks,
-  // docs/benchmarks.md); smaller ones, and 0 here, use MPI_Iallreduce. Every rank of a group must
-  // use the same value (as with any collective's arguments).
-  std::int64_t ring_all_reduce_min_bytes = std::int64_t{1} << 20;
+  // MPI: float and double all-reduces and reduce-scatters (sum or average) of at least this many
+  // bytes (the whole buffer) run as a ring of point-to-point messages, 1.6-2.5x OpenMPI's
+  // nonblocking collectives from 1 MiB up with few ranks (docs/benchmarks.md); smaller ones, and
+  // 0 here, use MPI_Iallreduce and MPI_Ireduce_scatter_block. Every rank of a group must use the
+  // same value (as with any collective's arguments).
+  std::int64_t ring_min_bytes = std::int64_t{1} << 20;
 
   // Defaults overridden from the environment: EDIT_COMM_TIMEOUT_S, EDIT_COMM_BUSY_POLL=1,
   // EDIT_COMM_RING_MIN_BYTES (0: never the ring).
