@@ -14,6 +14,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +25,7 @@
 #include <tuple>
 
 #include "edit/comm/device_mesh.h"
+#include "edit/comm/mpi_communicator.h"
 #include "edit/comm/mpi_runtime.h"
 #include "edit/core/check.h"
 #include "edit/core/device.h"
@@ -38,6 +40,7 @@
 #include "edit/sync/factory.h"
 #include "edit/train/checkpoint.h"
 #include "edit/train/run_dir.h"
+#include "edit/train/stop_signal.h"
 #include "edit/train/trainer.h"
 
 namespace {
@@ -103,6 +106,7 @@ struct Config {
   int sample_tokens = 0;
   std::string log_level;
   double comm_timeout = 0;  // seconds; 0: EDIT_COMM_TIMEOUT_S, else 600
+  std::vector<std::string> stop_signals = {"usr1", "term"};  // save a checkpoint and stop on these
   // device and precision
   std::string device = "auto";        // auto: one GPU per local rank when CUDA is there, else the CPU
   std::string dtype = "auto";         // compute dtype; auto: bf16 on CUDA, fp32 on the CPU
@@ -318,6 +322,14 @@ void add_options(CLI::App& app, Config& c) {
   app.add_flag("--overwrite", c.overwrite,
                "start over in an --out-dir that holds a previous run (deletes its checkpoints and logs)")
       ->group(run);
+  app.add_option("--stop-signals", c.stop_signals,
+                 "on any of these signals (usr1, usr2, term, hup, int; none: off) every rank stops at the same "
+                 "step soon after, saves a checkpoint and exits with 128 + the signal's number. mpirun forwards "
+                 "SIGUSR1 to every rank but kills them on its own SIGTERM; SLURM sends SIGTERM to every task")
+      ->group(run)
+      ->delimiter(',')
+      ->check(CLI::IsMember({"usr1", "usr2", "term", "hup", "int", "none"}, CLI::ignore_case))
+      ->capture_default_str();
   app.add_option("--comm-timeout", c.comm_timeout,
                  "seconds a collective may wait for a peer before the job fails "
                  "(default: EDIT_COMM_TIMEOUT_S, else 600)")
@@ -381,6 +393,23 @@ edit::models::GptConfig model_config(const Config& c) {
 }
 
 // --profile-steps "FIRST:COUNT" -> {FIRST, COUNT}.
+// --stop-signals as signal numbers (none: empty).
+std::vector<int> stop_signals(const std::vector<std::string>& names) {
+  const std::map<std::string, int> known = {
+      {"usr1", SIGUSR1}, {"usr2", SIGUSR2}, {"term", SIGTERM}, {"hup", SIGHUP}, {"int", SIGINT}};
+  std::vector<int> signals;
+  for (const std::string& name : names) {
+    const std::string lower = CLI::detail::to_lower(name);
+    if (lower == "none") {
+      EDIT_CHECK(names.size() == 1, "--stop-signals none turns the signals off, so it cannot come with others; "
+                 "give either none or a list such as usr1,term");
+      return {};
+    }
+    signals.push_back(known.at(lower));  // (CLI11 checked the names)
+  }
+  return signals;
+}
+
 std::pair<std::int64_t, std::int64_t> profile_window(const std::string& text) {
   const auto colon = text.find(':');
   std::int64_t first = -1, count = 0;
@@ -581,6 +610,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    // Before any thread starts, so that none but StopOnSignal's own ever takes these signals.
+    const std::vector<int> signals = stop_signals(c.stop_signals);
+    if (!signals.empty()) edit::train::StopOnSignal::block(signals);
     at::set_num_threads(1);
     edit::comm::MeshOptions mesh_options;
     mesh_options.shard_size = c.shard_size;
@@ -767,6 +799,19 @@ int main(int argc, char** argv) {
       return every > 0 && now / every > before / every;
     };
     const auto finished = [&] { return aedit ? aedit->should_stop() : trainer.current_step() >= steps; };
+    // A signal (a scheduler's warning before it kills the job) stops every rank at one step, with a
+    // checkpoint. The votes go over a communicator of their own, so they never queue behind the
+    // model's collectives: with A-EDiT at its rounds (where all replicas meet anyway), else at
+    // every step, read two steps later so that no rank waits for them unless a peer is 2 steps behind.
+    std::optional<edit::train::StopOnSignal> stop;
+    if (!signals.empty()) {
+      edit::comm::CommOptions vote_options = mesh_options.comm;
+      vote_options.poll_max = std::chrono::milliseconds(1);  // a vote is never urgent
+      stop.emplace(edit::comm::MpiCommunicator::world(edit::comm::MpiRuntime::acquire(), vote_options, "stop_vote"),
+                   signals, aedit ? 0 : 2);
+    }
+    std::int64_t saved_at = -1;
+    std::string saved_to;
     while (!finished()) {
       const std::int64_t before = progress();
       const auto m = trainer.step(next_batch, loss_of);
@@ -782,10 +827,23 @@ int main(int argc, char** argv) {
         }
       }
       if (c.checkpoint_every > 0 && (crossed(before, done, c.checkpoint_every) || finished())) {
-        const auto path = checkpointer.save(done);
-        if (mesh.rank() == 0) spdlog::info("checkpoint: {}", path);
+        saved_to = checkpointer.save(done);
+        saved_at = done;
+        if (mesh.rank() == 0) spdlog::info("checkpoint: {}", saved_to);
+      }
+      if (const int signal = stop ? stop->poll() : 0; signal != 0) {
+        if (saved_at != done) saved_to = checkpointer.save(done);
+        if (mesh.rank() == 0) {
+          spdlog::warn("{} reached {} of {} rank(s): every rank stopped at step {} of {}, with a checkpoint in {}. "
+                       "To go on, run the same command with --resume auto",
+                       edit::train::StopOnSignal::name(signal), stop->ranks_that_saw(), mesh.world_size(), done,
+                       steps, saved_to);
+        }
+        strategy->finish();
+        return 128 + signal;
       }
     }
+    if (stop) stop->finish();
     strategy->finish();
 
     if (c.sample_tokens > 0) {

@@ -64,6 +64,8 @@ expect_failure out_dir_under_a_file 30 "a_file" --steps 4 --out-dir "$work/a_fil
 expect_failure min_lr_above_lr 30 "--min-lr 0.1 is above --lr" --steps 4 --lr 0.01 --min-lr 0.1 --out-dir "$work/x1"
 expect_failure no_penalty_with_ddp 30 "--no-penalty" --steps 4 --strategy ddp --no-penalty --out-dir "$work/x2"
 expect_failure zero_heads 30 "--heads" --steps 4 --heads 0 --out-dir "$work/x3"
+expect_failure stop_signals_none_and_more 30 "--stop-signals none turns the signals off" --steps 4 \
+  --stop-signals none,usr1 --out-dir "$work/x13"
 common=("${base[@]}")
 expect_failure profile_not_a_window 30 "--profile-steps 9 is not FIRST:COUNT" --steps 4 --profile-steps 9 --out-dir "$work/x10"
 expect_failure profile_after_the_run 30 "--profile-steps 3:2 ends after the run" --steps 4 --profile-steps 3:2 --out-dir "$work/x11"
