@@ -13,10 +13,12 @@
 // The vote is asynchronous: with lag >= 1 a poll waits for nothing unless a peer is more than
 // `lag` polls behind, and then only until it catches up to there.
 //
-// Why a thread, and block() first thing in main(): a signal handler runs on whatever thread the
-// kernel picks, on that thread's stack, in the middle of whatever it computes; with LibTorch's CPU
-// kernels that corrupted training here (an Inf gradient norm, a crash in the allocator, under
-// mpirun on 2 ranks). Signals that every thread blocks are only ever taken by the waiting thread.
+// Why a thread, and block() first thing in main(): the kernel writes a signal's frame below the
+// stack pointer of whatever thread it picks, in the middle of whatever that thread computes.
+// oneDNN's JIT GEMM kernels (libedit's CPU matrix products) point the stack pointer into the heap
+// while they run (oneDNN issue 4845, fixed in 2026 releases; Debian's 2.6 has it), so a signal
+// there corrupts the heap: NaN losses, Inf gradient norms and allocator crashes here, whatever
+// the handler does. Signals that every thread blocks are only ever taken by the waiting thread.
 #pragma once
 
 #include <atomic>
