@@ -70,7 +70,7 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   if (shard.size() > 1) {
     for (double t : shard.all_gather_values({now})) now = std::max(now, t);
   }
-  if (now < static_cast<double>(next_deadline_) * interval) return;
+  if (quota_ > 0 ? steps_since_round_ < quota_ : now < static_cast<double>(next_deadline_) * interval) return;
 
   // Round: wait for every replica to be due, and learn where each one is.
   const auto start = std::chrono::steady_clock::now();
@@ -103,6 +103,7 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   // when that replica's step outlasted whole intervals.
   next_deadline_ = std::max(next_deadline_ + 1, static_cast<std::int64_t>(std::floor(latest / interval)) + 1);
   stop_ = reached_end();
+  quota_ = stop_ ? 0 : final_round_quota();
   if (options_.step_share > 0) core().set_step_shares(steps, options_.step_share);
   request_sync();
   steps_since_round_ = 0;
@@ -113,6 +114,28 @@ bool AEDiT::reached_end() const {
   return (options_.budget_steps > 0 && total_steps_ >= options_.budget_steps) ||
          (options_.time_limit_s > 0 &&
           static_cast<double>(next_deadline_) * options_.interval_s > options_.time_limit_s + 1e-9);
+}
+
+std::int64_t AEDiT::final_round_quota() const {
+  if (options_.budget_steps <= 0 || round_steps_.empty()) return 0;
+  const std::int64_t left = options_.budget_steps - total_steps_;
+  std::int64_t last = 0;
+  for (std::int64_t s : round_steps_) last += s;
+  if (left <= 0 || last <= 0 || 2 * left >= 3 * last) return 0;
+  const size_t workers = round_steps_.size();
+  std::vector<std::int64_t> quota(workers);
+  std::vector<std::pair<std::int64_t, size_t>> remainders;  // (left * s_i mod last, i): exact integers
+  std::int64_t given = 0;
+  for (size_t i = 0; i < workers; ++i) {
+    quota[i] = left * round_steps_[i] / last;
+    given += quota[i];
+    remainders.emplace_back(left * round_steps_[i] % last, i);
+  }
+  std::sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  for (std::int64_t k = 0; k < left - given; ++k) quota[remainders[static_cast<size_t>(k)].second] += 1;
+  return std::max<std::int64_t>(1, quota[static_cast<size_t>(sync_->rank())]);
 }
 
 SyncStats AEDiT::stats() const {
@@ -160,6 +183,7 @@ void AEDiT::load_state_dict(const StateDict& state) {
     }
     if (options_.step_share > 0) core().set_step_shares(steps, options_.step_share);
   }
+  quota_ = stop_ ? 0 : final_round_quota();
   steps_since_round_ = 0;
   round_agreed_ = false;
   // The clock goes on from the round the checkpoint was taken at, from a new shared epoch.

@@ -172,6 +172,35 @@ TEST(AEDiT, AStepLongerThanTheIntervalSkipsRoundsAndTheEndIsCommon) {
   expect_replicas_hold_one_model(mesh, r);
 }
 
+// A step budget is met exactly. Replica 0 steps in 1 s, replica 1 in 2 s, T = 4 s, budget 20. By
+// hand:
+//   round 1: 4 and 2 steps (clock 4): 6 in all, 14 left, not under 1.5 x 6 = 9: on the clock.
+//   round 2: 4 and 2 steps (clock 8): 12 in all, 8 left < 9: the last round, on step counts, the
+//            8 steps shared 4:2, i.e. 5.33 and 2.67: 5 and 2, and the one left over goes to the
+//            larger remainder (replica 1's 0.67): 5 and 3.
+//   round 3: 5 and 3 steps: 20, the budget, and the end. (On the clock it would be 4 and 2 steps
+//            twice more: 24, 4 past the budget.)
+TEST(AEDiT, AStepBudgetIsMetExactlyByALastRoundOnStepCounts) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
+  Replica r(mesh, 17 + world()->rank());
+  r.clock.cost = r.replica == 0 ? 1.0 : 2.0;
+  AEDiTOptions options;
+  options.interval_s = 4.0;
+  options.budget_steps = 20;
+  r.make_aedit(mesh, options, /*step_clock=*/true);
+  r.make_trainer(mesh);
+  std::vector<std::vector<std::int64_t>> rounds;
+  for (const auto& m : r.run()) {
+    if (m.round > 0) rounds.push_back(m.round_steps);
+  }
+  const std::vector<std::vector<std::int64_t>> want = {{4, 2}, {4, 2}, {5, 3}};
+  EXPECT_EQ(rounds, want);
+  EXPECT_EQ(r.aedit().total_steps(), 20);
+  EXPECT_EQ(r.trainer->current_step(), r.replica == 0 ? 13 : 7);
+  expect_replicas_hold_one_model(mesh, r);
+}
+
 // On the wall clock: sleeps in the Trainer's straggler plan dominate the tiny model's compute, so
 // a step takes ~100 ms on every rank, or ~200 ms on replica 1's ranks when it is slowed 2x.
 std::string delays(const edit::comm::DeviceMesh& mesh, int slow_ms) {

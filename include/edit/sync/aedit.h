@@ -22,7 +22,12 @@
 //
 // The end. Training ends at the first round where all replicas together have taken budget_steps
 // inner steps, or whose successor's deadline would pass time_limit_s; every replica learns it from
-// the same round, so all of them leave together, after the round's sync (finish()).
+// the same round, so all of them leave together, after the round's sync (finish()). So that the
+// budget is met exactly, not overshot by up to a round: once the steps left are fewer than 1.5 times
+// the last round's, the next round is the last one and ends on step counts, not on the clock. Each
+// replica takes a share of the steps left in proportion to its steps in the last round (largest
+// remainders round up), so they still arrive at about the same time; a replica takes at least one
+// step, so only a budget with fewer steps left than replicas can be exceeded.
 //
 // Weights. With r > 0, a worker's weight blends in its share of the round's inner steps (since the
 // last sync, not since the start): w_i = (1 - r) w_i + r s_i / sum_j s_j
@@ -79,6 +84,9 @@ class AEDiT : public EDiT {
   void start_clock();
   // The budget or the time limit is reached, as of the last round.
   bool reached_end() const;
+  // This replica's steps in the next round when it is the last one, ending on step counts (0: the
+  // next round is on the clock). From the last round's values, so alike on every rank.
+  std::int64_t final_round_quota() const;
 
   AEDiTOptions options_;
   std::shared_ptr<comm::Communicator> sync_;
@@ -89,6 +97,7 @@ class AEDiT : public EDiT {
   std::int64_t rounds_ = 0;
   std::int64_t total_steps_ = 0;
   std::int64_t steps_since_round_ = 0;
+  std::int64_t quota_ = 0;  // final_round_quota() as of the last round
   double round_time_ = 0.0;  // the agreed clock of the last round (the latest replica's)
   double last_wait_ = 0.0;   // seconds this rank waited in the last round's exchange
   bool round_agreed_ = false;
