@@ -111,6 +111,7 @@ struct Config {
   std::string device = "auto";        // auto: one GPU per local rank when CUDA is there, else the CPU
   std::string dtype = "auto";         // compute dtype; auto: bf16 on CUDA, fp32 on the CPU
   std::string reduce_dtype = "fp32";  // gradient reduce-scatter over the shard group
+  bool activation_checkpointing = false;  // recompute each block's forward in its backward
   std::string comm_backend = "auto";
   std::string on_nonfinite = "stop";  // a NaN/Inf loss or gradient norm: stop or skip the step
   std::string straggler;  // simulated slow ranks, e.g. "1:3x@100-300"
@@ -365,6 +366,10 @@ void add_options(CLI::App& app, Config& c) {
       ->group(device)
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
+  app.add_flag("--activation-checkpointing", c.activation_checkpointing,
+               "keep only each block's input through the forward and recompute the block in its backward: "
+               "most activation memory saved for about one more forward of compute")
+      ->group(device);
   app.add_option("--comm-backend", c.comm_backend, "CUDA collectives: auto, nccl, or mpi (host staging)")
       ->group(device)
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}))
@@ -686,6 +691,7 @@ int main(int argc, char** argv) {
     edit::shard::ShardOptions shard_options;
     shard_options.compute_dtype = edit::resolve_dtype(c.dtype, device);
     shard_options.reduce_dtype = edit::resolve_dtype(c.reduce_dtype, device);
+    shard_options.activation_checkpointing = c.activation_checkpointing;
     edit::shard::ShardedModel model(module, mesh.shard_ptr(), shard_options);
     edit::shard::FlatAdamW adamw(model, c.adamw);
     if (mesh.rank() == 0) {

@@ -149,7 +149,8 @@ ShardedModel::ShardedModel(std::shared_ptr<torch::nn::Module> model, std::shared
     memory_.shard_bytes += bytes_of(unit.shard_) + bytes_of(unit.grad_shard_);
     if (unit.shard_compute_.defined()) memory_.shard_bytes += bytes_of(unit.shard_compute_);
     if (group_size == 1 && mixed_) memory_.shard_bytes += bytes_of(unit.full_) + bytes_of(unit.full_grad_);
-    unit.module_->attach(this, unit.index_);
+    const bool inner_unit = unit.index_ > 0 && unit.index_ + 1 < static_cast<int>(units_.size());
+    unit.module_->attach(this, unit.index_, options_.activation_checkpointing && inner_unit);
   }
 }
 

@@ -1,6 +1,7 @@
 // Single-process pieces of the shard layer: storage release/refill under autograd, one AdamW step
 // in closed form, the LR schedule, wrap-time errors, and the S = 1 gradient path.
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/nn/modules/linear.h>
 
 #include <cmath>
@@ -219,6 +220,39 @@ TEST(ShardedWrap, SingleRankGradientsLandInTheFlatShardDirectly) {
   EXPECT_EQ(at::cat(actual).scalar_type(), at::kDouble);
   EXPECT_TRUE(at::allclose(at::cat(actual), at::cat(expected), 1e-12, 1e-15));
   EXPECT_EQ(sharded.memory().peak_full_param_bytes, 0);
+}
+
+// Activation checkpointing recomputes the same arithmetic on the same values (one rank: the same
+// flat buffers, the same kernels), so the gradients and the input's gradient are bit for bit those
+// of the run that kept its activations; and the inner units' outputs come from the recomputing node.
+TEST(ShardedWrap, ActivationCheckpointingGivesTheSameGradientsBitForBit) {
+  edit::testing_support::TinyConfig config;
+  config.layers = 3;
+  std::vector<at::Tensor> grads[2];
+  for (const bool recompute : {false, true}) {
+    at::manual_seed(5);
+    auto model = std::make_shared<edit::testing_support::TinyTransformer>(config);
+    edit::shard::ShardOptions options;
+    options.activation_checkpointing = recompute;
+    ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>(), options);
+    for (int micro = 0; micro < 2; ++micro) {  // two backwards accumulate
+      auto [x, y] = edit::testing_support::tiny_batch(config, 0, micro, 3);
+      sharded.backward(model->loss(x, y));
+    }
+    for (int u = 0; u < sharded.num_units(); ++u) grads[recompute].push_back(sharded.unit(u).grad_shard().clone());
+    EXPECT_FALSE(model->embed->recomputes());
+    EXPECT_FALSE(model->head->recomputes());
+    for (const auto& block : model->blocks) EXPECT_EQ(block->recomputes(), recompute);
+    // A block's output: from the node that keeps only its input, or from the block's own last op.
+    auto [x, y] = edit::testing_support::tiny_batch(config, 1, 0, 3);
+    const at::Tensor out = model->blocks[0]->forward(model->embed->forward(x));
+    EXPECT_EQ(out.grad_fn()->name().find("RecomputedForward") != std::string::npos, recompute) << out.grad_fn()->name();
+  }
+  ASSERT_EQ(grads[0].size(), grads[1].size());
+  for (size_t u = 0; u < grads[0].size(); ++u) {
+    EXPECT_GT(grads[0][u].abs().sum().item<double>(), 0.0) << "unit " << u;
+    EXPECT_TRUE(at::equal(grads[0][u], grads[1][u])) << "unit " << u;
+  }
 }
 
 }  // namespace

@@ -24,6 +24,8 @@
 #include <cstdio>
 #include <numeric>
 #include <set>
+#include <string>
+#include <tuple>
 
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
@@ -111,16 +113,19 @@ torch::optim::AdamW reference_optimizer(TinyTransformer& model) {
                              options(0.1));
 }
 
-class ShardedEquivalence : public testing::TestWithParam<int> {};  // micro-batches per step
+// (micro-batches per step, activation checkpointing)
+class ShardedEquivalence : public testing::TestWithParam<std::tuple<int, bool>> {};
 
 TEST_P(ShardedEquivalence, TenStepsMatchTheUnshardedModel) {
   const auto comm = world();
   const int S = comm->size();
-  const int accumulation = GetParam();
+  const auto [accumulation, recompute] = GetParam();
   TinyConfig config;
   config.layers = 3;
   auto [model, reference] = model_and_reference<TinyTransformer>(config);
-  ShardedModel sharded(model, comm);
+  edit::shard::ShardOptions options;
+  options.activation_checkpointing = recompute;
+  ShardedModel sharded(model, comm, options);
   FlatAdamW optimizer(sharded, {kLr, 0.9, 0.95, 1e-8, 0.1});
   auto ref_optimizer = reference_optimizer(*reference);
 
@@ -158,11 +163,17 @@ TEST_P(ShardedEquivalence, TenStepsMatchTheUnshardedModel) {
   }
 
   const double worst = largest_difference(sharded, *reference);
-  report(accumulation == 1 ? "adamw" : "adamw, 2 micro-batches", S, loss_error, worst);
+  const std::string what = std::string(accumulation == 1 ? "adamw" : "adamw, 2 micro-batches") +
+                           (recompute ? ", activation checkpointing" : "");
+  report(what.c_str(), S, loss_error, worst);
   EXPECT_LT(worst, kParamBound) << "largest parameter difference after 10 steps, S=" << S;
 }
 
-INSTANTIATE_TEST_SUITE_P(Accumulation, ShardedEquivalence, testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(Accumulation, ShardedEquivalence, testing::Combine(testing::Values(1, 2), testing::Bool()),
+                         [](const testing::TestParamInfo<std::tuple<int, bool>>& info) {
+                           return std::to_string(std::get<0>(info.param)) + "_micro" +
+                                  (std::get<1>(info.param) ? "_recompute" : "");
+                         });
 
 // A weight shared by the first and last unit (tied embeddings): it lives in the embedding unit, the
 // head borrows it, and its gradient gets both contributions before the one reduce-scatter.

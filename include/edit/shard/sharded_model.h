@@ -45,6 +45,11 @@ struct ShardOptions {
   // Dtype in which gradients are reduce-scattered over the shard group: the master dtype (sums of
   // bf16 gradients without bf16 rounding) or the compute dtype (half the bytes). Undefined: master.
   at::ScalarType reduce_dtype = at::ScalarType::Undefined;
+  // Activation checkpointing of the units between the first and the last (a GPT's blocks): each
+  // keeps only its input through the forward and recomputes the rest in its backward (unit.h).
+  // Saves most activation memory for about one more forward of compute. The first and last units
+  // are left as they are: an embedding keeps little, and a head's logits are kept by the loss.
+  bool activation_checkpointing = false;
   // Record every hook, gather, free and reduce-scatter in trace() (tests, debugging).
   bool trace = false;
 };

@@ -21,6 +21,11 @@
 //
 // A Unit wraps any module whose forward takes one tensor and returns one. Until a ShardedModel
 // adopts it, a Unit simply calls its inner module.
+//
+// Activation checkpointing: a recomputing unit runs its forward without autograd, keeping only its
+// input, and runs it again in its backward, from that input, with autograd, then back through it.
+// Its activations live only during its own backward, for one more forward's compute. The inner
+// module must compute the same thing twice (no dropout or other randomness).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -49,16 +54,20 @@ class UnitImpl : public torch::nn::Module {
   torch::nn::AnyModule& inner() { return inner_; }
 
   // Set by ShardedModel when it adopts the model; index = position in execution order.
-  void attach(UnitListener* listener, int index) {
+  // `recompute`: activation checkpointing (ShardOptions::activation_checkpointing).
+  void attach(UnitListener* listener, int index, bool recompute = false) {
     listener_ = listener;
     index_ = index;
+    recompute_ = recompute;
   }
   int index() const { return index_; }
+  bool recomputes() const { return recompute_; }
 
  private:
   torch::nn::AnyModule inner_;
   UnitListener* listener_ = nullptr;
   int index_ = -1;
+  bool recompute_ = false;
 };
 TORCH_MODULE(Unit);
 
