@@ -147,7 +147,8 @@ V, T, d, L = 50304, 1024, 768, 12
 N = V * d + T * d + L * (2 * 2 * d + 4 * d * d + 4 * d + 2 * 4 * d * d + 4 * d + d) + 2 * d
 flops_per_token = 6 * N + 12 * L * d * T
 rows = []
-for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "pytorch_eager", "pytorch_compile",
+for label in ("none", "none_batch2x", "none_aten_loss", "edit_h32", "ddp", "none_recompute", "pytorch_eager",
+              "pytorch_compile",
               "edit_h8_np2_mpi", "fsdp_edit_h8_s2_np2_mpi", "edit_h8_np2_nccl", "fsdp_edit_h8_s2_np2_nccl"):
     if label.startswith("pytorch"):  # a PyTorch reference run: one CSV row
         peer = os.path.join(out, label, "peer.csv")
@@ -194,6 +195,9 @@ RUN_BATCH=$((batch * 2)) run none_batch2x 1 --strategy none --steps "$steps"
 RUN_ENV="EDIT_CROSS_ENTROPY=aten" run none_aten_loss 1 --strategy none --steps "$steps"
 run edit_h32 1 --strategy edit --sync-every 32 --steps "$steps"
 run ddp 1 --strategy ddp --steps "$steps"
+# Each block recomputed in its backward: what it costs here (MFU counts the model's FLOPs only, so
+# the recompute shows as a lower MFU).
+run none_recompute 1 --strategy none --steps "$steps" --activation-checkpointing
 # The same model and step in a plain PyTorch loop on this GPU (bf16 autocast, torch's fused
 # attention and AdamW): eager, then compiled (torch.compile fuses what eager runs op by op; its
 # first steps compile, and are left out with the other warm-up steps).
