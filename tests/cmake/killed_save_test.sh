@@ -4,13 +4,7 @@
 # moment (often in the middle of a save). Whatever was on disk then, the newest complete
 # checkpoint must load, training must continue from it, and no step is in the metrics twice.
 set -euo pipefail
-mpiexec=()
-while [[ $1 != "--" ]]; do mpiexec+=("$1"); shift; done
-shift
-prepare=$1 train=$2 work=$3
-rm -rf "$work" && mkdir -p "$work/text"
-for i in $(seq 1 300); do echo "line $((i % 11)) of a small corpus for the killed-save test."; done > "$work/text/corpus.txt"
-"$prepare" --out "$work/data" --val-fraction 0.1 "$work/text" > /dev/null
+source "$(dirname "$0")/e2e_corpus.sh" 11 "a small corpus for the killed-save test." "$@"
 common=(--model tiny --seq-len 32 --batch-size 4 --train-data "$work/data/train_*.bin" --val-data "$work/data/val_*.bin"
         --strategy edit --sync-every 4 --eval-every 0 --log-every 0 --checkpoint-every 1 --keep-checkpoints 2
         --out-dir "$work/run" --log-level warn)

@@ -4,13 +4,7 @@
 # SIGTERM to one rank alone) stops every rank at one step with a checkpoint and exit code
 # 128 + the signal; --resume auto then ends where an uninterrupted run ends, to the last digit.
 set -uo pipefail
-mpiexec=()
-while [[ $1 != "--" ]]; do mpiexec+=("$1"); shift; done
-shift
-prepare=$1 train=$2 work=$3
-rm -rf "$work" && mkdir -p "$work/text"
-for i in $(seq 1 300); do echo "line $((i % 17)) of a corpus that a signal interrupts."; done > "$work/text/corpus.txt"
-"$prepare" --out "$work/data" --val-fraction 0.1 "$work/text" > /dev/null || { echo "prepare failed"; exit 1; }
+source "$(dirname "$0")/e2e_corpus.sh" 17 "a corpus that a signal interrupts." "$@"
 args=(--model tiny --seq-len 32 --batch-size 4 --steps 1500 --sync-every 4 --eval-every 500 --log-every 0
       --seed 5 --train-data "$work/data/train_*.bin" --val-data "$work/data/val_*.bin")
 failures=0

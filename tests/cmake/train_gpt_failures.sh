@@ -3,13 +3,7 @@
 # Faults and bad input against edit-train-gpt on 2 ranks. Each case must exit non-zero within a
 # bound, print a message that names the problem, and leave what was saved before byte-identical.
 set -uo pipefail
-mpiexec=()
-while [[ $1 != "--" ]]; do mpiexec+=("$1"); shift; done
-shift
-prepare=$1 train=$2 work=$3
-rm -rf "$work" && mkdir -p "$work/text"
-for i in $(seq 1 300); do echo "line $((i % 13)) of a small corpus for the failure tests."; done > "$work/text/corpus.txt"
-"$prepare" --out "$work/data" --val-fraction 0.1 "$work/text" > /dev/null || { echo "prepare failed"; exit 1; }
+source "$(dirname "$0")/e2e_corpus.sh" 13 "a small corpus for the failure tests." "$@"
 # No --strategy or --seq-len here: cases set them (an option given twice is an error of its own).
 base=(--model tiny --batch-size 4 --train-data "$work/data/train_*.bin" --val-data "$work/data/val_*.bin"
         --sync-every 4 --eval-every 0 --log-every 0 --log-level warn)

@@ -92,6 +92,14 @@ struct Replica {
     strategy->finish();
     return all;
   }
+  // run(), keeping each round's inner steps per replica.
+  std::vector<std::vector<std::int64_t>> run_rounds() {
+    std::vector<std::vector<std::int64_t>> rounds;
+    for (const auto& m : run()) {
+      if (m.round > 0) rounds.push_back(m.round_steps);
+    }
+    return rounds;
+  }
   std::vector<at::Tensor> shards() const {
     std::vector<at::Tensor> out;
     for (int u = 0; u < model->num_units(); ++u) out.push_back(model->unit(u).shard().clone());
@@ -159,12 +167,8 @@ TEST(AEDiT, AStepLongerThanTheIntervalSkipsRoundsAndTheEndIsCommon) {
   options.time_limit_s = 40.0;
   r.make_aedit(mesh, options, /*step_clock=*/true);
   r.make_trainer(mesh);
-  std::vector<std::vector<std::int64_t>> rounds;
-  for (const auto& m : r.run()) {
-    if (m.round > 0) rounds.push_back(m.round_steps);
-  }
   const std::vector<std::vector<std::int64_t>> want = {{4, 1}, {2, 1}, {4, 1}, {2, 1}};
-  EXPECT_EQ(rounds, want);
+  EXPECT_EQ(r.run_rounds(), want);
   EXPECT_EQ(r.trainer->current_step(), r.replica == 0 ? 12 : 4);
   EXPECT_EQ(r.aedit().total_steps(), 16);
   EXPECT_EQ(r.strategy->stats().syncs, 4);
@@ -190,12 +194,8 @@ TEST(AEDiT, AStepBudgetIsMetExactlyByALastRoundOnStepCounts) {
   options.budget_steps = 20;
   r.make_aedit(mesh, options, /*step_clock=*/true);
   r.make_trainer(mesh);
-  std::vector<std::vector<std::int64_t>> rounds;
-  for (const auto& m : r.run()) {
-    if (m.round > 0) rounds.push_back(m.round_steps);
-  }
   const std::vector<std::vector<std::int64_t>> want = {{4, 2}, {4, 2}, {5, 3}};
-  EXPECT_EQ(rounds, want);
+  EXPECT_EQ(r.run_rounds(), want);
   EXPECT_EQ(r.aedit().total_steps(), 20);
   EXPECT_EQ(r.trainer->current_step(), r.replica == 0 ? 13 : 7);
   expect_replicas_hold_one_model(mesh, r);
