@@ -849,8 +849,22 @@ int main(int argc, char** argv) {
         return 128 + signal;
       }
     }
-    if (stop) stop->finish();
+    // A signal from the last polls on is not voted on any more: training is complete and saved as
+    // asked, and what is left (a sample) is skipped. Signals after this one act as they would
+    // without edit-train-gpt's handling (SIGTERM and SIGUSR1 end the process).
+    int late_signal = 0;
+    if (stop) {
+      stop->finish();
+      late_signal = stop->seen_here();
+      stop.reset();
+      edit::train::StopOnSignal::unblock(signals);
+    }
     strategy->finish();
+    if (late_signal != 0) {
+      spdlog::warn("{} came as training ended: the run is complete; nothing more is done",
+                   edit::train::StopOnSignal::name(late_signal));
+      return 0;
+    }
 
     if (c.sample_tokens > 0) {
       // Decoded with the data's tokenizer: GPT-2's when recorded, else bytes (a model of more than

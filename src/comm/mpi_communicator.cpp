@@ -114,6 +114,16 @@ HostBuffer to_host(const at::Tensor& tensor, bool copy_in) {
   return {tensor, host, true};
 }
 
+// Whether two tensors that collectives would use in place (contiguous, on the CPU) share bytes.
+bool overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.is_cpu() || !b.is_cpu() || !a.is_contiguous() || !b.is_contiguous() || a.numel() == 0 || b.numel() == 0) {
+    return false;  // (anything else is staged through a buffer of its own)
+  }
+  const auto* a0 = static_cast<const char*>(a.data_ptr());
+  const auto* b0 = static_cast<const char*>(b.data_ptr());
+  return a0 < b0 + b.numel() * b.element_size() && b0 < a0 + a.numel() * a.element_size();
+}
+
 int checked_count(std::int64_t count, const char* op) {
   EDIT_CHECK(count <= std::numeric_limits<int>::max(), op, " of ", count,
              " elements exceeds MPI's int count limit; split the tensor into chunks below 2^31 elements");
@@ -130,8 +140,8 @@ std::string describe(const char* op, const at::Tensor& tensor, const char* extra
 // A sum over the ranks of a large float or double buffer as a ring of point-to-point messages,
 // one round at a time, each rank passing a chunk to its right neighbour and adding the one from
 // its left. OpenMPI's nonblocking all-reduce picks a binomial tree for few ranks, and its
-// nonblocking reduce-scatter is as slow: 2-4x behind a ring from 1 MiB up (docs/benchmarks.md,
-// bench_comm). Each rank sends (p - 1) / p of the buffer per phase, as MPI's best algorithms do.
+// nonblocking reduce-scatter is as slow: 1.2-3.3x behind a ring from 1 MiB up on 2 and 4 ranks
+// (docs/benchmarks.md, bench_comm). Each rank sends (p - 1) / p of the buffer per phase, as MPI's best algorithms do.
 //  - reduce-scatter: p - 1 rounds leave the whole sum of chunk r on rank r. Round k sends chunk
 //    r - k - 1 (the rank's own input at k = 0, else its running sum) and receives chunk r - k - 2,
 //    whose running sum becomes this rank's input plus the received one. The input is only read.
@@ -578,6 +588,9 @@ WorkPtr MpiCommunicator::reduce_scatter(at::Tensor output, at::Tensor input, Red
   EDIT_CHECK(input.numel() == impl.size * output.numel(), "reduce_scatter on ", impl.group(), ": input has ",
              input.numel(), " elements but group size ", impl.size, " x output ", output.numel(), " = ",
              impl.size * output.numel(), "; pad the input to a multiple of the group size");
+  // Neither MPI nor the ring may write a chunk of the sum over input that is still to be read.
+  EDIT_CHECK(!overlap(input, output), "reduce_scatter on ", impl.group(),
+             ": the output overlaps the input's memory; give it a tensor of its own");
   const MPI_Datatype mpi_type = impl.reduce_type(type, "reduce_scatter");
   const MPI_Op mpi_op = impl.sum_op(type);
   impl.check_avg(options.op, type, "reduce_scatter");

@@ -123,13 +123,17 @@ std::int64_t AEDiT::final_round_quota() const {
   for (std::int64_t s : round_steps_) last += s;
   if (left <= 0 || last <= 0 || 2 * left >= 3 * last) return 0;
   const size_t workers = round_steps_.size();
+  // Every replica takes a step before it can join a round: one each first (when there are that
+  // many left), then the rest in proportion.
+  const std::int64_t first = left >= static_cast<std::int64_t>(workers) ? 1 : 0;
+  const std::int64_t shared = left - first * static_cast<std::int64_t>(workers);
   std::vector<std::int64_t> quota(workers);
-  std::vector<std::pair<std::int64_t, size_t>> remainders;  // (left * s_i mod last, i): exact integers
+  std::vector<std::pair<std::int64_t, size_t>> remainders;  // (shared * s_i mod last, i): exact integers
   std::int64_t given = 0;
   for (size_t i = 0; i < workers; ++i) {
-    quota[i] = left * round_steps_[i] / last;
+    quota[i] = first + shared * round_steps_[i] / last;
     given += quota[i];
-    remainders.emplace_back(left * round_steps_[i] % last, i);
+    remainders.emplace_back(shared * round_steps_[i] % last, i);
   }
   std::sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;

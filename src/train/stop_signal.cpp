@@ -22,8 +22,11 @@ constexpr int kMaxSignals = 8;
 
 // What the handler touches: written before it is installed, then only flags it sets.
 std::array<int, kMaxSignals> watched{};
-int watched_count = 0;
-std::array<volatile std::sig_atomic_t, kMaxSignals> seen{};
+std::atomic<int> watched_count{0};
+// Set by the watcher thread or a handler, read by poll() on another thread: atomics, lock-free
+// (so safe in a handler too).
+std::array<std::atomic<int>, kMaxSignals> seen{};
+static_assert(std::atomic<int>::is_always_lock_free, "a signal handler may only touch lock-free atomics");
 std::array<struct sigaction, kMaxSignals> previous{};
 std::atomic<bool> installed{false};
 
@@ -46,6 +49,12 @@ void StopOnSignal::block(const std::vector<int>& signals) {
   const sigset_t set = set_of(signals);
   const int code = pthread_sigmask(SIG_BLOCK, &set, nullptr);
   EDIT_CHECK(code == 0, "cannot block the stop signals: ", std::strerror(code));
+}
+
+void StopOnSignal::unblock(const std::vector<int>& signals) {
+  const sigset_t set = set_of(signals);
+  const int code = pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  EDIT_CHECK(code == 0, "cannot unblock the stop signals: ", std::strerror(code));
 }
 
 StopOnSignal::StopOnSignal(std::shared_ptr<comm::Communicator> group, std::vector<int> signals, int lag)
@@ -96,8 +105,10 @@ StopOnSignal::StopOnSignal(std::shared_ptr<comm::Communicator> group, std::vecto
 }
 
 StopOnSignal::~StopOnSignal() {
-  // Votes still in flight are not waited for here: on an error path a peer may be gone, and the
-  // job is ending anyway. The normal path calls finish().
+  // Votes still in flight (an error path: the normal one calls finish()) are not waited for, as a
+  // peer may never post its own. Nor is their communicator destroyed under them: that would report
+  // a vote in flight before the error that ends the run. It is left to the end of the process.
+  if (!in_flight_.empty()) new std::shared_ptr<comm::Communicator>(group_);  // NOLINT: deliberate
   stopping_ = true;
   watcher_.join();
   for (size_t i = 0; i < signals_.size(); ++i) sigaction(signals_[i], &previous[i], nullptr);

@@ -253,6 +253,9 @@ TEST(CollectivesErrors, BadArgumentsAreRejectedWithTheFix) {
                 .find("allocate the output as group size x input elements"), std::string::npos);
   EXPECT_NE(message_of([&] { comm->reduce_scatter(at::zeros({3}), at::zeros({3 * n + 1})); })
                 .find("pad the input to a multiple of the group size"), std::string::npos);
+  at::Tensor whole = at::zeros({3 * n});  // an output in the input's own memory (its slot)
+  EXPECT_NE(message_of([&] { comm->reduce_scatter(whole.narrow(0, 3 * comm->rank(), 3), whole); })
+                .find("the output overlaps the input's memory"), std::string::npos);
   EXPECT_NE(message_of([&] { comm->all_reduce(at::zeros({3}, at::kLong), {ReduceOp::kAvg}); })
                 .find("kAvg needs a floating dtype"), std::string::npos);
   EXPECT_NE(message_of([&] { comm->all_reduce(at::zeros({3}, at::kBool)); }).find("cannot be reduced"),

@@ -39,7 +39,7 @@ struct CommOptions {
   // Test back to back without sleeping: lowest latency when every rank has a spare core.
   bool busy_poll = false;
   // MPI: float and double all-reduces and reduce-scatters (sum or average) of at least this many
-  // bytes (the whole buffer) run as a ring of point-to-point messages, 1.6-2.5x OpenMPI's
+  // bytes (the whole buffer) run as a ring of point-to-point messages, 1.2-3.3x OpenMPI's
   // nonblocking collectives from 1 MiB up with few ranks (docs/benchmarks.md); smaller ones, and
   // 0 here, use MPI_Iallreduce and MPI_Ireduce_scatter_block. Every rank of a group must use the
   // same value (as with any collective's arguments).

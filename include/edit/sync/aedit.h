@@ -25,9 +25,11 @@
 // the same round, so all of them leave together, after the round's sync (finish()). So that the
 // budget is met exactly, not overshot by up to a round: once the steps left are fewer than 1.5 times
 // the last round's, the next round is the last one and ends on step counts, not on the clock. Each
-// replica takes a share of the steps left in proportion to its steps in the last round (largest
-// remainders round up), so they still arrive at about the same time; a replica takes at least one
-// step, so only a budget with fewer steps left than replicas can be exceeded.
+// replica takes one step, then a share of the rest in proportion to its steps in the last round
+// (largest remainders round up), so they still arrive at about the same time. The budget can still
+// be passed: by a first round (there is no last round to share by), by a round on the clock that
+// takes over 1.5 times the steps of the one before, and when fewer steps are left than replicas.
+// A last round on step counts may end up to half an interval past time_limit_s.
 //
 // Weights. With r > 0, a worker's weight blends in its share of the round's inner steps (since the
 // last sync, not since the start): w_i = (1 - r) w_i + r s_i / sum_j s_j
