@@ -96,6 +96,7 @@ struct Config {
   std::string streaming_flags_given;  // the Streaming DiLoCo options on the command line, for validate()
   std::string aedit_flags_given;
   bool warmup_given = false;
+  bool outer_given = false;  // --outer, --outer-lr or --outer-momentum on the command line
   int shard_size = 1;
   // evaluation, logging, checkpoints
   int eval_every = 100, eval_batches = 8;
@@ -454,6 +455,19 @@ void note_steps_after_the_last_sync(const Config& c) {
 }
 
 // Contradictions no single option's check can see. Every rank reaches the same verdict.
+// DiLoCo's outer defaults were tuned for H in the hundreds; bench_quality found them the best from
+// H = 16 up, and 12-14% worse than (0.5, 0.5) at H = 8 (docs/benchmarks.md).
+void note_outer_defaults_at_small_h(const Config& c) {
+  const std::int64_t h = c.sync.local.sync_every;
+  const bool local_sgd = c.sync.name == "edit" || c.sync.name == "diloco" || c.sync.name == "streaming";
+  if (!local_sgd || c.outer_given || h >= 16) return;
+  spdlog::warn(
+      "--sync-every {} with the outer optimizer's defaults (Nesterov, lr {}, momentum {}; tuned for H of 16 and "
+      "more): at H 8 they ended 12-14% above --outer-lr 0.5 --outer-momentum 0.5 in our measurements "
+      "(docs/benchmarks.md); consider those, or a larger --sync-every",
+      h, c.sync.local.outer.lr, c.sync.local.outer.momentum);
+}
+
 void validate(const Config& c) {
   const double lr = c.adamw.lr;
   const std::int64_t steps = c.trainer.steps;
@@ -597,6 +611,7 @@ int main(int argc, char** argv) {
   }
   CLI11_PARSE(app, argc, argv);
   c.warmup_given = app.count("--warmup-steps") > 0;
+  c.outer_given = app.count("--outer") + app.count("--outer-lr") + app.count("--outer-momentum") > 0;
   // The flags of a strategy's own group that the command line set, as "--a, --b".
   const auto given = [&app](std::initializer_list<const char*> flags) {
     std::string out;
@@ -727,7 +742,10 @@ int main(int argc, char** argv) {
           "constant rate",
           steps, c.sync.aedit.time_limit_s, c.adamw.lr);
     }
-    if (mesh.rank() == 0) note_steps_after_the_last_sync(c);
+    if (mesh.rank() == 0) {
+      note_steps_after_the_last_sync(c);
+      note_outer_defaults_at_small_h(c);
+    }
     options.metrics_path = run.metrics_path();
     options.stragglers = edit::train::StragglerPlan::parse(c.straggler);
     options.on_nonfinite = c.on_nonfinite == "skip" ? edit::train::NonFinitePolicy::kSkip
