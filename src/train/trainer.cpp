@@ -12,6 +12,7 @@
 
 #include "edit/core/check.h"
 #include "edit/core/profile_scope.h"
+#include "edit/train/stop_signal.h"
 
 namespace edit::train {
 
@@ -303,9 +304,16 @@ void Trainer::finish_profile() {
 StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {
   StepMetrics last;
   // Replicas not in lockstep end together where their strategy says, not at a step of their own.
+  StopOnSignal* stop = options_.stop_on_signal;
   while (strategy_.replicas_in_lockstep() ? step_ < options_.steps : !strategy_.should_stop()) {
     last = step(next_batch, loss);
+    // Polled where every replica is at the same point: each step in lockstep, else each round.
+    if (stop != nullptr && (strategy_.replicas_in_lockstep() || last.round > 0)) {
+      last.stop_signal = stop->poll();
+      if (last.stop_signal != 0) return last;
+    }
   }
+  if (stop != nullptr) stop->finish();
   strategy_.finish();
   return last;
 }

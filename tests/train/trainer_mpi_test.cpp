@@ -2,7 +2,14 @@
 // say what happened (sync bytes exactly on the steps whose forward carried a layer-wise sync).
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <thread>
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -11,6 +18,8 @@
 #include "edit/comm/device_mesh.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/local_sgd.h"
+#include "edit/comm/mpi_communicator.h"
+#include "edit/train/stop_signal.h"
 #include "edit/train/trainer.h"
 #include "error_of.h"
 #include "mpi_test_env.h"
@@ -330,6 +339,44 @@ TEST(Trainer, EachLocalSgdReplicaSkipsItsOwnNonFiniteStep) {
   for (int r = 0; r < run.mesh.world_size(); ++r) {
     EXPECT_TRUE(at::equal(all.narrow(0, r * mine.numel(), mine.numel()), mine)) << "replica " << r;
   }
+}
+
+// Trainer::run with a StopOnSignal: a signal that reaches the last rank during step 3 stops every
+// rank after step 3 + lag = 5 (DiLoCo: the replicas meet only every 8 steps, so nothing else makes
+// them stop together), with the signal in the metrics and the strategy's finish() not yet run.
+TEST(Trainer, RunStopsEveryRankAtOneStepOnASignalToOneRank) {
+  edit::sync::LocalSgdOptions local;
+  local.sync_every = 8;
+  TinyRun<edit::sync::DiLoCo> run(1, local);
+  sigset_t before;
+  pthread_sigmask(SIG_BLOCK, nullptr, &before);
+  edit::train::StopOnSignal::block({SIGUSR1});
+  {
+    edit::train::StopOnSignal stop(
+        edit::comm::MpiCommunicator::world(world()->runtime(), world()->options(), "votes"), {SIGUSR1}, 2);
+    edit::train::TrainerOptions options;
+    options.steps = 20;
+    options.log_every = 0;
+    options.stop_on_signal = &stop;
+    edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+    const bool signalled = run.mesh.rank() == run.mesh.world_size() - 1;
+    const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+    const auto loss_of = [&](const edit::train::Batch& b) {
+      if (signalled && trainer.current_step() == 3 && stop.seen_here() == 0) {
+        ::kill(::getpid(), SIGUSR1);
+        while (stop.seen_here() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return run.module->loss(b.inputs, b.targets);
+    };
+    const auto last = trainer.run(batch_of, loss_of);
+    EXPECT_EQ(last.stop_signal, SIGUSR1);
+    EXPECT_EQ(last.step, 5);
+    EXPECT_EQ(trainer.current_step(), 6);
+    EXPECT_EQ(stop.ranks_that_saw(), 1);
+    run.strategy.finish();
+  }
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  world()->barrier()->wait();
 }
 
 // Skips are bounded by a count over the run, not a run of steps in a row: with at most 2, NaN

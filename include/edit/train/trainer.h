@@ -31,6 +31,8 @@
 
 namespace edit::train {
 
+class StopOnSignal;  // stop_signal.h
+
 // What a step does when its loss or the global gradient norm is NaN or Inf. The norm is global over
 // the ranks that hold one model (the shard group; under Ddp the gradients are already averaged over
 // the replicas), so they all decide alike; replicas of Local SGD decide each for their own.
@@ -68,6 +70,11 @@ struct TrainerOptions {
   std::int64_t profile_first = 0;
   std::int64_t profile_steps = 0;
   std::string profile_dir;
+  // run() polls it after every step (A-EDiT: after every step that agreed a round; give it lag 0
+  // there) and returns once every rank agreed to stop on a signal, with StepMetrics::stop_signal
+  // set: save a checkpoint then, and call the strategy's finish() before the program ends
+  // (stop_signal.h). Not owned; null: signals are not watched.
+  StopOnSignal* stop_on_signal = nullptr;
 };
 
 struct Batch {
@@ -99,6 +106,9 @@ struct StepMetrics {
   std::int64_t round = 0;
   std::vector<std::int64_t> round_steps;
   std::vector<double> round_waits_s;
+  // run() with TrainerOptions::stop_on_signal: the signal every rank stopped on (0: none). The
+  // strategy's finish() has not run: the state is as at this step, to be saved and resumed.
+  int stop_signal = 0;
 };
 
 // Stateful: the next step ("step") and the steps skipped so far ("skipped_steps").
@@ -109,7 +119,8 @@ class Trainer : public Stateful {
 
   StepMetrics step(const BatchFn& next_batch, const LossFn& loss);
   // Runs the remaining steps (replicas not in lockstep: until the strategy says stop), then
-  // strategy.finish(); returns the last step's metrics.
+  // strategy.finish(); returns the last step's metrics. With TrainerOptions::stop_on_signal it
+  // may return earlier, at a step every rank agreed on, with stop_signal set and no finish().
   StepMetrics run(const BatchFn& next_batch, const LossFn& loss);
 
   std::int64_t current_step() const { return step_; }
