@@ -14,8 +14,8 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -398,7 +398,6 @@ edit::models::GptConfig model_config(const Config& c) {
   return m;
 }
 
-// --profile-steps "FIRST:COUNT" -> {FIRST, COUNT}.
 // --stop-signals as signal numbers (none: empty).
 std::vector<int> stop_signals(const std::vector<std::string>& names) {
   const std::map<std::string, int> known = {
@@ -416,6 +415,7 @@ std::vector<int> stop_signals(const std::vector<std::string>& names) {
   return signals;
 }
 
+// --profile-steps "FIRST:COUNT" -> {FIRST, COUNT}.
 std::pair<std::int64_t, std::int64_t> profile_window(const std::string& text) {
   const auto colon = text.find(':');
   std::int64_t first = -1, count = 0;
@@ -454,7 +454,6 @@ void note_steps_after_the_last_sync(const Config& c) {
       steps, h, steps % h, steps - steps % h, steps - steps % h + h);
 }
 
-// Contradictions no single option's check can see. Every rank reaches the same verdict.
 // DiLoCo's outer defaults were tuned for H in the hundreds; bench_quality found them the best from
 // H = 16 up, and 12-14% worse than (0.5, 0.5) at H = 8 (docs/benchmarks.md).
 void note_outer_defaults_at_small_h(const Config& c) {
@@ -468,6 +467,7 @@ void note_outer_defaults_at_small_h(const Config& c) {
       h, c.sync.local.outer.lr, c.sync.local.outer.momentum);
 }
 
+// Contradictions no single option's check can see. Every rank reaches the same verdict.
 void validate(const Config& c) {
   const double lr = c.adamw.lr;
   const std::int64_t steps = c.trainer.steps;

@@ -92,7 +92,8 @@ StopOnSignal::StopOnSignal(std::shared_ptr<comm::Communicator> group, std::vecto
       break;
     }
   }
-  // Takes the signals that every thread blocks (and those already waiting), at most 0.1 s late.
+  // Takes the signals that every thread blocks (and those already waiting) as they come; the
+  // timeout only bounds how long the destructor waits for the thread to see `stopping_`.
   watcher_ = std::thread([this] {
     const sigset_t set = set_of(signals_);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);  // sigtimedwait takes only blocked signals

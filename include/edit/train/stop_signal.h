@@ -44,10 +44,9 @@ class StopOnSignal {
   // Undoes block() in the calling thread: a signal it takes from then on has its usual effect.
   static void unblock(const std::vector<int>& signals);
 
-  // Watches `signals` and votes over
-  // `group`, which every rank of the run must be in and which takes CPU tensors (an
-  // MpiCommunicator of its own suits best: the votes then never queue behind other collectives).
-  // One StopOnSignal per process at a time. A thread that does not block the signals (block() was
+  // Watches `signals` and votes over `group`, which every rank of the run must be in and which
+  // takes CPU tensors (an MpiCommunicator of its own suits best: the votes then never queue behind
+  // other collectives). One StopOnSignal per process at a time. A thread that does not block the signals (block() was
   // not called first) may still take one: a handler then notes it. The constructor warns when the
   // thread constructing it does not block them (it cannot see the other threads' masks).
   StopOnSignal(std::shared_ptr<comm::Communicator> group, std::vector<int> signals, int lag = 1);
