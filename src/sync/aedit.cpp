@@ -63,14 +63,13 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   round_agreed_ = false;
   EDIT_CHECK(!stop_, "A-EDiT: a step after the replicas agreed to stop; the trainer must end at should_stop()");
   ++steps_since_round_;
-  const double interval = options_.interval_s;
   // The replica's clock: its shard group's latest, so all of its ranks decide alike.
   double now = elapsed();
   comm::Communicator& shard = model().shard_group();
   if (shard.size() > 1) {
     for (double t : shard.all_gather_values({now})) now = std::max(now, t);
   }
-  if (quota_ > 0 ? steps_since_round_ < quota_ : now < static_cast<double>(next_deadline_) * interval) return;
+  if (!due(now)) return;
 
   // Round: wait for every replica to be due, and learn where each one is.
   const auto start = std::chrono::steady_clock::now();
@@ -101,13 +100,24 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   round_time_ = latest;
   // The next deadline: the next multiple of T, or the first one after the latest replica's clock
   // when that replica's step outlasted whole intervals.
-  next_deadline_ = std::max(next_deadline_ + 1, static_cast<std::int64_t>(std::floor(latest / interval)) + 1);
+  next_deadline_ =
+      std::max(next_deadline_ + 1, static_cast<std::int64_t>(std::floor(latest / options_.interval_s)) + 1);
   stop_ = reached_end();
   quota_ = stop_ ? 0 : final_round_quota();
   if (options_.step_share > 0) core().set_step_shares(steps, options_.step_share);
   request_sync();
   steps_since_round_ = 0;
   round_agreed_ = true;
+}
+
+bool AEDiT::due(double now) const {
+  if (quota_ > 0) return steps_since_round_ >= quota_;  // the last round, on step counts
+  if (now >= static_cast<double>(next_deadline_) * options_.interval_s) return true;
+  // Before the first round nothing is known of the replicas' speeds: each one's even share of the
+  // budget ends it too, so that a budget smaller than the first round is not overshot by it.
+  const auto workers = static_cast<std::int64_t>(sync_->size());
+  return rounds_ == 0 && options_.budget_steps > 0 &&
+         steps_since_round_ >= (options_.budget_steps + workers - 1) / workers;
 }
 
 bool AEDiT::reached_end() const {

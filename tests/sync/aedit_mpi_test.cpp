@@ -201,6 +201,25 @@ TEST(AEDiT, AStepBudgetIsMetExactlyByALastRoundOnStepCounts) {
   expect_replicas_hold_one_model(mesh, r);
 }
 
+// A budget below the first round: replica 0 steps in 1 s, replica 1 in 2 s, T = 10 s, budget 8.
+// On the clock the first round alone would take 10 and 5 steps (15). Each replica's even share,
+// 4, ends it instead: replica 0 at its 4th step (clock 4), replica 1 at its 4th (clock 8): 8, the end.
+TEST(AEDiT, ABudgetBelowTheFirstRoundEndsItAtEachReplicasShare) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
+  Replica r(mesh, 19 + world()->rank());
+  r.clock.cost = r.replica == 0 ? 1.0 : 2.0;
+  AEDiTOptions options;
+  options.interval_s = 10.0;
+  options.budget_steps = 8;
+  r.make_aedit(mesh, options, /*step_clock=*/true);
+  r.make_trainer(mesh);
+  const std::vector<std::vector<std::int64_t>> want = {{4, 4}};
+  EXPECT_EQ(r.run_rounds(), want);
+  EXPECT_EQ(r.aedit().total_steps(), 8);
+  expect_replicas_hold_one_model(mesh, r);
+}
+
 // On the wall clock: sleeps in the Trainer's straggler plan dominate the tiny model's compute, so
 // a step takes ~100 ms on every rank, or ~200 ms on replica 1's ranks when it is slowed 2x.
 std::string delays(const edit::comm::DeviceMesh& mesh, int slow_ms) {

@@ -26,10 +26,11 @@
 // budget is met exactly, not overshot by up to a round: once the steps left are fewer than 1.5 times
 // the last round's, the next round is the last one and ends on step counts, not on the clock. Each
 // replica takes one step, then a share of the rest in proportion to its steps in the last round
-// (largest remainders round up), so they still arrive at about the same time. The budget can still
-// be passed: by a first round (there is no last round to share by), by a round on the clock that
-// takes over 1.5 times the steps of the one before, and when fewer steps are left than replicas.
-// A last round on step counts may end up to half an interval past time_limit_s.
+// (largest remainders round up), so they still arrive at about the same time. The first round has
+// no last round to share by: a replica also enters it once it took its even share of the budget.
+// The budget can still be passed by a round on the clock that takes over 1.5 times the steps of the
+// one before, and when fewer steps are left than replicas. A last round on step counts may end up
+// to half an interval past time_limit_s.
 //
 // Weights. With r > 0, a worker's weight blends in its share of the round's inner steps (since the
 // last sync, not since the start): w_i = (1 - r) w_i + r s_i / sum_j s_j
@@ -84,6 +85,9 @@ class AEDiT : public EDiT {
 
  private:
   void start_clock();
+  // This replica enters the next round after this step: by the clock, or by a step count (the
+  // last round's quota; before the first round, also its even share of the budget).
+  bool due(double now) const;
   // The budget or the time limit is reached, as of the last round.
   bool reached_end() const;
   // This replica's steps in the next round when it is the last one, ending on step counts (0: the
