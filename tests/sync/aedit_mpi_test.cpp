@@ -122,6 +122,17 @@ void expect_replicas_hold_one_model(edit::comm::DeviceMesh& mesh, const Replica&
   }
 }
 
+// Two replicas on the step clock for the tables worked out by hand below: replica 0's step takes
+// 1 s, replica 1's `slow_step_s`.
+std::unique_ptr<Replica> two_speeds(edit::comm::DeviceMesh& mesh, int seed, double slow_step_s,
+                                    const AEDiTOptions& options) {
+  auto r = std::make_unique<Replica>(mesh, seed + world()->rank());
+  r->clock.cost = r->replica == 0 ? 1.0 : slow_step_s;
+  r->make_aedit(mesh, options, /*step_clock=*/true);
+  r->make_trainer(mesh);
+  return r;
+}
+
 TEST(AEDiT, EqualSpeedsAreEDiTBitForBit) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   Replica edit_run(mesh, world()->rank()), aedit_run(mesh, world()->rank());
@@ -160,20 +171,17 @@ TEST(AEDiT, EqualSpeedsAreEDiTBitForBit) {
 TEST(AEDiT, AStepLongerThanTheIntervalSkipsRoundsAndTheEndIsCommon) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
-  Replica r(mesh, 11 + world()->rank());
-  r.clock.cost = r.replica == 0 ? 1.0 : 10.0;
   AEDiTOptions options;
   options.interval_s = 4.0;
   options.time_limit_s = 40.0;
-  r.make_aedit(mesh, options, /*step_clock=*/true);
-  r.make_trainer(mesh);
+  const auto r = two_speeds(mesh, 11, 10.0, options);
   const std::vector<std::vector<std::int64_t>> want = {{4, 1}, {2, 1}, {4, 1}, {2, 1}};
-  EXPECT_EQ(r.run_rounds(), want);
-  EXPECT_EQ(r.trainer->current_step(), r.replica == 0 ? 12 : 4);
-  EXPECT_EQ(r.aedit().total_steps(), 16);
-  EXPECT_EQ(r.strategy->stats().syncs, 4);
-  EXPECT_FALSE(r.aedit().sync_pending()) << "the last round's sync is completed";
-  expect_replicas_hold_one_model(mesh, r);
+  EXPECT_EQ(r->run_rounds(), want);
+  EXPECT_EQ(r->trainer->current_step(), r->replica == 0 ? 12 : 4);
+  EXPECT_EQ(r->aedit().total_steps(), 16);
+  EXPECT_EQ(r->strategy->stats().syncs, 4);
+  EXPECT_FALSE(r->aedit().sync_pending()) << "the last round's sync is completed";
+  expect_replicas_hold_one_model(mesh, *r);
 }
 
 // A step budget is met exactly. Replica 0 steps in 1 s, replica 1 in 2 s, T = 4 s, budget 20. By
@@ -187,18 +195,15 @@ TEST(AEDiT, AStepLongerThanTheIntervalSkipsRoundsAndTheEndIsCommon) {
 TEST(AEDiT, AStepBudgetIsMetExactlyByALastRoundOnStepCounts) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
-  Replica r(mesh, 17 + world()->rank());
-  r.clock.cost = r.replica == 0 ? 1.0 : 2.0;
   AEDiTOptions options;
   options.interval_s = 4.0;
   options.budget_steps = 20;
-  r.make_aedit(mesh, options, /*step_clock=*/true);
-  r.make_trainer(mesh);
+  const auto r = two_speeds(mesh, 17, 2.0, options);
   const std::vector<std::vector<std::int64_t>> want = {{4, 2}, {4, 2}, {5, 3}};
-  EXPECT_EQ(r.run_rounds(), want);
-  EXPECT_EQ(r.aedit().total_steps(), 20);
-  EXPECT_EQ(r.trainer->current_step(), r.replica == 0 ? 13 : 7);
-  expect_replicas_hold_one_model(mesh, r);
+  EXPECT_EQ(r->run_rounds(), want);
+  EXPECT_EQ(r->aedit().total_steps(), 20);
+  EXPECT_EQ(r->trainer->current_step(), r->replica == 0 ? 13 : 7);
+  expect_replicas_hold_one_model(mesh, *r);
 }
 
 // A budget below the first round: replica 0 steps in 1 s, replica 1 in 2 s, T = 10 s, budget 8.
@@ -207,17 +212,14 @@ TEST(AEDiT, AStepBudgetIsMetExactlyByALastRoundOnStepCounts) {
 TEST(AEDiT, ABudgetBelowTheFirstRoundEndsItAtEachReplicasShare) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
-  Replica r(mesh, 19 + world()->rank());
-  r.clock.cost = r.replica == 0 ? 1.0 : 2.0;
   AEDiTOptions options;
   options.interval_s = 10.0;
   options.budget_steps = 8;
-  r.make_aedit(mesh, options, /*step_clock=*/true);
-  r.make_trainer(mesh);
+  const auto r = two_speeds(mesh, 19, 2.0, options);
   const std::vector<std::vector<std::int64_t>> want = {{4, 4}};
-  EXPECT_EQ(r.run_rounds(), want);
-  EXPECT_EQ(r.aedit().total_steps(), 8);
-  expect_replicas_hold_one_model(mesh, r);
+  EXPECT_EQ(r->run_rounds(), want);
+  EXPECT_EQ(r->aedit().total_steps(), 8);
+  expect_replicas_hold_one_model(mesh, *r);
 }
 
 // On the wall clock: sleeps in the Trainer's straggler plan dominate the tiny model's compute, so
