@@ -1,6 +1,7 @@
 #include "edit/train/stop_signal.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <pthread.h>
 
