@@ -13,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -22,6 +23,8 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
+#include <thread>
 #include <tuple>
 
 #include "edit/comm/device_mesh.h"
@@ -589,49 +592,99 @@ double world_mean(edit::comm::DeviceMesh& mesh, double value, bool finite_only =
   return counted > 0 ? total / counted : NAN;
 }
 
+// Where this process sits in the job, as its launcher says (before MPI starts; rank -1 alone).
+const edit::comm::LaunchInfo& launch() {
+  static const edit::comm::LaunchInfo info = [] {
+    try {
+      return edit::comm::detect_launch();
+    } catch (const std::exception&) {
+      return edit::comm::LaunchInfo{};  // (an inconsistent environment: DeviceMesh says so)
+    }
+  }();
+  return info;
+}
+
+// An error on stderr in one write: ranks that fail at once would otherwise interleave their
+// messages mid-line. Labelled with the rank in a job of several.
+void say_error(const std::string& message, bool label_rank) {
+  std::string text = "edit-train-gpt";
+  if (label_rank && launch().world_size > 1) {
+    text += " (rank " + std::to_string(launch().rank) + " of " + std::to_string(launch().world_size) + ")";
+  }
+  text += ": " + message + "\n";
+  for (std::size_t done = 0; done < text.size();) {
+    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+// A fault in the command line or the options, which every rank finds alike: rank 0 says it once.
+// The other ranks give mpirun, which ends the job when rank 0 exits with an error, time to do so,
+// and speak only if it did not (a launcher that lets ranks run on, or a --config file that rank 0
+// could read and this one cannot).
+int usage_error(const std::string& message, int exit_code) {
+  if (launch().rank > 0) std::this_thread::sleep_for(std::chrono::seconds(3));
+  say_error(message, /*label_rank=*/launch().rank > 0);
+  return exit_code;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Config c;
   CLI::App app{"edit-train-gpt: GPT pretraining with DiLoCo / EDiT / DDP on MPI ranks"};
   add_options(app, c);
-  // The --config file is checked before CLI11 reads it (CLI11 would drop what it does not know).
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    std::string config_path;
-    if (arg == "--config" && i + 1 < argc) config_path = argv[i + 1];
-    if (arg.rfind("--config=", 0) == 0) config_path = arg.substr(9);
-    if (config_path.empty()) continue;
+  std::vector<int> signals;
+  // What is wrong with the command line, every rank finds alike before MPI starts.
+  try {
+    // The --config file is checked before CLI11 reads it (CLI11 would drop what it does not know).
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--config" && i + 1 < argc) check_config_file(app, argv[i + 1]);
+      if (arg.rfind("--config=", 0) == 0) check_config_file(app, arg.substr(9));
+    }
     try {
-      check_config_file(app, config_path);
-    } catch (const std::exception& e) {
-      std::cerr << "edit-train-gpt: " << e.what() << std::endl;
-      return 2;
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      // --help, or CLI11's own verdict on a flag: printed as CLI11 words it, by rank 0.
+      std::ostringstream out, err;
+      const int code = app.exit(e, out, err);
+      if (code == 0) {
+        if (launch().rank <= 0) std::cout << out.str() << std::flush;
+        return 0;
+      }
+      std::string text = err.str();
+      while (!text.empty() && text.back() == '\n') text.pop_back();
+      return usage_error(text, code);
     }
-  }
-  CLI11_PARSE(app, argc, argv);
-  c.warmup_given = app.count("--warmup-steps") > 0;
-  c.outer_given = app.count("--outer") + app.count("--outer-lr") + app.count("--outer-momentum") > 0;
-  // The flags of a strategy's own group that the command line set, as "--a, --b".
-  const auto given = [&app](std::initializer_list<const char*> flags) {
-    std::string out;
-    for (const char* flag : flags) {
-      if (app.count(flag) > 0) out += (out.empty() ? "" : ", ") + std::string(flag);
-    }
-    return out;
-  };
-  c.streaming_flags_given =
-      given({"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"});
-  c.aedit_flags_given = given({"--sync-interval", "--time-limit", "--step-share"});
-  if (c.sync.name == "aedit" && app.count("--sync-every") > 0) {
-    std::cerr << "edit-train-gpt: --sync-every counts steps, but A-EDiT syncs on a wall clock; drop --sync-every "
-                 "and give --sync-interval SECONDS"
-              << std::endl;
-    return 2;
+    c.warmup_given = app.count("--warmup-steps") > 0;
+    c.outer_given = app.count("--outer") + app.count("--outer-lr") + app.count("--outer-momentum") > 0;
+    // The flags of a strategy's own group that the command line set, as "--a, --b".
+    const auto given = [&app](std::initializer_list<const char*> flags) {
+      std::string out;
+      for (const char* flag : flags) {
+        if (app.count(flag) > 0) out += (out.empty() ? "" : ", ") + std::string(flag);
+      }
+      return out;
+    };
+    c.streaming_flags_given =
+        given({"--fragments", "--fragment-layout", "--overlap", "--alpha", "--quant", "--quant-block"});
+    c.aedit_flags_given = given({"--sync-interval", "--time-limit", "--step-share"});
+    EDIT_CHECK(c.sync.name != "aedit" || app.count("--sync-every") == 0,
+               "--sync-every counts steps, but A-EDiT syncs on a wall clock; drop --sync-every and give "
+               "--sync-interval SECONDS");
+    validate(c);
+    model_config(c);
+    signals = stop_signals(c.stop_signals);
+    // The mesh's shape, where the launcher tells the world's size already.
+    if (launch().world_size > 0) edit::comm::MeshLayout::make(launch().world_size, c.shard_size, 0);
+  } catch (const std::exception& e) {
+    return usage_error(e.what(), 2);
   }
   try {
     // Before any thread starts, so that none but StopOnSignal's own ever takes these signals.
-    const std::vector<int> signals = stop_signals(c.stop_signals);
     if (!signals.empty()) edit::train::StopOnSignal::block(signals);
     at::set_num_threads(1);
     edit::comm::MeshOptions mesh_options;
@@ -644,7 +697,6 @@ int main(int argc, char** argv) {
     }
     edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(mesh_options);
     edit::log::init(mesh.rank(), c.log_level);
-    validate(c);
     const auto gpt = model_config(c);
     const at::Device device = mesh.device();
     if (!device.is_cuda()) check_memory(gpt, c);
@@ -926,7 +978,7 @@ int main(int argc, char** argv) {
     }
     return 0;
   } catch (const std::exception& e) {
-    std::cerr << "edit-train-gpt: " << e.what() << std::endl;
+    say_error(e.what(), /*label_rank=*/true);
     // Peers may be inside a collective with us: end the whole job rather than leave them waiting.
     edit::comm::MpiRuntime::abort_job(1);
   }

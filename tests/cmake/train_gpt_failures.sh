@@ -27,6 +27,14 @@ expect_failure() {
   echo "ok: $name (exit $rc, ${took} s)"
 }
 
+# said_once NAME PATTERN: the case's message came once, not once per rank (faults in the command
+# line and options, which every rank finds alike, are reported by rank 0).
+said_once() {
+  local count
+  count=$(grep -cE -- "$2" "$1")
+  [[ $count -eq 1 ]] || fail "$(basename "$1" .log): '$2' was printed $count times, not once"
+}
+
 # A run with checkpoints to protect.
 "${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps 8 --checkpoint-every 4 --out-dir "$work/run" > "$work/first.log" 2>&1 \
   || { cat "$work/first.log"; echo "the first run failed"; exit 1; }
@@ -55,9 +63,16 @@ expect_failure overflowed_update_not_saved 30 "holds NaN or Inf.*so this checkpo
 
 touch "$work/a_file"
 expect_failure out_dir_under_a_file 30 "a_file" --steps 4 --out-dir "$work/a_file/run"
+# Ranks that fail at once write whole lines, never one inside another's.
+grep -qE "edit-train-gpt.*edit-train-gpt" "$work/out_dir_under_a_file.log" && fail "out_dir_under_a_file: garbled lines"
 expect_failure min_lr_above_lr 30 "--min-lr 0.1 is above --lr" --steps 4 --lr 0.01 --min-lr 0.1 --out-dir "$work/x1"
+said_once "$work/min_lr_above_lr.log" "--min-lr 0.1 is above --lr"
+expect_failure shard_size_not_dividing 30 "world size 2 is not divisible by shard size 3" --steps 4 --shard-size 3 \
+  --out-dir "$work/x18"
+said_once "$work/shard_size_not_dividing.log" "is not divisible"
 expect_failure no_penalty_with_ddp 30 "--no-penalty" --steps 4 --strategy ddp --no-penalty --out-dir "$work/x2"
 expect_failure zero_heads 30 "--heads" --steps 4 --heads 0 --out-dir "$work/x3"
+said_once "$work/zero_heads.log" "--heads: Value 0 must be above 0"
 expect_failure stop_signals_none_and_more 30 "--stop-signals none turns the signals off" --steps 4 \
   --stop-signals none,usr1 --out-dir "$work/x13"
 common=("${base[@]}")
@@ -79,6 +94,7 @@ printf 'steps = 2  # from the file\n' > "$work/good.toml"
 [[ $(grep -c '"step"' "$work/cfg/metrics.jsonl" 2> /dev/null) -eq 2 ]] || fail "steps = 2 from --config was not used"
 printf 'steps = 2\nbogus = 1\n' > "$work/unknown.toml"
 expect_failure config_unknown_key 30 "unknown.toml:2: unknown option 'bogus'" --config "$work/unknown.toml" --out-dir "$work/x6"
+said_once "$work/config_unknown_key.log" "unknown option 'bogus'"
 printf '[train]\nsteps = 2\n' > "$work/table.toml"
 expect_failure config_table 30 "table.toml:1: sections" --config "$work/table.toml" --out-dir "$work/x7"
 printf 'steps = 2\nsteps = 3\n' > "$work/twice.toml"
