@@ -173,10 +173,7 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   const auto start = std::chrono::steady_clock::now();
   double blocked = 0.0, peak_bytes = 0.0, compute = 0.0;
   std::int64_t timed = 0;  // this rank's timed steps (A-EDiT: each rank its own count)
-  const auto more = [&] {
-    return strategy->replicas_in_lockstep() ? trainer.current_step() < o.steps : !strategy->should_stop();
-  };
-  while (more()) {
+  while (!trainer.finished()) {
     const auto m = trainer.step(batch_of, loss_of);
     blocked += m.sync_wait_s;
     compute += m.seconds - m.sync_wait_s;

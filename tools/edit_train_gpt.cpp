@@ -874,7 +874,6 @@ int main(int argc, char** argv) {
     const auto crossed = [](std::int64_t before, std::int64_t now, int every) {
       return every > 0 && now / every > before / every;
     };
-    const auto finished = [&] { return aedit ? aedit->should_stop() : trainer.current_step() >= steps; };
     // A signal (a scheduler's warning before it kills the job) stops every rank at one step, with a
     // checkpoint. The votes go over a communicator of their own, so they never queue behind the
     // model's collectives: with A-EDiT at its rounds (where all replicas meet anyway), else at
@@ -888,12 +887,12 @@ int main(int argc, char** argv) {
     }
     std::int64_t saved_at = -1;
     std::string saved_to;
-    while (!finished()) {
+    while (!trainer.finished()) {
       const std::int64_t before = progress();
       const auto m = trainer.step(next_batch, loss_of);
-      if (aedit && !aedit->round_agreed()) continue;
+      if (!strategy->replicas_meet()) continue;
       const std::int64_t done = progress();
-      const bool eval_now = crossed(before, done, c.eval_every) || finished();
+      const bool eval_now = crossed(before, done, c.eval_every) || trainer.finished();
       if (eval_now) {
         const double train_loss = world_mean(mesh, m.loss, /*finite_only=*/true);  // this step's, all ranks
         const double val_loss = evaluate();
@@ -902,7 +901,7 @@ int main(int argc, char** argv) {
           loss_table->add(done, static_cast<std::int64_t>(done * tokens_per_step), train_loss, val_loss);
         }
       }
-      if (c.checkpoint_every > 0 && (crossed(before, done, c.checkpoint_every) || finished())) {
+      if (c.checkpoint_every > 0 && (crossed(before, done, c.checkpoint_every) || trainer.finished())) {
         saved_to = checkpointer.save(done);
         saved_at = done;
         if (mesh.rank() == 0) spdlog::info("checkpoint: {}", saved_to);

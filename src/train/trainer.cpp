@@ -301,14 +301,17 @@ void Trainer::finish_profile() {
   }
 }
 
+bool Trainer::finished() const {
+  // Replicas not in lockstep end together where their strategy says, not at a step of their own.
+  return strategy_.replicas_in_lockstep() ? step_ >= options_.steps : strategy_.should_stop();
+}
+
 StepMetrics Trainer::run(const BatchFn& next_batch, const LossFn& loss) {
   StepMetrics last;
-  // Replicas not in lockstep end together where their strategy says, not at a step of their own.
   StopOnSignal* stop = options_.stop_on_signal;
-  while (strategy_.replicas_in_lockstep() ? step_ < options_.steps : !strategy_.should_stop()) {
+  while (!finished()) {
     last = step(next_batch, loss);
-    // Polled where every replica is at the same point: each step in lockstep, else each round.
-    if (stop != nullptr && (strategy_.replicas_in_lockstep() || last.round > 0)) {
+    if (stop != nullptr && strategy_.replicas_meet()) {
       last.stop_signal = stop->poll();
       if (last.stop_signal != 0) return last;
     }

@@ -69,6 +69,7 @@ class AEDiT : public EDiT {
   void after_step(std::int64_t step) override;
   bool replicas_in_lockstep() const override { return false; }
   bool should_stop() const override { return stop_; }
+  bool replicas_meet() const override { return round_agreed_; }
   SyncStats stats() const override;
   StateDict state_dict() override;
   void load_state_dict(const StateDict& state) override;

@@ -58,6 +58,10 @@ class SyncStrategy : public Stateful {
   virtual bool replicas_in_lockstep() const { return true; }
   // Not in lockstep: every replica agreed (at a sync) that training ends; finish() completes it.
   virtual bool should_stop() const { return false; }
+  // Every replica is at the same point after the last step, so collectives beyond a replica
+  // (evaluation, a checkpoint, a vote to stop) may run here: each step in lockstep, else where
+  // the replicas just met (A-EDiT: each agreed round).
+  virtual bool replicas_meet() const { return true; }
   // Runs `fn` (evaluation, export) on the model the replicas agree on. Local SGD strategies
   // complete a pending sync and swap the anchor (the model of the last sync) into the shards for
   // the duration; the others run `fn` on the live model. Collective over the sync group.

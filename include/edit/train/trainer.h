@@ -123,6 +123,8 @@ class Trainer : public Stateful {
   // may return earlier, at a step every rank agreed on, with stop_signal set and no finish().
   StepMetrics run(const BatchFn& next_batch, const LossFn& loss);
 
+  // The run is over: options().steps taken, or (replicas not in lockstep) the strategy says stop.
+  bool finished() const;
   std::int64_t current_step() const { return step_; }
   // Continue from `step` (after loading a checkpoint saved at that step).
   void set_step(std::int64_t step) { step_ = step; }
