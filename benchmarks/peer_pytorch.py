@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """peer_pytorch.py: a plain PyTorch training loop to measure libedit against.
 
-The same model as `edit-train-gpt --style gpt2` (src/models/gpt.cpp), the same llm.c token files
+The same model as `edit-train-gpt --style gpt2` or `--style llama` (src/models/gpt.cpp), the same llm.c token files
 read in the same order (src/data/token_dataset.cpp), the same AdamW, schedule and clipping
 (tools/edit_train_gpt.cpp, src/train/trainer.cpp), and two ways to keep 2+ ranks together:
 
@@ -138,36 +138,82 @@ class TokenBatches:
         return window[:, :-1], window[:, 1:]
 
 
-# --- model: libedit's GPT, style gpt2 -------------------------------------------------------------
+# --- model: libedit's GPT, styles gpt2 and llama ---------------------------------------------------
+
+
+def mlp_hidden(style, dim):
+    """GptConfig::hidden(): 4 dim (gpt2), 8/3 dim rounded up to a multiple of 64 (llama)."""
+    return 4 * dim if style == "gpt2" else (8 * dim // 3 + 63) // 64 * 64
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) times a weight that starts at 1."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        wide = x.float()
+        return (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def norm(style, dim, eps):
+    return nn.LayerNorm(dim, eps=eps) if style == "gpt2" else RMSNorm(dim, eps)
 
 
 class Embedding(nn.Module):
-    def __init__(self, vocab, seq_len, dim):
+    """Token embedding, plus learned positions for gpt2 (llama rotates q and k instead)."""
+
+    def __init__(self, vocab, seq_len, dim, style):
         super().__init__()
         self.tokens = nn.Embedding(vocab, dim)
-        self.positions = nn.Embedding(seq_len, dim)
+        self.positions = nn.Embedding(seq_len, dim) if style == "gpt2" else None
 
     def forward(self, ids):  # (B, T) -> (B, T, C)
-        return self.tokens(ids) + self.positions(torch.arange(ids.size(1), device=ids.device))
+        x = self.tokens(ids)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(ids.size(1), device=ids.device))
+        return x
 
 
 class Block(nn.Module):
-    """Pre-norm: x + attn(ln1(x)), then h + mlp(ln2(h)); every Linear has a bias."""
+    """Pre-norm: x + attn(norm1(x)), then h + mlp(norm2(h)).
+    gpt2: LayerNorm, biases, GELU (tanh) MLP. llama: RMSNorm, no biases, RoPE on q and k (each
+    head's first half paired with its second half), SwiGLU MLP down(silu(gate(n)) * up(n))."""
 
-    def __init__(self, dim, heads, hidden, eps, attention):
+    def __init__(self, dim, heads, seq_len, eps, attention, style, rope_theta=10000.0):
         super().__init__()
-        self.heads, self.attention = heads, attention
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.up = nn.Linear(dim, hidden)
-        self.down = nn.Linear(hidden, dim)
+        self.heads, self.attention, self.style = heads, attention, style
+        gpt2 = style == "gpt2"
+        hidden = mlp_hidden(style, dim)
+        self.norm1 = norm(style, dim, eps)
+        self.norm2 = norm(style, dim, eps)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=gpt2)
+        self.out = nn.Linear(dim, dim, bias=gpt2)
+        self.gate = None if gpt2 else nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=gpt2)
+        self.down = nn.Linear(hidden, dim, bias=gpt2)
+        if not gpt2:
+            hd = dim // heads
+            inv_freq = rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+            angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # (T, hd/2)
+            self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+
+    def rope(self, x):  # (B, H, T, hd)
+        half, T = x.size(-1) // 2, x.size(-2)
+        c, s = self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), -1)
 
     def forward(self, x):  # (B, T, C) -> (B, T, C)
         B, T, C = x.shape
         hd = C // self.heads
         q, k, v = (t.reshape(B, T, self.heads, hd).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1))
+        if self.style != "gpt2":
+            q, k = self.rope(q), self.rope(k)
         if self.attention == "sdpa":  # the fused kernel, as libedit calls it on LibTorch 2.x
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # written out, as libedit does on LibTorch 1.13 (no fused kernel there)
@@ -175,35 +221,44 @@ class Block(nn.Module):
             future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
             y = torch.matmul(torch.softmax(scores.masked_fill(future, float("-inf")), -1), v)  # (B, H, T, hd)
         h = x + self.out(y.transpose(1, 2).reshape(B, T, C))
-        return h + self.down(F.gelu(self.up(self.norm2(h)), approximate="tanh"))
+        n = self.norm2(h)
+        if self.style == "gpt2":
+            return h + self.down(F.gelu(self.up(n), approximate="tanh"))
+        return h + self.down(F.silu(self.gate(n)) * self.up(n))
 
 
 class Head(nn.Module):
-    def __init__(self, dim, eps, tied):
+    """The final norm and the output projection: the token embedding's (V, C) weight when tied
+    (gpt2's default), else one of its own (llama's)."""
+
+    def __init__(self, vocab, dim, eps, style, tied):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.weight = tied  # the token embedding's (V, C) weight (GPT-2 ties them)
+        self.norm = norm(style, dim, eps)
+        self.weight = tied if tied is not None else nn.Parameter(torch.empty(vocab, dim))
 
     def forward(self, x):  # (B, T, C) -> (B, T, V)
         return F.linear(self.norm(x), self.weight)
 
 
 class Gpt(nn.Module):
-    def __init__(self, vocab, seq_len, dim, heads, layers, eps=1e-5, attention="explicit"):
+    def __init__(self, vocab, seq_len, dim, heads, layers, eps=1e-5, attention="explicit", style="gpt2", tied=None):
         super().__init__()
         self.layers = layers
-        self.embed = Embedding(vocab, seq_len, dim)
-        for i in range(layers):  # GptConfig::hidden(): 4 dim for gpt2
-            self.add_module(f"block{i}", Block(dim, heads, 4 * dim, eps, attention))
-        self.head = Head(dim, eps, self.embed.tokens.weight)
+        self.tied = style == "gpt2" if tied is None else tied
+        self.embed = Embedding(vocab, seq_len, dim, style)
+        for i in range(layers):
+            self.add_module(f"block{i}", Block(dim, heads, seq_len, eps, attention, style))
+        self.head = Head(vocab, dim, eps, style, self.embed.tokens.weight if self.tied else None)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self):
-        # GPT-2: N(0, 0.02) for embeddings and matrices, residual projections (out, down) by
-        # 1/sqrt(2 layers), zero biases, LayerNorms at (1, 0).
+        # GPT-2's scheme for both styles: N(0, 0.02) for embeddings, matrices and an untied head,
+        # residual projections (out, down) by 1/sqrt(2 layers), zero biases, norms at (1, 0).
         for p in self.embed.parameters():
             p.normal_(0.0, 0.02)
+        if not self.tied:
+            self.head.weight.normal_(0.0, 0.02)
         for i in range(self.layers):
             for name, p in getattr(self, f"block{i}").named_parameters():
                 if "norm" in name:
@@ -229,11 +284,15 @@ def param_count(module):
     return sum(p.numel() for p in module.parameters())  # a tied weight counts once
 
 
-def libedit_param_count(vocab, seq_len, dim, layers):
-    """GptConfig::num_parameters() for gpt2 with a tied head (src/models/gpt.cpp)."""
-    h = 4 * dim
-    block = 2 * (2 * dim) + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * h + h) + (h * dim + dim)
-    return vocab * dim + seq_len * dim + layers * block + 2 * dim
+def libedit_param_count(vocab, seq_len, dim, layers, style="gpt2", tied=True):
+    """GptConfig::num_parameters() (src/models/gpt.cpp), written out here on its own."""
+    h = mlp_hidden(style, dim)
+    head = 0 if tied else vocab * dim
+    if style == "gpt2":
+        block = 2 * (2 * dim) + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * h + h) + (h * dim + dim)
+        return vocab * dim + seq_len * dim + layers * block + 2 * dim + head
+    block = 2 * dim + 4 * dim * dim + 3 * dim * h  # two RMSNorms, q k v o, gate up down
+    return vocab * dim + layers * block + dim + head
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -337,9 +396,11 @@ def train(a):
     autocast = torch.bfloat16 if a.dtype == "bf16" else None
 
     torch.manual_seed(a.seed)
-    model = Gpt(a.vocab_size, a.seq_len, a.dim, a.heads, a.layers, attention=a.attention).to(a.device)
+    tied = a.style == "gpt2" if a.tie_embeddings == "auto" else a.tie_embeddings == "on"
+    model = Gpt(a.vocab_size, a.seq_len, a.dim, a.heads, a.layers, attention=a.attention, style=a.style,
+                tied=tied).to(a.device)
     params = list(model.parameters())
-    expected = libedit_param_count(a.vocab_size, a.seq_len, a.dim, a.layers)
+    expected = libedit_param_count(a.vocab_size, a.seq_len, a.dim, a.layers, a.style, tied)
     if param_count(model) != expected:
         sys.exit(f"peer_pytorch: {param_count(model)} parameters, libedit's GptConfig has {expected}")
     with torch.no_grad():  # every replica starts from rank 0's weights (DDP would do it too)
@@ -359,7 +420,7 @@ def train(a):
         step_loss_fn = torch.compile(step_loss_fn)
     if rank == 0:
         where = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"{torch.get_num_threads()} thread(s)"
-        print(f"peer_pytorch: {a.strategy}, {world} ranks, {param_count(model)} parameters (libedit: {expected}), "
+        print(f"peer_pytorch: {a.style}, {a.strategy}, {world} ranks, {param_count(model)} parameters (libedit: {expected}), "
               f"torch {torch.__version__}, {a.device} ({where}), {a.dtype}, attention {a.attention}"
               f"{', compiled' if a.compile else ''}", flush=True)
 
@@ -450,10 +511,11 @@ def check_export(a):
     """Loads an edit-export file and prints the val loss libedit's evaluate() computes: eval_batches
     batches per rank for each of --ranks ranks, averaged."""
     config = json.load(open(os.path.join(os.path.dirname(os.path.abspath(a.check_export)), "config.json")))
-    if config["style"] != "gpt2" or not config["tie_embeddings"] or config["mlp_hidden"] != 4 * config["dim"]:
-        sys.exit("peer_pytorch: --check-export needs a gpt2 model with a tied head and the default MLP width")
+    style, tied = config["style"], config["tie_embeddings"]
+    if config["mlp_hidden"] != mlp_hidden(style, config["dim"]) or config.get("rope_theta", 10000.0) != 10000.0:
+        sys.exit("peer_pytorch: --check-export needs the default MLP width and RoPE theta")
     model = Gpt(config["vocab_size"], config["seq_len"], config["dim"], config["heads"], config["layers"],
-                config["norm_eps"])
+                config["norm_eps"], style=style, tied=tied)
     tensors = read_safetensors(a.check_export)
     mine = model.state_dict()
     missing = sorted(set(mine) - set(tensors))
@@ -464,13 +526,13 @@ def check_export(a):
         if tuple(t.shape) != tuple(mine[name].shape):
             sys.exit(f"peer_pytorch: {name} is {tuple(t.shape)} in the export, {tuple(mine[name].shape)} here")
     model.load_state_dict(tensors)
-    exported = sum(t.numel() for name, t in tensors.items() if name != "head.weight")
+    exported = sum(t.numel() for name, t in tensors.items() if not (tied and name == "head.weight"))
     tokens = read_tokens(a.val_data, config["vocab_size"])
     losses = [evaluate(model, TokenBatches(tokens, config["seq_len"], a.seed, r, a.ranks), a.batch_size,
                        a.eval_batches) for r in range(a.ranks)]
     print(f"peer_pytorch: export {a.check_export}: {len(tensors)} tensors, {exported} parameters "
           f"(this model: {param_count(model)}, libedit's formula: "
-          f"{libedit_param_count(config['vocab_size'], config['seq_len'], config['dim'], config['layers'])}); "
+          f"{libedit_param_count(config['vocab_size'], config['seq_len'], config['dim'], config['layers'], style, tied)}); "
           f"val loss here {statistics.mean(losses):.6f}")
 
 
@@ -483,6 +545,9 @@ def main():
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--style", choices=["gpt2", "llama"], default="gpt2", help="as edit-train-gpt --style")
+    p.add_argument("--tie-embeddings", choices=["auto", "on", "off"], default="auto",
+                   help="auto: gpt2 ties the head to the token embedding, llama does not")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per rank per step")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--skip-steps", type=int, default=5, help="warm-up steps left out of tokens/s")
