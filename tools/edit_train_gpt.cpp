@@ -637,6 +637,7 @@ int main(int argc, char** argv) {
   CLI::App app{"edit-train-gpt: GPT pretraining with DiLoCo / EDiT / DDP on MPI ranks"};
   add_options(app, c);
   std::vector<int> signals;
+  edit::comm::MeshOptions mesh_options;
   // What is wrong with the command line, every rank finds alike before MPI starts.
   try {
     // The --config file is checked before CLI11 reads it (CLI11 would drop what it does not know).
@@ -676,20 +677,25 @@ int main(int argc, char** argv) {
                "--sync-every counts steps, but A-EDiT syncs on a wall clock; drop --sync-every and give "
                "--sync-interval SECONDS");
     validate(c);
-    model_config(c);
+    const auto gpt = model_config(c);
     signals = stop_signals(c.stop_signals);
-    // The mesh's shape, where the launcher tells the world's size already.
-    if (launch().world_size > 0) edit::comm::MeshLayout::make(launch().world_size, c.shard_size, 0);
+    // Before any thread starts (CUDA's, when the device is resolved), so that none but
+    // StopOnSignal's own ever takes these signals.
+    if (!signals.empty()) edit::train::StopOnSignal::block(signals);
+    mesh_options.device = edit::resolve_device(c.device, launch().local_rank);
+    if (!mesh_options.device.is_cuda()) check_memory(gpt, c);
+    // Where the launcher tells the world's size already: the mesh's shape and the stragglers' ranks.
+    const int world_size = launch().world_size;
+    if (world_size > 0) {
+      edit::comm::MeshLayout::make(world_size, c.shard_size, 0);
+      edit::train::StragglerPlan::parse(c.straggler).check_ranks(world_size);
+    }
   } catch (const std::exception& e) {
     return usage_error(e.what(), 2);
   }
   try {
-    // Before any thread starts, so that none but StopOnSignal's own ever takes these signals.
-    if (!signals.empty()) edit::train::StopOnSignal::block(signals);
     at::set_num_threads(1);
-    edit::comm::MeshOptions mesh_options;
     mesh_options.shard_size = c.shard_size;
-    mesh_options.device = edit::resolve_device(c.device, edit::comm::detect_launch().local_rank);
     mesh_options.backend = edit::comm::parse_comm_backend(c.comm_backend);
     if (c.comm_timeout > 0) {
       mesh_options.comm.timeout =
@@ -699,7 +705,6 @@ int main(int argc, char** argv) {
     edit::log::init(mesh.rank(), c.log_level);
     const auto gpt = model_config(c);
     const at::Device device = mesh.device();
-    if (!device.is_cuda()) check_memory(gpt, c);
     const edit::train::RunDir run(c.out_dir);
     run.prepare(mesh, c.resume != "none", c.overwrite);
 

@@ -20,6 +20,13 @@ double parse_number(const std::string& text, const std::string& rule) {
 
 }  // namespace
 
+void StragglerPlan::check_ranks(int world_size) const {
+  for (const StragglerRule& rule : rules_) {
+    EDIT_CHECK(rule.rank < world_size, "a straggler rule slows rank ", rule.rank, ", but the job has ", world_size,
+               " rank(s), 0 to ", world_size - 1, "; name one of them");
+  }
+}
+
 StragglerPlan StragglerPlan::parse(const std::string& spec) {
   StragglerPlan plan;
   std::stringstream list(spec);

@@ -33,10 +33,7 @@ Trainer::Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::Flat
   EDIT_CHECK(options_.max_skipped_steps >= 1, "--max-skipped-steps must be at least 1, got ",
              options_.max_skipped_steps, "; to never skip a step, keep --on-nonfinite stop");
   options_.schedule.validate();
-  for (const StragglerRule& rule : options_.stragglers.rules()) {
-    EDIT_CHECK(rule.rank < mesh_.world_size(), "a straggler rule slows rank ", rule.rank, ", but the job has ",
-               mesh_.world_size(), " rank(s), 0 to ", mesh_.world_size() - 1, "; name one of them");
-  }
+  options_.stragglers.check_ranks(mesh_.world_size());
   EDIT_CHECK(options_.profile_first >= 0 && options_.profile_steps >= 0,
              "the profiled steps must start at a step >= 0 and number >= 0, got ", options_.profile_steps,
              " from step ", options_.profile_first);

@@ -79,6 +79,7 @@ common=("${base[@]}")
 expect_failure profile_not_a_window 30 "--profile-steps 9 is not FIRST:COUNT" --steps 4 --profile-steps 9 --out-dir "$work/x10"
 expect_failure profile_after_the_run 30 "--profile-steps 3:2 ends after the run" --steps 4 --profile-steps 3:2 --out-dir "$work/x11"
 expect_failure huge_seq_len 30 "lower --seq-len" --steps 4 --seq-len 1000000 --out-dir "$work/x4"
+said_once "$work/huge_seq_len.log" "lower --seq-len"
 common=("${base[@]}" --seq-len 32)
 # --on-nonfinite skip leaves out the steps whose gradients are NaN, up to --max-skipped-steps in all
 # (not in a row: here EDiT's syncs put the replicas back on the finite anchor every 4 steps).
@@ -111,6 +112,7 @@ expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by -
 # A-EDiT: a step count where a wall-clock interval is due, and its options for another strategy.
 expect_failure straggler_past_the_ranks 30 "slows rank 2, but the job has 2 rank\(s\), 0 to 1" --steps 4 \
   --straggler 2:2x --out-dir "$work/x17"
+said_once "$work/straggler_past_the_ranks.log" "slows rank 2"
 expect_failure aedit_sync_every 30 "--sync-every counts steps, but A-EDiT syncs on a wall clock" --steps 4 \
   --strategy aedit --sync-interval 1 --out-dir "$work/x15"
 expect_failure aedit_flags_elsewhere 30 "--sync-interval, --time-limit apply only to A-EDiT" --steps 4 \

@@ -32,4 +32,16 @@ TEST(StragglerPlan, BadRulesAreErrorsThatNameThem) {
   }
 }
 
+TEST(StragglerPlan, ARuleForARankOutsideTheJobIsAnError) {
+  const StragglerPlan plan = StragglerPlan::parse("0:2x,3:+5ms");
+  EXPECT_NO_THROW(plan.check_ranks(4));
+  try {
+    plan.check_ranks(3);
+    ADD_FAILURE() << "rank 3 accepted in a job of 3 ranks";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("slows rank 3, but the job has 3 rank(s), 0 to 2"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace

@@ -28,6 +28,8 @@ class StragglerPlan {
   StragglerPlan() = default;
   // Throws edit::Error naming the bad rule and the accepted forms.
   static StragglerPlan parse(const std::string& spec);
+  // Throws edit::Error when a rule names a rank outside a job of `world_size` ranks.
+  void check_ranks(int world_size) const;
   // Seconds `rank` sleeps after step `step` whose compute took `compute_seconds`.
   double delay(int rank, std::int64_t step, double compute_seconds) const;
   bool empty() const { return rules_.empty(); }
