@@ -206,6 +206,11 @@ StepMetrics Trainer::step(const BatchFn& next_batch, const LossFn& loss_fn) {
   {
     const ProfileScope scope("edit::sync");
     strategy_.after_step(step_);
+    // The run's last step: what is still in flight (Streaming DiLoCo's exchanges issued fewer than
+    // tau steps ago, EDiT's pending sync) lands now, so that an evaluation, a checkpoint or an
+    // export after it holds all of the run's work, not the anchors of some steps before.
+    const bool last = strategy_.replicas_in_lockstep() ? step_ + 1 == options_.steps : strategy_.should_stop();
+    if (last) strategy_.finish();
   }
 
   metrics.seconds = std::chrono::duration<double>(Clock::now() - start).count();

@@ -67,9 +67,10 @@ struct Replica {
     if (step_clock) options.clock = [this] { return clock.now(); };
     strategy = std::make_unique<AEDiT>(*model, mesh.sync_ptr(), options);
   }
-  void make_trainer(edit::comm::DeviceMesh& mesh, const std::string& stragglers = "") {
+  // A-EDiT ends by its budget or time limit; `steps` ends the others.
+  void make_trainer(edit::comm::DeviceMesh& mesh, const std::string& stragglers = "", std::int64_t steps = 1000) {
     edit::train::TrainerOptions options;
-    options.steps = 1000;                    // A-EDiT ends by its budget or time limit
+    options.steps = steps;
     options.schedule = {3e-3, 0, 1000, 3e-3};  // constant
     options.log_every = 0;
     options.stragglers = edit::train::StragglerPlan::parse(stragglers);
@@ -139,7 +140,7 @@ TEST(AEDiT, EqualSpeedsAreEDiTBitForBit) {
   auto local = edit::sync::EDiT::default_options();
   local.sync_every = 4;
   edit_run.strategy = std::make_unique<edit::sync::EDiT>(*edit_run.model, mesh.sync_ptr(), local);
-  edit_run.make_trainer(mesh);
+  edit_run.make_trainer(mesh, "", 12);  // both runs end after step 11, where the last step lands the sync
   AEDiTOptions options;
   options.local = local;
   options.interval_s = 4.0;  // 4 steps of 1 s on the step clock

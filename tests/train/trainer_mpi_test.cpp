@@ -18,6 +18,7 @@
 #include "edit/comm/device_mesh.h"
 #include "edit/shard/flat_adamw.h"
 #include "edit/sync/local_sgd.h"
+#include "edit/sync/streaming.h"
 #include "edit/comm/mpi_communicator.h"
 #include "edit/train/stop_signal.h"
 #include "edit/train/trainer.h"
@@ -338,6 +339,37 @@ TEST(Trainer, EachLocalSgdReplicaSkipsItsOwnNonFiniteStep) {
   EXPECT_TRUE(at::all(at::isfinite(all)).item<bool>());
   for (int r = 0; r < run.mesh.world_size(); ++r) {
     EXPECT_TRUE(at::equal(all.narrow(0, r * mine.numel(), mine.numel()), mine)) << "replica " << r;
+  }
+}
+
+// The run's last step lands what is in flight. Streaming DiLoCo with tau = 2 issues fragment 0's
+// exchange after step 7 (H = 8), to be merged after step 9; a run of 8 steps ends right after the
+// issue. Its last step() merges it: nothing is left in flight, every anchor holds it, and a
+// finish() after the run changes nothing. A step before the last leaves its exchange in flight.
+TEST(Trainer, TheLastStepLandsTheExchangesStillInFlight) {
+  edit::sync::StreamingOptions streaming;
+  streaming.local.sync_every = 8;
+  streaming.fragments = 2;
+  streaming.overlap = 2;
+  TinyRun<edit::sync::StreamingDiLoCo> run(1, streaming);
+  edit::train::TrainerOptions options;
+  options.steps = 8;
+  options.schedule = {1e-3, 0, 8, 1e-3};
+  options.log_every = 0;
+  edit::train::Trainer trainer(run.mesh, run.model, run.inner, run.strategy, options);
+  const auto batch_of = [&](std::int64_t step, int) { return run.batch(step); };
+  const auto loss_of = [&](const edit::train::Batch& b) { return run.module->loss(b.inputs, b.targets); };
+  for (int step = 0; step < 4; ++step) trainer.step(batch_of, loss_of);
+  EXPECT_EQ(run.strategy.in_flight(), 1) << "fragment 1's exchange, issued after step 3, merges after step 5";
+  while (!trainer.finished()) trainer.step(batch_of, loss_of);
+  EXPECT_EQ(run.strategy.in_flight(), 0);
+  EXPECT_EQ(run.strategy.streaming_stats().issued, 2);
+  EXPECT_EQ(run.strategy.streaming_stats().merged, 2);
+  std::vector<at::Tensor> anchors;
+  for (int u = 0; u < run.model.num_units(); ++u) anchors.push_back(run.strategy.core().outer().anchor(u).clone());
+  run.strategy.finish();
+  for (int u = 0; u < run.model.num_units(); ++u) {
+    EXPECT_TRUE(at::equal(run.strategy.core().outer().anchor(u), anchors[static_cast<size_t>(u)])) << "unit " << u;
   }
 }
 

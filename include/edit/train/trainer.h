@@ -117,6 +117,9 @@ class Trainer : public Stateful {
   Trainer(comm::DeviceMesh& mesh, shard::ShardedModel& model, shard::FlatOptimizer& inner,
           sync::SyncStrategy& strategy, TrainerOptions options);
 
+  // One inner step and the strategy's sync work after it. The run's last step (options().steps,
+  // or the strategy's stop) ends with strategy.finish(), so what follows it (evaluation, a
+  // checkpoint, an export) sees every exchange of the run landed.
   StepMetrics step(const BatchFn& next_batch, const LossFn& loss);
   // Runs the remaining steps (replicas not in lockstep: until the strategy says stop), then
   // strategy.finish(); returns the last step's metrics. With TrainerOptions::stop_on_signal it
