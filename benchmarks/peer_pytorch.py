@@ -8,6 +8,9 @@ read in the same order (src/data/token_dataset.cpp), the same AdamW, schedule an
   --strategy ddp     torch.distributed (gloo) + DistributedDataParallel, every step
   --strategy diloco  every rank trains alone; every H steps one all_reduce of the pseudo-gradient
                      (anchor - params) and a Nesterov outer step (DESIGN.md section 6)
+  --strategy streaming  DiLoCo by fragments (Streaming DiLoCo, fp32 exchanges): unit u (embedding,
+                     blocks, head) in fragment u mod P, each fragment's exchange H / P steps after
+                     the one before, merged --overlap steps after it (src/sync/streaming.h)
 
 Launched by OpenMPI (the rank and size come from OMPI_COMM_WORLD_*), one torch thread per rank:
 
@@ -351,6 +354,73 @@ class DiLoCo:
             offset += p.numel()
 
 
+def model_units(model):
+    """The parameters of each of libedit's units: the embedding, each block, the head (a tied
+    head's weight is the embedding's, counted there)."""
+    units = [list(model.embed.parameters())]
+    units += [list(getattr(model, f"block{i}").parameters()) for i in range(model.layers)]
+    units.append([p for p in model.head.parameters() if all(p is not q for q in units[0])])
+    return units
+
+
+class StreamingDiLoCo:
+    """Written from the schedule in src/sync/streaming.h, not from its code. Fragment p (the units
+    u with u mod P = p) issues its exchange after step t when (t + 1) mod H == (p H / P) mod H:
+    Delta = mean_i (phi_p - theta_p,i). It is merged after step t + tau: m = mu m + Delta,
+    phi_p -= lr (Delta + mu m), theta_p = alpha theta_p + (1 - alpha) phi_p. finish() merges what
+    is still in flight."""
+
+    def __init__(self, units, every, fragments, overlap, alpha, lr, momentum, world):
+        self.every, self.count, self.overlap, self.alpha = every, fragments, overlap, alpha
+        self.lr, self.momentum, self.world = lr, momentum, world
+        self.params = [[p for unit in units[f::fragments] for p in unit] for f in range(fragments)]
+        with torch.no_grad():
+            self.anchor = [torch.cat([p.reshape(-1) for p in ps]) for ps in self.params]
+        self.velocity = [torch.zeros_like(a) for a in self.anchor]
+        self.in_flight = []  # (merge after step, fragment, mean pseudo-gradient), in issue order
+        self.seconds = 0.0
+
+    @torch.no_grad()
+    def after_step(self, step):
+        start = time.perf_counter()
+        while self.in_flight and self.in_flight[0][0] <= step:
+            self.merge(*self.in_flight.pop(0)[1:])
+        for f in range(self.count):
+            if (step + 1) % self.every != f * self.every // self.count % self.every:
+                continue
+            delta = self.anchor[f] - torch.cat([p.reshape(-1) for p in self.params[f]])
+            if self.world > 1:
+                dist.all_reduce(delta)
+                delta /= self.world
+            self.in_flight.append((step + self.overlap, f, delta))
+            if self.overlap == 0:
+                self.merge(*self.in_flight.pop()[1:])
+        self.seconds += time.perf_counter() - start
+
+    @torch.no_grad()
+    def merge(self, f, delta):
+        self.velocity[f].mul_(self.momentum).add_(delta)
+        self.anchor[f].add_(delta, alpha=-self.lr).add_(self.velocity[f], alpha=-self.lr * self.momentum)
+        offset = 0
+        for p in self.params[f]:
+            phi = self.anchor[f][offset : offset + p.numel()].view_as(p)
+            p.mul_(self.alpha).add_(phi, alpha=1.0 - self.alpha)
+            offset += p.numel()
+
+    def finish(self):
+        for _, f, delta in self.in_flight:
+            self.merge(f, delta)
+        self.in_flight = []
+
+    @torch.no_grad()
+    def reset_to_anchor(self):
+        for f, ps in enumerate(self.params):
+            offset = 0
+            for p in ps:
+                p.copy_(self.anchor[f][offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+
 @torch.no_grad()
 def evaluate(model, batches, batch_size, count, device="cpu", autocast=None):
     batches.reset()  # the same val batches every time, as libedit's evaluate()
@@ -409,9 +479,15 @@ def train(a):
     outer = None
     if a.strategy == "ddp":  # (one rank alone has no gradients to average)
         trained = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
-    else:
+    elif a.strategy == "diloco":
         trained = model
         outer = DiLoCo(params, a.sync_every, a.outer_lr, a.outer_momentum, world)
+    else:
+        if a.sync_every % a.fragments or a.fragments > a.layers + 2:
+            sys.exit(f"peer_pytorch: --fragments {a.fragments} must divide --sync-every and be at most the units")
+        trained = model
+        outer = StreamingDiLoCo(model_units(model), a.sync_every, a.fragments, a.overlap, a.alpha, a.outer_lr,
+                                a.outer_momentum, world)
     optimizer = adamw(model, a)
     # What one step computes: the loss of a batch (torch.compile fuses it, forward and backward).
     step_loss_fn = lambda inputs, targets: F.cross_entropy(  # noqa: E731
@@ -454,7 +530,9 @@ def train(a):
     rates = [None] * world
     dist.all_gather_object(rates, tokens_per_s)
     train_loss = world_mean(loss, world)
-    if outer is not None and a.steps % a.sync_every:
+    if isinstance(outer, StreamingDiLoCo):
+        outer.finish()  # the last exchanges land, as libedit's last step does
+    if outer is not None and (a.steps % a.sync_every or isinstance(outer, StreamingDiLoCo)):
         outer.reset_to_anchor()  # evaluate the model the replicas agree on, as libedit does
     val_loss = world_mean(evaluate(model, val_batches, a.batch_size, a.eval_batches, a.device, autocast), world)
     sync_s = outer.seconds if outer is not None else float("nan")
@@ -567,7 +645,10 @@ def main():
     p.add_argument("--attention", choices=["explicit", "sdpa"], default="explicit",
                    help="explicit: written out (libedit on LibTorch 1.13); sdpa: torch's fused kernel (libedit on 2.x)")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss, forward and backward (torch 2.x)")
-    p.add_argument("--strategy", choices=["ddp", "diloco"], default="ddp")
+    p.add_argument("--strategy", choices=["ddp", "diloco", "streaming"], default="ddp")
+    p.add_argument("--fragments", type=int, default=1, help="P for streaming")
+    p.add_argument("--overlap", type=int, default=0, help="tau for streaming")
+    p.add_argument("--alpha", type=float, default=0.5, help="streaming's merge weight on the worker's own parameters")
     p.add_argument("--sync-every", type=int, default=32, help="H for diloco")
     p.add_argument("--outer-lr", type=float, default=0.7)
     p.add_argument("--outer-momentum", type=float, default=0.9)
