@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """peer_pytorch.py: a plain PyTorch training loop to measure libedit against.
 
-The same model as `edit-train-gpt --style gpt2` or `--style llama` (src/models/gpt.cpp), the same llm.c token files
-read in the same order (src/data/token_dataset.cpp), the same AdamW, schedule and clipping
-(tools/edit_train_gpt.cpp, src/train/trainer.cpp), and two ways to keep 2+ ranks together:
+The same model as `edit-train-gpt --style gpt2` or `--style llama` (src/models/gpt.cpp), the same
+llm.c token files read in the same order (src/data/token_dataset.cpp), the same AdamW, schedule and
+clipping (tools/edit_train_gpt.cpp, src/train/trainer.cpp), and three ways to keep 2+ ranks together:
 
   --strategy ddp     torch.distributed (gloo) + DistributedDataParallel, every step
   --strategy diloco  every rank trains alone; every H steps one all_reduce of the pseudo-gradient
