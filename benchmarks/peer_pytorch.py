@@ -321,6 +321,14 @@ def adamw(model, a):
     return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=1e-8, **extra)
 
 
+def pieces(flat, params):
+    """(p, the part of the flat vector that is p's, shaped like p) for each of `params` in order."""
+    offset = 0
+    for p in params:
+        yield p, flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
 class DiLoCo:
     """Anchor phi and outer momentum m as flat vectors; every H steps:
     Delta = mean_i (phi - theta_i); m = mu m + Delta; phi -= lr (Delta + mu m); theta_i = phi."""
@@ -348,10 +356,8 @@ class DiLoCo:
 
     @torch.no_grad()
     def reset_to_anchor(self):
-        offset = 0
-        for p in self.params:
-            p.copy_(self.anchor[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        for p, phi in pieces(self.anchor, self.params):
+            p.copy_(phi)
 
 
 def model_units(model):
@@ -401,11 +407,8 @@ class StreamingDiLoCo:
     def merge(self, f, delta):
         self.velocity[f].mul_(self.momentum).add_(delta)
         self.anchor[f].add_(delta, alpha=-self.lr).add_(self.velocity[f], alpha=-self.lr * self.momentum)
-        offset = 0
-        for p in self.params[f]:
-            phi = self.anchor[f][offset : offset + p.numel()].view_as(p)
+        for p, phi in pieces(self.anchor[f], self.params[f]):
             p.mul_(self.alpha).add_(phi, alpha=1.0 - self.alpha)
-            offset += p.numel()
 
     def finish(self):
         for _, f, delta in self.in_flight:
@@ -414,11 +417,9 @@ class StreamingDiLoCo:
 
     @torch.no_grad()
     def reset_to_anchor(self):
-        for f, ps in enumerate(self.params):
-            offset = 0
-            for p in ps:
-                p.copy_(self.anchor[f][offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+        for anchor, params in zip(self.anchor, self.params):
+            for p, phi in pieces(anchor, params):
+                p.copy_(phi)
 
 
 @torch.no_grad()

@@ -461,8 +461,9 @@ void note_steps_after_the_last_sync(const Config& c) {
 // H = 16 up, and 12-14% worse than (0.5, 0.5) at H = 8 (docs/benchmarks.md).
 void note_outer_defaults_at_small_h(const Config& c) {
   const std::int64_t h = c.sync.local.sync_every;
-  const bool local_sgd = c.sync.name == "edit" || c.sync.name == "diloco" || c.sync.name == "streaming";
-  if (!local_sgd || c.outer_given || h >= 16) return;
+  // (A-EDiT syncs on a clock: its H is not --sync-every.)
+  const bool by_steps = edit::sync::is_local_sgd(c.sync.name) && c.sync.name != "aedit";
+  if (!by_steps || c.outer_given || h >= 16) return;
   spdlog::warn(
       "--sync-every {} with the outer optimizer's defaults (Nesterov, lr {}, momentum {}; tuned for H of 16 and "
       "more): at H 8 they ended 12-14% above --outer-lr 0.5 --outer-momentum 0.5 in our measurements "
@@ -637,6 +638,7 @@ int main(int argc, char** argv) {
   CLI::App app{"edit-train-gpt: GPT pretraining with DiLoCo / EDiT / DDP on MPI ranks"};
   add_options(app, c);
   std::vector<int> signals;
+  edit::models::GptConfig gpt;
   edit::comm::MeshOptions mesh_options;
   // What is wrong with the command line, every rank finds alike before MPI starts.
   try {
@@ -677,7 +679,7 @@ int main(int argc, char** argv) {
                "--sync-every counts steps, but A-EDiT syncs on a wall clock; drop --sync-every and give "
                "--sync-interval SECONDS");
     validate(c);
-    const auto gpt = model_config(c);
+    gpt = model_config(c);
     signals = stop_signals(c.stop_signals);
     // Before any thread starts (CUDA's, when the device is resolved), so that none but
     // StopOnSignal's own ever takes these signals.
@@ -703,7 +705,6 @@ int main(int argc, char** argv) {
     }
     edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(mesh_options);
     edit::log::init(mesh.rank(), c.log_level);
-    const auto gpt = model_config(c);
     const at::Device device = mesh.device();
     const edit::train::RunDir run(c.out_dir);
     run.prepare(mesh, c.resume != "none", c.overwrite);
