@@ -35,6 +35,7 @@ void AEDiTOptions::validate() const {
 AEDiT::AEDiT(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group, AEDiTOptions options)
     : EDiT(model, sync_group, options.local), options_(std::move(options)), sync_(std::move(sync_group)) {
   options_.validate();
+  share_budget();
 }
 
 void AEDiT::start_clock() {
@@ -103,7 +104,7 @@ void AEDiT::after_step(std::int64_t /*step*/) {
   next_deadline_ =
       std::max(next_deadline_ + 1, static_cast<std::int64_t>(std::floor(latest / options_.interval_s)) + 1);
   stop_ = reached_end();
-  quota_ = stop_ ? 0 : final_round_quota();
+  share_budget();
   if (options_.step_share > 0) core().set_step_shares(steps, options_.step_share);
   request_sync();
   steps_since_round_ = 0;
@@ -111,13 +112,9 @@ void AEDiT::after_step(std::int64_t /*step*/) {
 }
 
 bool AEDiT::due(double now) const {
-  if (quota_ > 0) return steps_since_round_ >= quota_;  // the last round, on step counts
-  if (now >= static_cast<double>(next_deadline_) * options_.interval_s) return true;
-  // Before the first round nothing is known of the replicas' speeds: each one's even share of the
-  // budget ends it too, so that a budget smaller than the first round is not overshot by it.
-  const auto workers = static_cast<std::int64_t>(sync_->size());
-  return rounds_ == 0 && options_.budget_steps > 0 &&
-         steps_since_round_ >= (options_.budget_steps + workers - 1) / workers;
+  if (budget_share_ > 0 && steps_since_round_ >= budget_share_) return true;
+  if (last_round_) return false;  // the last round ends on step counts, not on the clock
+  return now >= static_cast<double>(next_deadline_) * options_.interval_s;
 }
 
 bool AEDiT::reached_end() const {
@@ -126,30 +123,36 @@ bool AEDiT::reached_end() const {
           static_cast<double>(next_deadline_) * options_.interval_s > options_.time_limit_s + 1e-9);
 }
 
-std::int64_t AEDiT::final_round_quota() const {
-  if (options_.budget_steps <= 0 || round_steps_.empty()) return 0;
+void AEDiT::share_budget() {
+  budget_share_ = 0;
+  last_round_ = false;
+  if (options_.budget_steps <= 0 || stop_) return;
   const std::int64_t left = options_.budget_steps - total_steps_;
+  const auto workers = static_cast<std::int64_t>(sync_->size());
+  // Before the first round nothing is known of the replicas' speeds: even shares.
+  const std::vector<std::int64_t> weights =
+      round_steps_.empty() ? std::vector<std::int64_t>(static_cast<size_t>(workers), 1) : round_steps_;
   std::int64_t last = 0;
-  for (std::int64_t s : round_steps_) last += s;
-  if (left <= 0 || last <= 0 || 2 * left >= 3 * last) return 0;
-  const size_t workers = round_steps_.size();
+  for (std::int64_t s : weights) last += s;
+  if (left <= 0 || last <= 0) return;
+  last_round_ = !round_steps_.empty() && 2 * left < 3 * last;
   // Every replica takes a step before it can join a round: one each first (when there are that
-  // many left), then the rest in proportion.
-  const std::int64_t first = left >= static_cast<std::int64_t>(workers) ? 1 : 0;
-  const std::int64_t shared = left - first * static_cast<std::int64_t>(workers);
-  std::vector<std::int64_t> quota(workers);
+  // many left), then the rest in proportion to the last round's steps.
+  const std::int64_t first = left >= workers ? 1 : 0;
+  const std::int64_t shared = left - first * workers;
+  std::vector<std::int64_t> share(static_cast<size_t>(workers));
   std::vector<std::pair<std::int64_t, size_t>> remainders;  // (shared * s_i mod last, i): exact integers
   std::int64_t given = 0;
-  for (size_t i = 0; i < workers; ++i) {
-    quota[i] = first + shared * round_steps_[i] / last;
-    given += quota[i];
-    remainders.emplace_back(shared * round_steps_[i] % last, i);
+  for (size_t i = 0; i < share.size(); ++i) {
+    share[i] = first + shared * weights[i] / last;
+    given += share[i];
+    remainders.emplace_back(shared * weights[i] % last, i);
   }
   std::sort(remainders.begin(), remainders.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   });
-  for (std::int64_t k = 0; k < left - given; ++k) quota[remainders[static_cast<size_t>(k)].second] += 1;
-  return std::max<std::int64_t>(1, quota[static_cast<size_t>(sync_->rank())]);
+  for (std::int64_t k = 0; k < left - given; ++k) share[remainders[static_cast<size_t>(k)].second] += 1;
+  budget_share_ = std::max<std::int64_t>(1, share[static_cast<size_t>(sync_->rank())]);
 }
 
 SyncStats AEDiT::stats() const {
@@ -197,7 +200,7 @@ void AEDiT::load_state_dict(const StateDict& state) {
     }
     if (options_.step_share > 0) core().set_step_shares(steps, options_.step_share);
   }
-  quota_ = stop_ ? 0 : final_round_quota();
+  share_budget();
   steps_since_round_ = 0;
   round_agreed_ = false;
   // The clock goes on from the round the checkpoint was taken at, from a new shared epoch.

@@ -30,15 +30,20 @@ int shard_size_for_world() { return world()->size() == 4 ? 2 : 1; }
 // A clock driven by the steps, so every decision is deterministic: each step of this replica
 // costs `cost` seconds, and a round moves the clock on to the round's agreed time (the latest
 // replica's), as waiting for that replica would on a real clock.
+// `warm_up` seconds more are spent in the first round (kernel selection, allocator warm-up).
 struct StepClock {
   double cost = 1.0;
+  double warm_up = 0.0;
   double base = 0.0;
   int steps = 0;  // completed since the last round
-  double now() const { return base + (steps + 1) * cost; }  // read at the end of the current step
+  bool first_round = true;
+  // Read at the end of the current step.
+  double now() const { return base + (steps + 1) * cost + (first_round ? warm_up : 0.0); }
   void after_step(const AEDiT& strategy) {
     if (strategy.round_agreed()) {
       base = strategy.round_time();
       steps = 0;
+      first_round = false;
     } else {
       ++steps;
     }
@@ -220,6 +225,44 @@ TEST(AEDiT, ABudgetBelowTheFirstRoundEndsItAtEachReplicasShare) {
   const std::vector<std::vector<std::int64_t>> want = {{4, 4}};
   EXPECT_EQ(r->run_rounds(), want);
   EXPECT_EQ(r->aedit().total_steps(), 8);
+  expect_replicas_hold_one_model(mesh, *r);
+}
+
+// Replicas that speed up after the first round (it holds the warm-up) do not pass the budget.
+// Both replicas step in 1 s; the first round costs 2 s more; T = 4 s, budget 10. By hand:
+//   round 1: 2 steps each (clock 3, then 4): 4 in all, 6 left, not under 1.5 x 4 = 6: on the clock.
+//            Shares of the 6: one step each, then 4 shared 2:2: 3 each.
+//   round 2: each replica enters at its 3rd step (clock 7), before the clock's deadline at 8
+//            (4 steps each, 12 in all, 2 past the budget): 10, the end.
+TEST(AEDiT, ReplicasThatSpeedUpEnterTheRoundAtTheirShareOfTheBudget) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
+  AEDiTOptions options;
+  options.interval_s = 4.0;
+  options.budget_steps = 10;
+  auto r = std::make_unique<Replica>(mesh, 23 + world()->rank());
+  r->clock.warm_up = 2.0;
+  r->make_aedit(mesh, options, /*step_clock=*/true);
+  r->make_trainer(mesh);
+  const std::vector<std::vector<std::int64_t>> want = {{2, 2}, {3, 3}};
+  EXPECT_EQ(r->run_rounds(), want);
+  EXPECT_EQ(r->aedit().total_steps(), 10);
+  EXPECT_EQ(r->trainer->current_step(), 5);
+  expect_replicas_hold_one_model(mesh, *r);
+}
+
+// An odd budget below the first round is shared exactly: 5 and 4 steps of a budget of 9 (not 5
+// each). Replica 0 steps in 1 s, replica 1 in 2 s, T = 20 s.
+TEST(AEDiT, AnOddBudgetBelowTheFirstRoundIsSharedExactly) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  ASSERT_EQ(mesh.num_replicas(), 2) << "the table is for 2 replicas";
+  AEDiTOptions options;
+  options.interval_s = 20.0;
+  options.budget_steps = 9;
+  const auto r = two_speeds(mesh, 29, 2.0, options);
+  const std::vector<std::vector<std::int64_t>> want = {{5, 4}};
+  EXPECT_EQ(r->run_rounds(), want);
+  EXPECT_EQ(r->aedit().total_steps(), 9);
   expect_replicas_hold_one_model(mesh, *r);
 }
 

@@ -23,14 +23,16 @@
 // The end. Training ends at the first round where all replicas together have taken budget_steps
 // inner steps, or whose successor's deadline would pass time_limit_s; every replica learns it from
 // the same round, so all of them leave together, after the round's sync (finish()). So that the
-// budget is met exactly, not overshot by up to a round: once the steps left are fewer than 1.5 times
-// the last round's, the next round is the last one and ends on step counts, not on the clock. Each
-// replica takes one step, then a share of the rest in proportion to its steps in the last round
-// (largest remainders round up), so they still arrive at about the same time. The first round has
-// no last round to share by: a replica also enters it once it took its even share of the budget.
-// The budget can still be passed by a round on the clock that takes over 1.5 times the steps of the
-// one before, and when fewer steps are left than replicas. A last round on step counts may end up
-// to half an interval past time_limit_s.
+// budget is met exactly, not overshot by up to a round, each replica has a share of the steps left:
+// one step (every replica takes a step before it can join a round), then the rest in proportion
+// to its steps in the last round (largest remainders round up; before the first round, an even
+// share). A replica enters a round on the clock or once it took its share, whichever is first, so
+// a round never takes more than the steps left, even when the replicas speed up (the first round
+// holds the warm-up). Once the steps left are fewer than 1.5 times the last round's, the next
+// round is the last one and ends on the shares alone, not on the clock, so the replicas still
+// arrive at about the same time and no short round is left over. The budget can be passed only
+// when fewer steps are left than replicas, by at most replicas - 1. A last round on step counts may
+// end up to half an interval past time_limit_s.
 //
 // Weights. With r > 0, a worker's weight blends in its share of the round's inner steps (since the
 // last sync, not since the start): w_i = (1 - r) w_i + r s_i / sum_j s_j
@@ -86,14 +88,13 @@ class AEDiT : public EDiT {
 
  private:
   void start_clock();
-  // This replica enters the next round after this step: by the clock, or by a step count (the
-  // last round's quota; before the first round, also its even share of the budget).
+  // This replica enters the next round after this step: by the clock, or once it took its share
+  // of the budget left.
   bool due(double now) const;
   // The budget or the time limit is reached, as of the last round.
   bool reached_end() const;
-  // This replica's steps in the next round when it is the last one, ending on step counts (0: the
-  // next round is on the clock). From the last round's values, so alike on every rank.
-  std::int64_t final_round_quota() const;
+  // Sets budget_share_ and last_round_ from the last round's values, so alike on every rank.
+  void share_budget();
 
   AEDiTOptions options_;
   std::shared_ptr<comm::Communicator> sync_;
@@ -104,7 +105,10 @@ class AEDiT : public EDiT {
   std::int64_t rounds_ = 0;
   std::int64_t total_steps_ = 0;
   std::int64_t steps_since_round_ = 0;
-  std::int64_t quota_ = 0;  // final_round_quota() as of the last round
+  // This replica's share of the budget steps left (0: no budget): it enters the next round once it
+  // took that many, so no round passes the budget.
+  std::int64_t budget_share_ = 0;
+  bool last_round_ = false;  // the next round is the last one: it ends on budget_share_ alone
   double round_time_ = 0.0;  // the agreed clock of the last round (the latest replica's)
   double last_wait_ = 0.0;   // seconds this rank waited in the last round's exchange
   bool round_agreed_ = false;
