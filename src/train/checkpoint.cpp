@@ -15,6 +15,8 @@
 #include <set>
 #include <nlohmann/json.hpp>
 
+#include <spdlog/spdlog.h>
+
 #include "edit/core/check.h"
 
 namespace edit::train {
@@ -152,18 +154,58 @@ std::string rank_file(int rank) {
   return name;
 }
 
-std::vector<fs::path> complete_checkpoints(const fs::path& root) {
-  std::vector<fs::path> found;
+// The order in which a checkpoint was written under its root, from its manifest: 1 + the newest
+// one's at the time. A run resumed from an older checkpoint writes steps that a later checkpoint of
+// the abandoned run may still hold; by generation its own are the newer ones, so --resume auto and
+// pruning follow the run that is going on, not the highest step number. 0: a manifest from before
+// generations, or one that cannot be read (such a checkpoint does not load either).
+std::int64_t generation_of(const fs::path& checkpoint) {
+  try {
+    const auto manifest = nlohmann::json::parse(std::ifstream(checkpoint / "manifest.json"));
+    return manifest.value("generation", std::int64_t{0});
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+struct Complete {
+  fs::path path;
+  std::int64_t generation;
+};
+
+// Oldest first: by generation, then by step (the folders' names sort by step).
+std::vector<Complete> complete_checkpoints(const fs::path& root) {
+  std::vector<Complete> found;
   if (!fs::is_directory(root)) return found;
   for (const auto& entry : fs::directory_iterator(root)) {
     const std::string name = entry.path().filename().string();
     if (entry.is_directory() && name.rfind("step_", 0) == 0 && name.find(".tmp") == std::string::npos &&
         fs::exists(entry.path() / "manifest.json")) {
-      found.push_back(entry.path());
+      found.push_back({entry.path(), generation_of(entry.path())});
     }
   }
-  std::sort(found.begin(), found.end());
+  std::sort(found.begin(), found.end(), [](const Complete& a, const Complete& b) {
+    return a.generation != b.generation ? a.generation < b.generation : a.path < b.path;
+  });
   return found;
+}
+
+std::int64_t newest_generation(const fs::path& root) {
+  const auto all = complete_checkpoints(root);
+  return all.empty() ? 0 : all.back().generation;
+}
+
+void write_manifest(const fs::path& dir, const nlohmann::json& manifest) {
+  const fs::path tmp = dir / "manifest.json.tmp";
+  {
+    std::ofstream out(tmp);
+    out << manifest.dump(2) << "\n";
+    out.flush();
+    EDIT_CHECK(out.good(), "writing ", tmp.string(), " failed; is the disk full?");
+  }
+  fsync_path(tmp, false);
+  fs::rename(tmp, dir / "manifest.json");
+  fsync_path(dir, true);
 }
 
 }  // namespace
@@ -313,6 +355,7 @@ std::string Checkpointer::save(std::int64_t step) {
                                {"components", names},
                                {"world_size", mesh_.world_size()},
                                {"shard_size", mesh_.shard_size()},
+                               {"generation", newest_generation(root) + 1},
                                {"ranks", nlohmann::json::array()}};
     for (int r = 0; r < mesh_.world_size(); ++r) {
       manifest["ranks"].push_back({{"file", rank_file(r)},
@@ -329,8 +372,9 @@ std::string Checkpointer::save(std::int64_t step) {
     fs::remove_all(final_dir);
     fs::rename(tmp_dir, final_dir);
     fsync_path(root, true);
-    auto all = complete_checkpoints(root);
-    for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) fs::remove_all(all[i]);
+    // The oldest by generation go: this one is the newest, whatever its step.
+    const auto all = complete_checkpoints(root);
+    for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) fs::remove_all(all[i].path);
   }
   mesh_.world().barrier()->wait();
   return final_dir.string();
@@ -339,7 +383,7 @@ std::string Checkpointer::save(std::int64_t step) {
 std::optional<std::string> latest_checkpoint(const std::string& root) {
   const auto all = complete_checkpoints(root);
   if (all.empty()) return std::nullopt;
-  return all.back().string();
+  return all.back().path.string();
 }
 
 std::optional<std::string> Checkpointer::latest() const { return latest_checkpoint(root_); }
@@ -419,6 +463,22 @@ std::int64_t Checkpointer::load(const std::string& path) {
       EDIT_FAIL("loading ", component, " from ", name, ": ", e.what());
     }
   }
+  // Resumed from a checkpoint older than the newest under the root (a step back, past a bad
+  // stretch): this run goes on from here, so this checkpoint becomes the newest. A requeue with
+  // --resume auto before the next save comes back here, not to the abandoned run's later steps.
+  std::error_code no_root;
+  if (mesh_.rank() == 0 && fs::equivalent(fs::path(dir).parent_path(), root_, no_root)) {
+    if (fs::weakly_canonical(dir) != fs::weakly_canonical(latest().value_or(dir))) {
+      manifest["generation"] = newest_generation(root_) + 1;
+      try {
+        write_manifest(dir, manifest);
+      } catch (const std::exception& e) {
+        spdlog::warn("{} could not be marked as the newest checkpoint ({}): --resume auto may pick a later step of "
+                     "the run resumed from here", dir, e.what());
+      }
+    }
+  }
+  mesh_.world().barrier()->wait();
   return manifest["step"].get<std::int64_t>();
 }
 

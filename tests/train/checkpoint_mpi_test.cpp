@@ -209,6 +209,40 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
 }
 
 
+// A step back: checkpoints at steps 10, 20 and 30, then a resume from step 10 and a save at 15
+// (keep 2). The resumed run is the newest from the moment it loads, whatever the step numbers: a
+// requeue before its first save comes back to step 10 (not the abandoned run's 30), its save at 15
+// is then the newest, and pruning removes the abandoned run's 20 and 30, never the save it just made.
+TEST(Checkpoint, AfterAStepBackTheResumedRunIsTheNewest) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
+  const std::string root = fresh_root(mesh, "ckpt_step_back");
+  TrainingRun run(mesh, 0);
+  edit::train::Checkpointer checkpointer(mesh, root, /*keep=*/3);
+  run.track(checkpointer);
+  for (int s : {10, 20, 30}) checkpointer.save(s);
+  const auto newest = [&] { return fs::path(checkpointer.latest().value()).filename().string(); };
+  EXPECT_EQ(newest(), "step_00000030");
+
+  edit::train::Checkpointer resumed(mesh, root, /*keep=*/2);
+  run.track(resumed);
+  EXPECT_EQ(resumed.load((fs::path(root) / "step_00000010").string()), 10);
+  EXPECT_EQ(newest(), "step_00000010");
+  EXPECT_EQ(resumed.load("auto"), 10) << "a requeue before the next save";
+  resumed.save(15);
+  EXPECT_EQ(newest(), "step_00000015");
+  mesh.world().barrier()->wait();
+  EXPECT_TRUE(fs::exists(fs::path(root) / "step_00000010"));
+  EXPECT_TRUE(fs::exists(fs::path(root) / "step_00000015"));
+  EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000020"));
+  EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000030"));
+  EXPECT_EQ(resumed.load("auto"), 15);
+  // Loading the newest writes nothing: a checkpoint on a read-only disk loads as before.
+  const auto stamp = fs::last_write_time(fs::path(root) / "step_00000015" / "manifest.json");
+  EXPECT_EQ(resumed.load("auto"), 15);
+  EXPECT_EQ(fs::last_write_time(fs::path(root) / "step_00000015" / "manifest.json"), stamp);
+  mesh.world().barrier()->wait();
+}
+
 // An update that overflowed leaves Inf or NaN weights that no loss has shown yet: a save of them is
 // refused on every rank (naming the rank and, there, the tensor), and the checkpoint before stays the
 // newest and loads.

@@ -8,7 +8,10 @@
 // A save writes into step_XXXXXXXX.tmp, fsyncs every file, then rank 0 renames the folder: a save
 // killed half-way leaves only a .tmp folder, which loading ignores, so the previous checkpoint
 // stays the latest. Loading verifies sizes and checksums and names the file and the entry that is
-// wrong. The last `keep` checkpoints are kept.
+// wrong. "Newest" is by the order of writing, not by step: each manifest has a generation, one past
+// the newest's, and loading a checkpoint older than the newest makes it the newest. So after a step
+// back (resuming from an earlier checkpoint), --resume auto and pruning follow the resumed run,
+// while the abandoned run's later steps stay on disk until pruned. The newest `keep` are kept.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -45,8 +48,8 @@ struct RankFile {
 RankFile read_rank_file(const std::string& path, std::optional<std::uint64_t> expected_bytes = std::nullopt,
                         std::optional<std::uint32_t> expected_crc = std::nullopt);
 
-// The newest complete checkpoint folder under `root` (a .tmp folder is a save that never
-// finished and is ignored), if any. Needs no running job.
+// The newest complete checkpoint folder under `root` (the last written or resumed from; a .tmp
+// folder is a save that never finished and is ignored), if any. Needs no running job.
 std::optional<std::string> latest_checkpoint(const std::string& root);
 
 class Checkpointer {
@@ -59,11 +62,12 @@ class Checkpointer {
 
   // Collective: writes every tracked component's state for `step` atomically; returns the folder.
   std::string save(std::int64_t step);
-  // The newest complete checkpoint under root (ignoring .tmp folders), if any.
+  // latest_checkpoint(root).
   std::optional<std::string> latest() const;
   // Collective: reads `path` (a checkpoint folder, or "auto" for latest()) and hands every tracked
   // component its state; returns the saved step. Throws naming the file and the entry or
-  // component that does not fit (a job whose load failed must not train on).
+  // component that does not fit (a job whose load failed must not train on). A checkpoint under
+  // root older than the newest becomes the newest.
   std::int64_t load(const std::string& path);
 
  private:
