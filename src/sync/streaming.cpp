@@ -310,29 +310,42 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   add_pieces(exchange);
   place_packets(exchange);
   PseudoGradPenalty* penalty = core_.penalty();
-  for (UnitExchange& unit : exchange.units) {
-    const int u = unit.unit;
-    // The piece's pseudo-gradient on the host, in the scratch buffer: the fused pass of
-    // pseudo_gradient() when the shard is a host float tensor, else computed where it lives.
-    const at::Tensor anchor = piece_of(core_.outer().anchor(u), unit);
-    const at::Tensor local = piece_of(model_.unit(u).shard(), unit);
-    const std::int64_t n = unit.length;
-    at::Tensor delta = scratch_.narrow(0, 0, n);
-    double sqnorm = 0.0;
+  // A unit's pseudo-gradient on the host, in the scratch buffer: the fused pass of
+  // pseudo_gradient() when the shard is a host float tensor, else computed where it lives (and
+  // quantized there when its GPU can). `sqnorm`: its squared norm too.
+  const auto pseudo_gradient_of = [&](const UnitExchange& unit, double* sqnorm) {
+    const at::Tensor anchor = piece_of(core_.outer().anchor(unit.unit), unit);
+    const at::Tensor local = piece_of(model_.unit(unit.unit).shard(), unit);
+    at::Tensor delta = scratch_.narrow(0, 0, unit.length);
     if (host_float(anchor) && host_float(local)) {
-      sqnorm = pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
-                                      delta.data_ptr<float>(), n);
-    } else {
-      at::Tensor where_it_lives = pseudo_gradient(anchor, local, penalty ? &sqnorm : nullptr);
-      if (device_quantizable(where_it_lives)) {
-        delta = where_it_lives;  // quantized on its GPU
-      } else {
-        delta.copy_(where_it_lives);
-      }
+      const double squares = pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
+                                                    delta.data_ptr<float>(), unit.length);
+      if (sqnorm) *sqnorm = squares;
+      return delta;
     }
+    at::Tensor where_it_lives = pseudo_gradient(anchor, local, sqnorm);
+    return device_quantizable(where_it_lives) ? where_it_lives : delta.copy_(where_it_lives);
+  };
+  // The penalty's norms, every unit's at once, before any packet goes out: one blocking exchange
+  // per group and fragment. A blocking exchange waits for every collective queued before it on
+  // its group, so one per unit, between the units' packets, would wait for each packet in turn
+  // and leave the overlap (tau) nothing to hide. The pseudo-gradients are computed twice for it.
+  std::vector<double> norms;  // worker-major: worker i's norm of the k-th unit at [i units + k]
+  if (penalty) {
+    std::vector<double> sqnorms(exchange.units.size());
+    for (size_t k = 0; k < exchange.units.size(); ++k) pseudo_gradient_of(exchange.units[k], &sqnorms[k]);
+    std::vector<double> mine = sum_over_ranks(model_.shard_group(), sqnorms);
+    for (double& norm : mine) norm = std::sqrt(norm);
+    norms = sync_->all_gather_values(mine);
+  }
+  for (size_t k = 0; k < exchange.units.size(); ++k) {
+    UnitExchange& unit = exchange.units[k];
+    const std::int64_t n = unit.length;
+    const at::Tensor delta = pseudo_gradient_of(unit, nullptr);
     if (penalty) {
-      const double norm = std::sqrt(sum_over_ranks(model_.shard_group(), {sqnorm}).front());
-      unit.decision = penalty->decide(u, sync_->all_gather_values({norm}));
+      std::vector<double> unit_norms(static_cast<size_t>(workers));
+      for (size_t i = 0; i < unit_norms.size(); ++i) unit_norms[i] = norms[i * exchange.units.size() + k];
+      unit.decision = penalty->decide(unit.unit, unit_norms);
       dropped_workers_ += unit.decision.dropped_count();
       level_shifts_ += unit.decision.level_shift ? 1 : 0;
     } else {

@@ -15,6 +15,7 @@
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/streaming.h"
 #include "mpi_test_env.h"
+#include "recording_communicator.h"
 #include "tiny_transformer.h"
 
 namespace {
@@ -207,6 +208,57 @@ TEST(StreamingDiLoCo, PenaltyAndClipOverShardsKeepAnchorsIdentical) {
   streaming->finish();
   EXPECT_EQ(streaming->streaming_stats().merged, 15);
   expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
+}
+
+// With the penalty, an exchange's norms go out before its packets, in one blocking exchange per
+// group for all of the fragment's units: a blocking exchange between two packets would wait for the
+// first, and the overlap would hide nothing. Every packet is waited for in its merge, tau steps
+// after the issue, not in the step that issues it.
+TEST(StreamingDiLoCo, WithThePenaltyAFragmentsNormsGoOutInOneExchangeBeforeItsPackets) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  auto log = std::make_shared<edit::testing_support::CallLog>();
+  auto shard_group = std::make_shared<edit::testing_support::RecordingCommunicator>(mesh.shard_ptr(), log);
+  auto sync_group = std::make_shared<edit::testing_support::RecordingCommunicator>(mesh.sync_ptr(), log);
+  Worker worker(300 + world()->rank());
+  worker.model = std::make_unique<ShardedModel>(worker.module, shard_group);
+  worker.inner = std::make_unique<edit::shard::FlatAdamW>(*worker.model, edit::shard::AdamWOptions{1e-2});
+  StreamingOptions options;
+  options.local.sync_every = 4;
+  options.local.use_penalty = true;
+  options.local.penalty.warmup_syncs = 1;
+  options.fragments = 2;  // 5 units: 3 in fragment 0, 2 in fragment 1
+  options.overlap = 1;
+  auto* streaming = new StreamingDiLoCo(*worker.model, sync_group, options);
+  worker.strategy.reset(streaming);
+  const std::string sync = mesh.sync().name(), shard = mesh.shard().name();
+  for (int s = 0; s < 12; ++s) {
+    log->phase = "step " + std::to_string(s);
+    worker.step(mesh, s);
+  }
+  log->phase = "finish";
+  streaming->finish();
+  EXPECT_EQ(streaming->streaming_stats().issued, 6);
+  expect_anchors_identical_across_replicas(*streaming, *worker.model, mesh);
+
+  int issues = 0;
+  for (int s = 0; s < 12; ++s) {
+    const std::string phase = "step " + std::to_string(s);
+    int norm_exchanges = 0, shard_sums = 0, packets = 0;
+    for (const auto& call : log->calls) {
+      if (call.issued_in != phase) continue;
+      if (call.group == sync && call.op == "all_gather_values") ++norm_exchanges;
+      if (call.group == sync && call.op == "all_gather" && call.dtype == at::kByte) {
+        ++packets;
+        EXPECT_NE(call.waited_in, phase) << "a packet issued at step " << s << " was waited for in that step";
+      }
+      if (call.group == shard && call.op == "all_gather" && call.dtype == at::kDouble) ++shard_sums;
+    }
+    if (packets == 0) continue;
+    ++issues;
+    EXPECT_EQ(norm_exchanges, 1) << "step " << s;
+    EXPECT_EQ(shard_sums, mesh.shard_size() > 1 ? 1 : 0) << "step " << s;
+  }
+  EXPECT_EQ(issues, 6);
 }
 
 // Saves (copies: the dicts alias live state).

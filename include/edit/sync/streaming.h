@@ -14,6 +14,8 @@
 // all-gathers the packets, and every rank dequantizes every packet (its own too) and sums
 // w_i x delta_i in rank order in fp32, so all ranks hold bit-identical anchors. The penalty
 // (weights w_i, drops, clip) works per unit as in DiLoCo; with S > 1 each rank exchanges its shard.
+// Its norms go out first, all of the fragment's units in one blocking exchange per group, then the
+// packets, so the overlap still hides the packets (the clip's norm is summed at the merge).
 // P = 1, tau = 0, alpha = 0 and fp32 is DiLoCo.
 #pragma once
 
