@@ -158,22 +158,24 @@ std::string rank_file(int rank) {
 // one's at the time. A run resumed from an older checkpoint writes steps that a later checkpoint of
 // the abandoned run may still hold; by generation its own are the newer ones, so --resume auto and
 // pruning follow the run that is going on, not the highest step number. 0: a manifest from before
-// generations, or one that cannot be read (such a checkpoint does not load either).
-std::int64_t generation_of(const fs::path& checkpoint) {
+// generations. nullopt: one that cannot be read.
+std::optional<std::int64_t> generation_of(const fs::path& checkpoint) {
   try {
     const auto manifest = nlohmann::json::parse(std::ifstream(checkpoint / "manifest.json"));
     return manifest.value("generation", std::int64_t{0});
   } catch (const std::exception&) {
-    return 0;
+    return std::nullopt;
   }
 }
 
 struct Complete {
   fs::path path;
-  std::int64_t generation;
+  std::optional<std::int64_t> generation;
 };
 
-// Oldest first: by generation, then by step (the folders' names sort by step).
+// Oldest first: by generation, then by step (the folders' names sort by step). A manifest that
+// cannot be read counts as the newest, so --resume auto stops on it with the loader's message (as
+// it would on the highest step) instead of going back past it unnoticed; pruning leaves it alone.
 std::vector<Complete> complete_checkpoints(const fs::path& root) {
   std::vector<Complete> found;
   if (!fs::is_directory(root)) return found;
@@ -185,14 +187,16 @@ std::vector<Complete> complete_checkpoints(const fs::path& root) {
     }
   }
   std::sort(found.begin(), found.end(), [](const Complete& a, const Complete& b) {
+    if (a.generation.has_value() != b.generation.has_value()) return a.generation.has_value();
     return a.generation != b.generation ? a.generation < b.generation : a.path < b.path;
   });
   return found;
 }
 
 std::int64_t newest_generation(const fs::path& root) {
-  const auto all = complete_checkpoints(root);
-  return all.empty() ? 0 : all.back().generation;
+  std::int64_t newest = 0;
+  for (const auto& c : complete_checkpoints(root)) newest = std::max(newest, c.generation.value_or(0));
+  return newest;
 }
 
 void write_manifest(const fs::path& dir, const nlohmann::json& manifest) {
@@ -373,8 +377,11 @@ std::string Checkpointer::save(std::int64_t step) {
     fs::rename(tmp_dir, final_dir);
     fsync_path(root, true);
     // The oldest by generation go: this one is the newest, whatever its step.
-    const auto all = complete_checkpoints(root);
-    for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) fs::remove_all(all[i].path);
+    std::vector<fs::path> readable;
+    for (const auto& c : complete_checkpoints(root)) {
+      if (c.generation) readable.push_back(c.path);
+    }
+    for (size_t i = 0; i + static_cast<size_t>(keep_) < readable.size(); ++i) fs::remove_all(readable[i]);
   }
   mesh_.world().barrier()->wait();
   return final_dir.string();

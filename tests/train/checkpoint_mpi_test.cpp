@@ -213,6 +213,7 @@ TEST(Checkpoint, DamagedUnfinishedAndForeignCheckpointsAreRefused) {
 // (keep 2). The resumed run is the newest from the moment it loads, whatever the step numbers: a
 // requeue before its first save comes back to step 10 (not the abandoned run's 30), its save at 15
 // is then the newest, and pruning removes the abandoned run's 20 and 30, never the save it just made.
+// Then a checkpoint whose manifest is damaged.
 TEST(Checkpoint, AfterAStepBackTheResumedRunIsTheNewest) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
   const std::string root = fresh_root(mesh, "ckpt_step_back");
@@ -240,6 +241,29 @@ TEST(Checkpoint, AfterAStepBackTheResumedRunIsTheNewest) {
   const auto stamp = fs::last_write_time(fs::path(root) / "step_00000015" / "manifest.json");
   EXPECT_EQ(resumed.load("auto"), 15);
   EXPECT_EQ(fs::last_write_time(fs::path(root) / "step_00000015" / "manifest.json"), stamp);
+
+  // A manifest that cannot be read counts as the newest: --resume auto stops on it with the
+  // loader's message, as before generations, instead of going back past it unnoticed; pruning
+  // leaves it alone and keeps the newest readable ones.
+  mesh.world().barrier()->wait();
+  if (mesh.rank() == 0) {
+    fs::create_directories(fs::path(root) / "step_00000005");
+    std::ofstream(fs::path(root) / "step_00000005" / "manifest.json") << "{garbage";
+  }
+  mesh.world().barrier()->wait();
+  EXPECT_EQ(newest(), "step_00000005");
+  try {
+    resumed.load("auto");
+    ADD_FAILURE() << "loaded a checkpoint whose manifest is not JSON";
+  } catch (const edit::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not valid JSON"), std::string::npos) << e.what();
+  }
+  resumed.save(16);
+  mesh.world().barrier()->wait();
+  EXPECT_TRUE(fs::exists(fs::path(root) / "step_00000005"));
+  EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000010"));
+  EXPECT_TRUE(fs::exists(fs::path(root) / "step_00000015"));
+  EXPECT_TRUE(fs::exists(fs::path(root) / "step_00000016"));
   mesh.world().barrier()->wait();
 }
 

@@ -11,7 +11,8 @@
 // wrong. "Newest" is by the order of writing, not by step: each manifest has a generation, one past
 // the newest's, and loading a checkpoint older than the newest makes it the newest. So after a step
 // back (resuming from an earlier checkpoint), --resume auto and pruning follow the resumed run,
-// while the abandoned run's later steps stay on disk until pruned. The newest `keep` are kept.
+// while the abandoned run's later steps stay on disk until pruned. The newest `keep` are kept. A
+// manifest that cannot be read counts as the newest (loading it names the fault) and is not pruned.
 #pragma once
 
 #include <ATen/core/Tensor.h>
