@@ -383,6 +383,13 @@ void EDiT::after_step(std::int64_t step) {
   if ((step + 1) % options_.sync_every == 0) request_sync();
 }
 
+void EDiT::before_step(std::int64_t /*step*/) {
+  // Still pending after the step's forwards: they left some units out (a model may skip units in
+  // some steps). Those sync now, before the inner step, as they would have in their pre_gather
+  // hook: their shards have not moved since the sync was requested.
+  finish();
+}
+
 void EDiT::request_sync() {
   EDIT_CHECK(!pending_, "EDiT sync requested while the previous one is still pending; run a forward pass "
              "(or finish()) between sync steps");
@@ -439,7 +446,9 @@ void EDiT::with_global_model(const std::function<void()>& fn) {
 }
 
 StateDict EDiT::state_dict() {
-  // A unit whose exchange is in flight (only mid-forward) completes first; the rest stay pending.
+  // Saved between steps (as the Trainer does) no unit has begun, and a pending sync is saved as
+  // pending. Saved mid-forward, with a unit's exchange in flight, the sync completes from there:
+  // completing a unit begins the next one.
   for (int u = 0; u < model_.num_units(); ++u) {
     if (sync_.begun(u)) on_pre_gather(u);
   }

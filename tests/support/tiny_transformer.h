@@ -86,7 +86,9 @@ struct TinyTransformer : torch::nn::Module {
   }
   at::Tensor forward(const at::Tensor& ids) {  // (B, T) -> (B, T, V)
     at::Tensor x = embed->forward(ids);
-    for (auto& block : blocks) x = block->forward(x);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (static_cast<int>(i) != skip_block) x = blocks[i]->forward(x);
+    }
     return head->forward(x);
   }
   at::Tensor loss(const at::Tensor& ids, const at::Tensor& targets) {
@@ -94,6 +96,7 @@ struct TinyTransformer : torch::nn::Module {
     return torch::nn::functional::cross_entropy(logits.reshape({-1, config.vocab}), targets.reshape({-1}));
   }
   TinyConfig config;
+  int skip_block = -1;  // a block the forward leaves out (a model whose forwards skip units)
   edit::shard::Unit embed{nullptr}, head{nullptr};
   std::vector<edit::shard::Unit> blocks;
 };

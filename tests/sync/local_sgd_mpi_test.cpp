@@ -148,6 +148,32 @@ TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
   EXPECT_LT(difference, 1e-10);
 }
 
+// A model may leave a unit out of some forwards. Where the forward that runs a sync skips one,
+// EDiT syncs that unit in before_step (its shard has not moved since the sync was requested), so it
+// still equals bulk DiLoCo, which syncs every unit at the sync step, and the next sync can be
+// requested. The forwards that run the syncs (steps 2, 4, 6) skip block 1.
+TEST(LocalSgd, LayerwiseEditSyncsAUnitItsForwardSkippedBeforeTheInnerStep) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker bulk(mesh, 0, at::kDouble), layerwise(mesh, 0, at::kDouble);
+  LocalSgdOptions options = edit::sync::EDiT::default_options();
+  options.sync_every = 2;
+  options.penalty.warmup_syncs = 1;
+  bulk.inner = std::make_unique<edit::shard::FlatAdamW>(*bulk.model, edit::shard::AdamWOptions{1e-2});
+  layerwise.inner = std::make_unique<edit::shard::FlatAdamW>(*layerwise.model, edit::shard::AdamWOptions{1e-2});
+  bulk.strategy = std::make_unique<edit::sync::DiLoCo>(*bulk.model, mesh.sync_ptr(), options);
+  auto* edit = new edit::sync::EDiT(*layerwise.model, mesh.sync_ptr(), options);
+  layerwise.strategy.reset(edit);
+  for (int s = 0; s < 8; ++s) {
+    bulk.module->skip_block = layerwise.module->skip_block = s % 2 == 0 ? 1 : -1;
+    EXPECT_NEAR(bulk.step(mesh, s), layerwise.step(mesh, s), 1e-10) << "step " << s;
+    EXPECT_EQ(edit->sync_pending(), s % 2 == 1) << "step " << s;
+  }
+  edit->finish();
+  EXPECT_EQ(edit->stats().syncs, 4);
+  const double difference = (bulk.flat_params() - layerwise.flat_params()).abs().max().item<double>();
+  EXPECT_LT(difference, 1e-10);
+}
+
 // EDiT with the penalty: the forward that runs the layer-wise sync blocks in no host exchange, and
 // only its first unit waits for norms. The norms of every unit go out in one all_gather per group
 // when the first unit's sync begins (the shard group's sums a worker's shard norms, the sync

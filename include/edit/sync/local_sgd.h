@@ -156,7 +156,8 @@ class DiLoCo : public SyncStrategy {
 // by unit, from the pre_gather hook (before the unit's parameters are gathered), with the next
 // unit's exchange already in flight while the current unit computes. Penalty on by default: the
 // norms it needs go out when the first unit's sync begins, for every unit in one exchange, so the
-// units after it wait for no norm exchange.
+// units after it wait for no norm exchange. Units that the forward left out (a model may skip units
+// in some steps) sync in before_step, before the inner step.
 class EDiT : public SyncStrategy {
  public:
   static LocalSgdOptions default_options();  // LocalSgdOptions with use_penalty = true
@@ -164,6 +165,7 @@ class EDiT : public SyncStrategy {
        LocalSgdOptions options = default_options());
   ~EDiT() override;
   std::string name() const override { return "edit"; }
+  void before_step(std::int64_t step) override;
   void after_step(std::int64_t step) override;
   void finish() override;
   SyncStats stats() const override;
