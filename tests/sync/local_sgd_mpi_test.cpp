@@ -125,17 +125,25 @@ TEST(LocalSgd, OverlappedDdpWithMicroBatchesEqualsOneStepAveraging) {
   EXPECT_LT((ddp.flat_params() - averaging.flat_params()).abs().max().item<double>(), 1e-10);
 }
 
-TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
-  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
-  Worker bulk(mesh, 0, at::kDouble), layerwise(mesh, 0, at::kDouble);
-  LocalSgdOptions options = edit::sync::EDiT::default_options();  // penalty on, in both
+// The same float64 model twice, with AdamW: `bulk` with DiLoCo, `layerwise` with EDiT (the
+// penalty on in both), H = 2. Returns the EDiT.
+edit::sync::EDiT* bulk_diloco_and_layerwise_edit(edit::comm::DeviceMesh& mesh, Worker& bulk, Worker& layerwise) {
+  LocalSgdOptions options = edit::sync::EDiT::default_options();
   options.sync_every = 2;
   options.penalty.warmup_syncs = 1;
-  bulk.inner = std::make_unique<edit::shard::FlatAdamW>(*bulk.model, edit::shard::AdamWOptions{1e-2});
-  layerwise.inner = std::make_unique<edit::shard::FlatAdamW>(*layerwise.model, edit::shard::AdamWOptions{1e-2});
+  for (Worker* w : {&bulk, &layerwise}) {
+    w->inner = std::make_unique<edit::shard::FlatAdamW>(*w->model, edit::shard::AdamWOptions{1e-2});
+  }
   bulk.strategy = std::make_unique<edit::sync::DiLoCo>(*bulk.model, mesh.sync_ptr(), options);
   auto* edit = new edit::sync::EDiT(*layerwise.model, mesh.sync_ptr(), options);
   layerwise.strategy.reset(edit);
+  return edit;
+}
+
+TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker bulk(mesh, 0, at::kDouble), layerwise(mesh, 0, at::kDouble);
+  edit::sync::EDiT* edit = bulk_diloco_and_layerwise_edit(mesh, bulk, layerwise);
   for (int s = 0; s < 8; ++s) {
     // EDiT's sync of step s-1 happens inside this forward: the losses must already agree.
     EXPECT_NEAR(bulk.step(mesh, s), layerwise.step(mesh, s), 1e-10) << "step " << s;
@@ -155,14 +163,7 @@ TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
 TEST(LocalSgd, LayerwiseEditSyncsAUnitItsForwardSkippedBeforeTheInnerStep) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
   Worker bulk(mesh, 0, at::kDouble), layerwise(mesh, 0, at::kDouble);
-  LocalSgdOptions options = edit::sync::EDiT::default_options();
-  options.sync_every = 2;
-  options.penalty.warmup_syncs = 1;
-  bulk.inner = std::make_unique<edit::shard::FlatAdamW>(*bulk.model, edit::shard::AdamWOptions{1e-2});
-  layerwise.inner = std::make_unique<edit::shard::FlatAdamW>(*layerwise.model, edit::shard::AdamWOptions{1e-2});
-  bulk.strategy = std::make_unique<edit::sync::DiLoCo>(*bulk.model, mesh.sync_ptr(), options);
-  auto* edit = new edit::sync::EDiT(*layerwise.model, mesh.sync_ptr(), options);
-  layerwise.strategy.reset(edit);
+  edit::sync::EDiT* edit = bulk_diloco_and_layerwise_edit(mesh, bulk, layerwise);
   for (int s = 0; s < 8; ++s) {
     bulk.module->skip_block = layerwise.module->skip_block = s % 2 == 0 ? 1 : -1;
     EXPECT_NEAR(bulk.step(mesh, s), layerwise.step(mesh, s), 1e-10) << "step " << s;
