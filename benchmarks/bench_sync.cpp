@@ -8,7 +8,8 @@
 // quantized exchange) at each H. Columns: tokens/s, ratio to no-communication, bytes sent per
 // inner step per rank (shard + sync groups) on average and in the busiest step, time blocked in
 // the strategy, on an emulated link the compute utilization (as in the sweep below), and the
-// held-out loss after the run (mean over ranks), all from one run.
+// held-out loss after the run (mean over ranks), all from one run. EDiT has the pseudo-gradient
+// penalty on; --penalty turns it on for DiLoCo and Streaming DiLoCo too.
 // Communicators count an operation's bytes when it completes, so an overlapped exchange may be
 // split over two steps in peak_bytes_per_step; peak_exchange_bytes (Streaming DiLoCo) counts the
 // packets issued after one step, exactly: payload and scales, what each rank puts on the wire.
@@ -73,6 +74,7 @@ struct Options {
   std::vector<int> fragments = {2, 4};             // P of the Streaming DiLoCo rows
   std::vector<std::string> quants;                 // empty: fp32 for P = 2, fp32 to fp4 for the others
   std::vector<std::string> layouts = {"strided"};  // fragment layouts of the Streaming DiLoCo rows
+  bool penalty = false;                            // the penalty for DiLoCo and Streaming too (EDiT has it)
 };
 
 // A learnable stream: tokens follow a fixed random Markov chain in which every token has a few
@@ -147,6 +149,7 @@ Result run_one(const Options& o, const MarkovData& data, const RunSpec& spec, co
   edit::sync::StrategyConfig sync;
   sync.name = strategy_name;
   sync.local.sync_every = H;
+  if (o.penalty && edit::sync::is_local_sgd(strategy_name)) sync.penalty = true;
   sync.streaming.fragments = spec.fragments;
   sync.streaming.overlap = spec.overlap;
   sync.streaming.alpha = spec.overlap == 0 ? 0.0 : 0.5;
@@ -269,6 +272,8 @@ int main(int argc, char** argv) try {
                  "balanced, split (a list runs each)")
       ->delimiter(',')
       ->capture_default_str();
+  app.add_flag("--penalty", o.penalty,
+               "the pseudo-gradient penalty for the DiLoCo and Streaming DiLoCo rows as well (EDiT has it)");
   app.add_flag("--quick", o.quick, "a reduced matrix (small model, 40 steps, H = 8): under a minute");
   CLI11_PARSE(app, argc, argv);
   if (o.quick) {
