@@ -185,20 +185,23 @@ void PseudoGradientSync::prepare(const std::vector<int>& units, bool keep_deltas
     Slot& slot = slots_.at(static_cast<size_t>(unit));
     EDIT_CHECK(!slot.begun && !slot.prepared && !slot.delta.defined(), "prepare() of unit ", unit,
                " that is already ", slot.begun ? "begun" : "prepared", "; finish() its sync first");
-    // (shard,) pseudo-gradient of this worker, with its squared norm from the same pass.
+    const at::Tensor& anchor = outer_.anchor(unit);
+    const at::Tensor& local = model_.unit(unit).shard();
     double sqnorm = 0.0;
-    at::Tensor delta =
-        pseudo_gradient(outer_.anchor(unit), model_.unit(unit).shard(), penalty_ ? &sqnorm : nullptr);
-    if (keep_deltas) slot.delta = std::move(delta);
+    if (keep_deltas) {
+      // (shard,) pseudo-gradient of this worker, with its squared norm from the same pass.
+      slot.delta = pseudo_gradient(anchor, local, penalty_ ? &sqnorm : nullptr);
+    } else {
+      sqnorm = pseudo_grad_sqnorm(anchor, local);  // begin() computes the delta itself
+    }
     sqnorms.push_back(sqnorm);
     slot.prepared = penalty_ != nullptr;
   }
   if (!penalty_ || units.empty()) return;
   const auto n = static_cast<std::int64_t>(units.size());
-  // ||delta_i|| of the whole unit: squared norms of the shards, summed over the shard group (the
-  // fast group, idle when a sync starts: waited here, once for all these units).
-  std::vector<double> norms = sum_over_ranks(model_.shard_group(), sqnorms);
-  for (double& norm : norms) norm = std::sqrt(norm);
+  // ||delta_i|| of the whole unit over the shard group (the fast group, idle when a sync starts:
+  // waited here, once for all these units).
+  const std::vector<double> norms = norms_over_shards(model_.shard_group(), sqnorms);
   // Every worker's norms, over the sync group: not waited here.
   auto exchange = std::make_unique<NormExchange>();
   exchange->units = units;

@@ -38,18 +38,25 @@ double blocked_sum(std::int64_t n, const BlockSum& block_sum) {
 
 bool float_contiguous(const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); }
 
-}  // namespace
-
-double pseudo_grad_sqnorm_cpu(const float* anchor, const float* local, float* delta, std::int64_t n) {
+// One pass over anchor - local: the difference stored in delta (kStore) or only squared and summed.
+template <bool kStore>
+double difference_sqnorm(const float* anchor, const float* local, float* delta, std::int64_t n) {
   return blocked_sum(n, [=](std::int64_t begin, std::int64_t end) {
     double sum = 0.0;
     for (std::int64_t i = begin; i < end; ++i) {
       const float d = anchor[i] - local[i];
-      delta[i] = d;
+      if constexpr (kStore) delta[i] = d;
       sum += static_cast<double>(d) * d;
     }
     return sum;
   });
+}
+
+}  // namespace
+
+double pseudo_grad_sqnorm_cpu(const float* anchor, const float* local, float* delta, std::int64_t n) {
+  return delta != nullptr ? difference_sqnorm<true>(anchor, local, delta, n)
+                          : difference_sqnorm<false>(anchor, local, nullptr, n);
 }
 
 at::Tensor pseudo_gradient(const at::Tensor& anchor, const at::Tensor& local, double* sqnorm) {
@@ -83,6 +90,17 @@ at::Tensor pseudo_gradient(const at::Tensor& anchor, const at::Tensor& local, do
   at::Tensor delta = phi - local;
   if (sqnorm != nullptr) *sqnorm = squared_norm(delta);
   return delta;
+}
+
+double pseudo_grad_sqnorm(const at::Tensor& anchor, const at::Tensor& local) {
+  if (float_contiguous(anchor) && float_contiguous(local) && anchor.device().is_cpu() && local.device().is_cpu()) {
+    EDIT_CHECK(anchor.numel() == local.numel(), "anchor of ", anchor.numel(), " elements for a shard of ",
+               local.numel(), "; the anchor must be shaped like the unit's shard");
+    return pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(), nullptr, local.numel());
+  }
+  double sqnorm = 0.0;
+  pseudo_gradient(anchor, local, &sqnorm);
+  return sqnorm;
 }
 
 double squared_norm(const at::Tensor& x) {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "edit/core/check.h"
 
@@ -43,6 +44,12 @@ std::vector<double> sum_over_ranks(comm::Communicator& group, const std::vector<
     out[static_cast<size_t>(k)] = sum_over_ranks(all.data_ptr<double>(), all.numel(), n, k);
   }
   return out;
+}
+
+std::vector<double> norms_over_shards(comm::Communicator& shard_group, const std::vector<double>& sqnorms) {
+  std::vector<double> norms = sum_over_ranks(shard_group, sqnorms);
+  for (double& norm : norms) norm = std::sqrt(norm);
+  return norms;
 }
 
 }  // namespace edit::sync

@@ -24,4 +24,8 @@ double sum_over_ranks(const at::Tensor& all, std::int64_t n, std::int64_t k);
 // Each of `mine` summed over `group` (blocking; a group of one returns `mine`).
 std::vector<double> sum_over_ranks(comm::Communicator& group, const std::vector<double>& mine);
 
+// This worker's L2 norm of each of several units, from its shards' squared norms of them: the
+// square root of each sum over the shard group (blocking, the same bits on every rank of it).
+std::vector<double> norms_over_shards(comm::Communicator& shard_group, const std::vector<double>& sqnorms);
+
 }  // namespace edit::sync

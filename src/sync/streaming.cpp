@@ -310,38 +310,40 @@ std::int64_t StreamingDiLoCo::issue(int fragment, std::int64_t step) {
   add_pieces(exchange);
   place_packets(exchange);
   PseudoGradPenalty* penalty = core_.penalty();
+  const auto anchor_of = [&](const UnitExchange& u) { return piece_of(core_.outer().anchor(u.unit), u); };
+  const auto local_of = [&](const UnitExchange& u) { return piece_of(model_.unit(u.unit).shard(), u); };
   // A unit's pseudo-gradient on the host, in the scratch buffer: the fused pass of
   // pseudo_gradient() when the shard is a host float tensor, else computed where it lives (and
-  // quantized there when its GPU can). `sqnorm`: its squared norm too.
-  const auto pseudo_gradient_of = [&](const UnitExchange& unit, double* sqnorm) {
-    const at::Tensor anchor = piece_of(core_.outer().anchor(unit.unit), unit);
-    const at::Tensor local = piece_of(model_.unit(unit.unit).shard(), unit);
+  // quantized there when its GPU can).
+  const auto pseudo_gradient_of = [&](const UnitExchange& unit) {
+    const at::Tensor anchor = anchor_of(unit);
+    const at::Tensor local = local_of(unit);
     at::Tensor delta = scratch_.narrow(0, 0, unit.length);
     if (host_float(anchor) && host_float(local)) {
-      const double squares = pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(),
-                                                    delta.data_ptr<float>(), unit.length);
-      if (sqnorm) *sqnorm = squares;
+      pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(), delta.data_ptr<float>(),
+                             unit.length);
       return delta;
     }
-    at::Tensor where_it_lives = pseudo_gradient(anchor, local, sqnorm);
+    at::Tensor where_it_lives = pseudo_gradient(anchor, local, nullptr);
     return device_quantizable(where_it_lives) ? where_it_lives : delta.copy_(where_it_lives);
   };
   // The penalty's norms, every unit's at once, before any packet goes out: one blocking exchange
   // per group and fragment. A blocking exchange waits for every collective queued before it on
   // its group, so one per unit, between the units' packets, would wait for each packet in turn
-  // and leave the overlap (tau) nothing to hide. The pseudo-gradients are computed twice for it.
+  // and leave the overlap (tau) nothing to hide. On the host the norm pass only reads the shards;
+  // the packets' pass computes the pseudo-gradients.
   std::vector<double> norms;  // worker-major: worker i's norm of the k-th unit at [i units + k]
   if (penalty) {
-    std::vector<double> sqnorms(exchange.units.size());
-    for (size_t k = 0; k < exchange.units.size(); ++k) pseudo_gradient_of(exchange.units[k], &sqnorms[k]);
-    std::vector<double> mine = sum_over_ranks(model_.shard_group(), sqnorms);
-    for (double& norm : mine) norm = std::sqrt(norm);
-    norms = sync_->all_gather_values(mine);
+    std::vector<double> sqnorms;
+    for (const UnitExchange& unit : exchange.units) {
+      sqnorms.push_back(pseudo_grad_sqnorm(anchor_of(unit), local_of(unit)));
+    }
+    norms = sync_->all_gather_values(norms_over_shards(model_.shard_group(), sqnorms));
   }
   for (size_t k = 0; k < exchange.units.size(); ++k) {
     UnitExchange& unit = exchange.units[k];
     const std::int64_t n = unit.length;
-    const at::Tensor delta = pseudo_gradient_of(unit, nullptr);
+    const at::Tensor delta = pseudo_gradient_of(unit);
     if (penalty) {
       std::vector<double> unit_norms(static_cast<size_t>(workers));
       for (size_t i = 0; i < unit_norms.size(); ++i) unit_norms[i] = norms[i * exchange.units.size() + k];
@@ -397,8 +399,8 @@ void StreamingDiLoCo::merge(Exchange& exchange) {
     at::Tensor aggregate =
         weighted_sum(unit, n, device_quantizable(theta) ? theta.device() : at::Device(at::kCPU));
     if (penalty && penalty->options().clip) {
-      const double sqnorm = sum_over_ranks(model_.shard_group(), {squared_norm(aggregate)}).front();
-      const double scale = penalty->clip_scale(std::sqrt(sqnorm));
+      const double norm = norms_over_shards(model_.shard_group(), {squared_norm(aggregate)}).front();
+      const double scale = penalty->clip_scale(norm);
       if (scale < 1.0) aggregate.mul_(scale);
     }
     if (aggregate.device() != theta.device()) {

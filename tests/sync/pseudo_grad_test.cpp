@@ -33,6 +33,8 @@ TEST_P(PseudoGrad, CpuTwinMatchesAtenReference) {
   EXPECT_TRUE(at::equal(delta, expected));
   const double reference = expected.to(at::kDouble).pow(2).sum().item<double>();
   EXPECT_NEAR(sqnorm, reference, 1e-10 * (1.0 + reference));  // a float sum would miss by ~1e-4
+  // Without delta (the penalty's norm pass): the same sum, bit for bit.
+  EXPECT_EQ(edit::sync::pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(), nullptr, n), sqnorm);
 }
 
 TEST_P(PseudoGrad, CudaKernelMatchesCpuTwin) {
@@ -115,8 +117,11 @@ TEST(PseudoGradient, DispatchOnTheCpuGivesTheSameDeltaAndNorm) {
     const bool twin = c.local.scalar_type() == at::kFloat && c.local.is_contiguous();
     EXPECT_NEAR(edit::sync::squared_norm(delta), reference, (twin ? 1e-10 : 1e-6) * reference) << c.name;
     EXPECT_TRUE(at::equal(edit::sync::pseudo_gradient(c.anchor, c.local, nullptr), expected)) << c.name;
+    // The norm alone, as the penalty's norm pass asks for it: pseudo_gradient()'s, bit for bit.
+    EXPECT_EQ(edit::sync::pseudo_grad_sqnorm(c.anchor, c.local), sqnorm) << c.name;
   }
   EXPECT_THROW(edit::sync::pseudo_gradient(anchor, local.slice(0, 0, 10), nullptr), edit::Error);
+  EXPECT_THROW(edit::sync::pseudo_grad_sqnorm(anchor, local.slice(0, 0, 10)), edit::Error);
 }
 
 // pseudo_gradient() on CUDA shards, with the anchor on the device or offloaded to pinned memory:

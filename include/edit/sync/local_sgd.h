@@ -55,7 +55,8 @@ class PseudoGradientSync : public Stateful {
   // all_gather over the shard group (waited here: it sums a worker's shard norms), then one over
   // the sync group (not waited: begin() of the first of these units takes it). keep_deltas holds
   // the deltas for begin() (bulk: they all live at once anyway); otherwise begin() computes them
-  // again (layer-wise: one unit's buffers at a time), and this pass only yields the norms.
+  // (layer-wise: one unit's buffers at a time), and this pass only yields the norms: on the host
+  // it reads the shards and anchors and writes nothing (pseudo_grad_sqnorm).
   void prepare(const std::vector<int>& units, bool keep_deltas);
   void begin(int unit);
   void land(int unit);
