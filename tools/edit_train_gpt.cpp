@@ -337,7 +337,7 @@ void add_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--comm-timeout", c.comm_timeout,
                  "seconds a collective may wait for a peer before the job fails "
-                 "(default: EDIT_COMM_TIMEOUT_S, else 600)")
+                 "(default: EDIT_COMM_TIMEOUT_S, else 600; inf: practically never)")
       ->group(run)
       ->check(kNonNegative);
   app.add_option("--sample-tokens", c.sample_tokens,
@@ -700,8 +700,7 @@ int main(int argc, char** argv) {
     mesh_options.shard_size = c.shard_size;
     mesh_options.backend = edit::comm::parse_comm_backend(c.comm_backend);
     if (c.comm_timeout > 0) {
-      mesh_options.comm.timeout =
-          std::chrono::milliseconds(static_cast<std::int64_t>(c.comm_timeout * 1000.0));
+      mesh_options.comm.timeout = edit::comm::CommOptions::timeout_from_seconds(c.comm_timeout, "--comm-timeout");
     }
     edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(mesh_options);
     edit::log::init(mesh.rank(), c.log_level);

@@ -1,5 +1,7 @@
 #include "edit/comm/communicator.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <string>
 
@@ -31,9 +33,9 @@ CommOptions CommOptions::from_env() {
   if (const char* timeout = std::getenv("EDIT_COMM_TIMEOUT_S"); timeout != nullptr && *timeout != '\0') {
     char* end = nullptr;
     const double seconds = std::strtod(timeout, &end);
-    EDIT_CHECK(end != timeout && *end == '\0' && seconds > 0, "EDIT_COMM_TIMEOUT_S='", timeout,
-               "' is not a positive number of seconds; unset it or set e.g. EDIT_COMM_TIMEOUT_S=300");
-    options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
+    EDIT_CHECK(end != timeout && *end == '\0', "EDIT_COMM_TIMEOUT_S='", timeout,
+               "' is not a number of seconds; unset it or set e.g. EDIT_COMM_TIMEOUT_S=300");
+    options.timeout = timeout_from_seconds(seconds, "EDIT_COMM_TIMEOUT_S");
   }
   if (const char* busy = std::getenv("EDIT_COMM_BUSY_POLL"); busy != nullptr) {
     options.busy_poll = std::string(busy) == "1";
@@ -46,6 +48,23 @@ CommOptions CommOptions::from_env() {
     options.ring_min_bytes = bytes;
   }
   return options;
+}
+
+std::chrono::milliseconds CommOptions::timeout_from_seconds(double seconds, const std::string& source) {
+  EDIT_CHECK(!std::isnan(seconds) && seconds >= 0.001, source, " is ", seconds,
+             " s, but a collective's timeout must be at least 0.001 s (a millisecond); give e.g. 300, "
+             "or inf to wait practically forever");
+  const double max_seconds = std::chrono::duration<double>(kMaxTimeout).count();
+  if (seconds >= max_seconds) return kMaxTimeout;  // inf included: no double-to-integer overflow
+  return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000.0));
+}
+
+CommOptions CommOptions::checked() const {
+  EDIT_CHECK(timeout.count() > 0, "CommOptions::timeout is ", timeout.count(),
+             " ms; give a positive timeout (--comm-timeout, EDIT_COMM_TIMEOUT_S), or kMaxTimeout for practically never");
+  CommOptions out = *this;
+  out.timeout = std::min(timeout, kMaxTimeout);
+  return out;
 }
 
 }  // namespace edit::comm

@@ -489,7 +489,7 @@ std::shared_ptr<MpiCommunicator> MpiCommunicator::world(std::shared_ptr<MpiRunti
   }
   EDIT_CHECK(code == MPI_SUCCESS, "duplicating MPI_COMM_WORLD for group '", name, "' failed: ", mpi_error_string(code));
   impl->runtime = std::move(runtime);
-  impl->options = options;
+  impl->options = options.checked();
   impl->name = std::move(name);
   return std::shared_ptr<MpiCommunicator>(new MpiCommunicator(std::move(impl)));
 }

@@ -249,7 +249,7 @@ NcclGroup::NcclGroup(std::shared_ptr<Communicator> bootstrap, int device, CommOp
                      NcclCommunicator::StreamFn caller_stream)
     : bootstrap_(std::move(bootstrap)),
       device_(device),
-      options_(options),
+      options_(options.checked()),
       caller_stream_fn_(std::move(caller_stream)) {
   EDIT_CHECK(bootstrap_ != nullptr,
              "NcclCommunicator needs a bootstrap communicator over the same ranks (e.g. an "
@@ -257,8 +257,6 @@ NcclGroup::NcclGroup(std::shared_ptr<Communicator> bootstrap, int device, CommOp
   rank_ = bootstrap_->rank();
   size_ = bootstrap_->size();
   name_ = bootstrap_->name();
-  EDIT_CHECK(options_.timeout.count() > 0, "NcclCommunicator for ", where(), ": CommOptions::timeout is ",
-             options_.timeout.count(), " ms; give a positive timeout (EDIT_COMM_TIMEOUT_S)");
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) cudaGetLastError();  // clear "no driver" so later calls start clean

@@ -4,9 +4,13 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <vector>
 
+#include "edit/comm/mpi_communicator.h"
 #include "edit/core/check.h"
 #include "mpi_test_env.h"
 
@@ -234,6 +238,30 @@ TEST(CollectivesAsync, ManyOpsInFlightCompleteInIssueOrder) {
     EXPECT_TRUE(works[i]->is_completed());
     const float expected = static_cast<float>(n * (n - 1) / 2 + n * i);
     EXPECT_TRUE(at::all(tensors[i] == expected).item<bool>()) << "op " << i;
+  }
+  comm->barrier()->wait();
+}
+
+// A timeout of "practically never" (the largest a CommOptions can hold) is cut to kMaxTimeout, so
+// an op that is not done at its first test still completes; the deadline used to overflow into the
+// past and fail every such op at once.
+TEST(CollectivesAsync, ATimeoutOfPracticallyNeverLetsOpsComplete) {
+  edit::comm::CommOptions options = world()->options();
+  options.timeout = std::chrono::milliseconds::max();
+  const auto comm = edit::comm::MpiCommunicator::world(world()->runtime(), options, "never");
+  EXPECT_EQ(comm->options().timeout, edit::comm::CommOptions::kMaxTimeout);
+  std::vector<at::Tensor> tensors;
+  std::vector<edit::comm::WorkPtr> works;
+  for (int i = 0; i < 8; ++i) {
+    // The last rank starts late, so the others' ops cannot be done at their first test.
+    if (i == 0 && comm->rank() == comm->size() - 1) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    tensors.push_back(at::full({1 << 16}, static_cast<float>(comm->rank() + i), at::kFloat));
+    works.push_back(comm->all_reduce(tensors.back()));
+  }
+  const int n = comm->size();
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_NO_THROW(works[i]->wait()) << "op " << i;
+    EXPECT_TRUE(at::all(tensors[i] == static_cast<float>(n * (n - 1) / 2 + n * i)).item<bool>()) << "op " << i;
   }
   comm->barrier()->wait();
 }

@@ -2,6 +2,8 @@
 // byte accounting, option parsing.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -122,8 +124,40 @@ TEST(CommOptions, TimeoutFromEnvironment) {
   EXPECT_EQ(edit::comm::CommOptions::from_env().timeout, std::chrono::milliseconds(2500));
   ::setenv("EDIT_COMM_TIMEOUT_S", "soon", 1);
   EXPECT_THROW(edit::comm::CommOptions::from_env(), edit::Error);
+  ::setenv("EDIT_COMM_TIMEOUT_S", "0", 1);
+  EXPECT_THROW(edit::comm::CommOptions::from_env(), edit::Error);
+  // "Never": inf, and values whose deadline in nanoseconds would overflow the clock, are cut to
+  // kMaxTimeout (1e8 s); before, inf cast to a negative count and 1e10 s wrapped the deadline, and
+  // every collective failed at its first test.
+  using edit::comm::CommOptions;
+  for (const char* never : {"inf", "1e10", "1e300"}) {
+    ::setenv("EDIT_COMM_TIMEOUT_S", never, 1);
+    EXPECT_EQ(CommOptions::from_env().timeout, CommOptions::kMaxTimeout) << never;
+  }
+  EXPECT_EQ(CommOptions::kMaxTimeout, std::chrono::seconds(100'000'000));
   ::unsetenv("EDIT_COMM_TIMEOUT_S");
-  EXPECT_EQ(edit::comm::CommOptions::from_env().timeout, std::chrono::minutes(10));
+  EXPECT_EQ(CommOptions::from_env().timeout, std::chrono::minutes(10));
+}
+
+TEST(CommOptions, TimeoutsBelowAMillisecondOrNotANumberAreRefusedByName) {
+  using edit::comm::CommOptions;
+  EXPECT_EQ(CommOptions::timeout_from_seconds(0.001, "--comm-timeout"), std::chrono::milliseconds(1));
+  EXPECT_EQ(CommOptions::timeout_from_seconds(1e8, "--comm-timeout"), CommOptions::kMaxTimeout);
+  for (const double bad : {0.0, 1e-4, -5.0, std::nan("")}) {
+    try {
+      CommOptions::timeout_from_seconds(bad, "--comm-timeout");
+      ADD_FAILURE() << bad << " s accepted";
+    } catch (const edit::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--comm-timeout is"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("at least 0.001 s"), std::string::npos) << e.what();
+    }
+  }
+  // A communicator keeps at most kMaxTimeout, and refuses none at all.
+  CommOptions options;
+  options.timeout = std::chrono::milliseconds::max();
+  EXPECT_EQ(options.checked().timeout, CommOptions::kMaxTimeout);
+  options.timeout = std::chrono::milliseconds(0);
+  EXPECT_THROW(options.checked(), edit::Error);
 }
 
 }  // namespace

@@ -48,6 +48,17 @@ struct CommOptions {
   // Defaults overridden from the environment: EDIT_COMM_TIMEOUT_S, EDIT_COMM_BUSY_POLL=1,
   // EDIT_COMM_RING_MIN_BYTES (0: never the ring).
   static CommOptions from_env();
+
+  // The longest timeout a communicator keeps: 1e8 s (about 3 years), "practically never". Longer
+  // ones are cut to it, so that a deadline (now + timeout, in the clock's nanoseconds) cannot
+  // overflow into the past and fail every op at once.
+  static constexpr std::chrono::milliseconds kMaxTimeout{std::chrono::seconds(100'000'000)};
+  // `seconds` (from a flag or the environment, named by `source`) as a timeout: inf and anything
+  // above kMaxTimeout give kMaxTimeout; NaN, <= 0 and under a millisecond are refused with the fix.
+  static std::chrono::milliseconds timeout_from_seconds(double seconds, const std::string& source);
+  // These options as a communicator keeps them: the timeout cut to kMaxTimeout; a timeout <= 0
+  // is refused (every op would fail at once).
+  CommOptions checked() const;
 };
 
 struct AllReduceOptions {
