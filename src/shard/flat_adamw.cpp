@@ -117,10 +117,12 @@ void FlatAdamW::fused_step() {
     }
     add(0, u, at, model_.unit(u).shard().numel() - at);
   }
-  // The kernel reads the step count (already advanced) from a device tensor per slice.
-  const at::Tensor step = at::full({}, static_cast<double>(steps_), params[0].empty() ? params[1][0].options() : params[0][0].options());
+  // The kernel reads the step count (already advanced) from a device tensor per slice. Nothing to
+  // step on this rank (every parameter frozen) launches nothing.
+  at::Tensor step;
   for (int decays = 0; decays < 2; ++decays) {
     if (params[decays].empty()) continue;
+    if (!step.defined()) step = at::full({}, static_cast<double>(steps_), params[decays][0].options());
     const std::vector<at::Tensor> steps(params[decays].size(), step);
     at::_fused_adamw_(params[decays], grads[decays], ms[decays], vs[decays], {}, steps, options_.lr, options_.beta1,
                       options_.beta2, decays ? options_.weight_decay : 0.0, options_.eps, /*amsgrad=*/false,

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "edit/core/device.h"
 #include "edit/core/torch_compat.h"
@@ -81,6 +82,30 @@ TEST(CudaFusedAdamW, TwentyStepsMatchTheUnfusedUpdate) {
   for (int u = 0; u < fused.sharded->num_units(); ++u) {
     const at::Tensor diff = (fused.sharded->unit(u).shard() - plain.sharded->unit(u).shard()).abs().max();
     EXPECT_LT(diff.item<double>(), 1e-4) << "unit " << u;
+  }
+}
+
+// A rank with nothing to step (every parameter frozen): the fused step launches nothing and moves
+// nothing. It used to read the first slice of an empty list for the step tensor's options.
+TEST(CudaFusedAdamW, EveryParameterFrozenStepsNothing) {
+  SKIP_WITHOUT_CUDA();
+  TinyConfig config;
+  at::manual_seed(0);
+  auto model = std::make_shared<TinyTransformer>(config);
+  model->to(c10::Device(c10::kCUDA, 0));
+  for (at::Tensor& p : model->parameters()) p.set_requires_grad(false);
+  ShardedModel sharded(model, std::make_shared<LoopbackCommunicator>(), ShardOptions{});
+  AdamWOptions options;
+  options.fused = true;
+  FlatAdamW adamw(sharded, options);
+  std::vector<at::Tensor> before;
+  for (int u = 0; u < sharded.num_units(); ++u) {
+    sharded.unit(u).grad_shard().fill_(0.5);
+    before.push_back(sharded.unit(u).shard().clone());
+  }
+  adamw.step();
+  for (int u = 0; u < sharded.num_units(); ++u) {
+    EXPECT_TRUE(at::equal(sharded.unit(u).shard(), before[static_cast<size_t>(u)])) << "unit " << u;
   }
 }
 
