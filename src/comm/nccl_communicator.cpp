@@ -429,6 +429,17 @@ void NcclGroup::abort_locked(const std::string& reason) {
   if (broken_.load()) return;
   broken_reason_ = reason;
   broken_.store(true);
+  // ncclCommAbort ends NCCL's kernels early, so the done events of the ops still in flight fire
+  // although their outputs are incomplete: mark those failed first, so their wait() throws.
+  for (const std::shared_ptr<Op>& op : in_flight_) {
+    if (cudaEventQuery(op->done.get()) == cudaSuccess) continue;
+    std::lock_guard<std::mutex> lock(op->mutex);
+    if (op->error.empty()) {
+      op->error = edit::detail::concat(op->name, " on ", where(),
+                                       " was still in flight when the communicator was aborted (", reason,
+                                       "); its output is incomplete. Restart the job");
+    }
+  }
   if (comm_ != nullptr) {
     // Kills NCCL's kernels still spinning on a dead peer, so the comm stream drains.
     ncclCommAbort(comm_);
@@ -522,7 +533,13 @@ void NcclGroup::wait(Op& op) {
   std::chrono::microseconds nap = std::max(options_.poll_min, std::chrono::microseconds(1));
   for (;;) {
     const cudaError_t query = cudaEventQuery(op.done.get());
-    if (query == cudaSuccess) break;
+    if (query == cudaSuccess) {
+      // Also when an abort (another op's timeout or error, on another thread) cut it short: then
+      // abort_locked marked it failed.
+      std::lock_guard<std::mutex> lock(op.mutex);
+      if (!op.error.empty()) throw Error(op.error);
+      break;
+    }
     if (query != cudaErrorNotReady) {
       const std::string reason = edit::detail::concat("CUDA reported '", cudaGetErrorString(query),
                                                       "' while ", op.name, " ran on ", where());
