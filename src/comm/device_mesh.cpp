@@ -95,7 +95,7 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv) 
   };
   for (const Source& source : {Source{"mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"},
                                Source{"mpirun", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"},
-                               Source{"srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"},
+                               Source{"srun", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"},
                                Source{"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"}}) {
     const int rank = env_int(getenv, source.rank);
     const int size = env_int(getenv, source.size);

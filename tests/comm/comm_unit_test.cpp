@@ -32,9 +32,14 @@ TEST(Launch, EachLauncherIsRecognised) {
   EXPECT_EQ(info.rank, 3);
   EXPECT_EQ(info.world_size, 8);
   EXPECT_EQ(info.local_rank, 1);
-  info = detect_launch(fake_env({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "5"}}));
+  info = detect_launch(fake_env({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "16"}, {"SLURM_STEP_NUM_TASKS", "8"},
+                                 {"SLURM_LOCALID", "5"}}));
   EXPECT_EQ(info.launcher, "srun");
   EXPECT_EQ(info.rank, 5);
+  EXPECT_EQ(info.world_size, 8) << "the step's tasks (srun -n 8 in an allocation of 16)";
+  // A batch script's own shell (sbatch -n 4) is no srun task: one process, whatever the allocation.
+  info = detect_launch(fake_env({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "0"}}));
+  EXPECT_EQ(info.launcher, "none");
   info = detect_launch(fake_env({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}}));
   EXPECT_EQ(info.launcher, "torchrun");
   EXPECT_EQ(info.world_size, 2);

@@ -27,8 +27,11 @@ struct LaunchInfo {
   int local_rank = -1;
 };
 
-// Reads OpenMPI's OMPI_COMM_WORLD_*, then Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, then
-// torchrun's RANK/WORLD_SIZE/LOCAL_RANK. `getenv` is a parameter so tests can feed an environment.
+// Reads OpenMPI's OMPI_COMM_WORLD_*, then srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID,
+// then torchrun's RANK/WORLD_SIZE/LOCAL_RANK. Slurm's step size, not SLURM_NTASKS: a batch script
+// (sbatch, salloc) has SLURM_PROCID=0 and the allocation's SLURM_NTASKS without being a task of a
+// step, so a plain single process there is no launch of SLURM_NTASKS. `getenv` is a parameter so
+// tests can feed an environment.
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv);
 LaunchInfo detect_launch();
 
