@@ -50,6 +50,8 @@ LinkModel LinkModel::parse(const std::string& text) {
       text);
   EDIT_CHECK(link.bandwidth_bytes_per_s > 0, "link '", text, "' has zero bandwidth; use a positive value or inf, e.g. 1Gbit@1ms");
   link.latency_s = parse_quantity(text.substr(at + 1), {{"ms", 1e-3}, {"us", 1e-6}, {"s", 1.0}, {"", 1.0}}, text);
+  EDIT_CHECK(link.latency_s <= 3600, "link '", text, "' has a latency of ", link.latency_s,
+             " s; emulate at most an hour, e.g. 1Gbit@1ms or 1Gbit@250ms");
   return link;
 }
 
@@ -182,8 +184,9 @@ void run_link(LinkEmulator::State& state) {
     }
     // One op on the link at a time: a transfer starts when the previous one has left the wire.
     const auto start = std::max(Clock::now(), link_free_at);
-    const auto ready =
-        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(op->delay_s()));
+    // At most 1e9 s (~31 years): a huge op on a slow link must not overflow the clock's nanoseconds.
+    const auto ready = start + std::chrono::duration_cast<Clock::duration>(
+                                   std::chrono::duration<double>(std::min(op->delay_s(), 1e9)));
     if (!error) link_free_at = ready;
     op->book(joined_at, ready, std::move(error));
   }

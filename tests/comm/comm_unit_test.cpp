@@ -107,7 +107,8 @@ TEST(Link, LatencyIsPaidOncePerRingStep) {
 }
 
 TEST(Link, MalformedLinksExplainTheFormat) {
-  for (const char* bad : {"1Gbit", "fast@1ms", "1Gbit@soon", "1Tbit@1ms", "0MB@1ms", "-1MB@1ms"}) {
+  for (const char* bad : {"1Gbit", "fast@1ms", "1Gbit@soon", "1Tbit@1ms", "0MB@1ms", "-1MB@1ms", "1Gbit@inf",
+                          "1Gbit@infms", "1Gbit@nan", "1Gbit@2h", "1Gbit@3601s"}) {
     try {
       LinkModel::parse(bad);
       ADD_FAILURE() << "no error for " << bad;
