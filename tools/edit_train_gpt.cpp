@@ -59,6 +59,7 @@ CLI::Validator number_check(bool zero_allowed) {
         } catch (const std::exception&) {
           return "Value " + text + " is not a number";
         }
+        if (std::isnan(value)) return "Value " + text + " is not a number";
         if (value > 0 || (zero_allowed && value == 0)) return {};
         return "Value " + text + (zero_allowed ? " must not be negative" : " must be above 0");
       },
@@ -109,7 +110,8 @@ struct Config {
   bool overwrite = false;
   int sample_tokens = 0;
   std::string log_level;
-  double comm_timeout = 0;  // seconds; 0: EDIT_COMM_TIMEOUT_S, else 600
+  double comm_timeout = 0;  // seconds, when --comm-timeout is given; else EDIT_COMM_TIMEOUT_S, else 600
+  bool comm_timeout_given = false;
   std::vector<std::string> stop_signals = {"usr1", "term"};  // save a checkpoint and stop on these
   // device and precision
   std::string device = "auto";        // auto: one GPU per local rank when CUDA is there, else the CPU
@@ -155,6 +157,7 @@ void add_options(CLI::App& app, Config& c) {
       ->group(data);
   app.add_option("--data-format", c.data_format, "tokens (llm.c .bin) or text (bytes)")
       ->group(data)
+      ->check(CLI::IsMember({"tokens", "text"}))
       ->capture_default_str();
   app.add_option("--val-fraction", c.val_fraction, "held-out share when --val-data is absent")
       ->group(data)
@@ -313,7 +316,8 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--out-dir", c.out_dir, "metrics, loss table and checkpoints go here")
       ->group(run)
       ->capture_default_str();
-  app.add_option("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0: never)")
+  app.add_option("--checkpoint-every", c.checkpoint_every,
+                 "checkpoint every N steps; the last step is always saved (0: only the last)")
       ->group(run)
       ->check(kNonNegative)
       ->capture_default_str();
@@ -350,7 +354,8 @@ void add_options(CLI::App& app, Config& c) {
       ->group(run);
   app.add_option("--log-level", c.log_level,
                  "trace, debug, info, warn, error (default: EDIT_LOG_LEVEL or info)")
-      ->group(run);
+      ->group(run)
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   const std::string device = "Device and precision";
   app.add_option("--device", c.device, "auto (a GPU per local rank when CUDA is there), cpu, cuda or cuda:N")
       ->group(device)
@@ -472,6 +477,18 @@ void note_outer_defaults_at_small_h(const Config& c) {
 }
 
 // Contradictions no single option's check can see. Every rank reaches the same verdict.
+// The strategy's options as the command line gives them (the A-EDiT budget is set once the mesh
+// is known).
+edit::sync::StrategyConfig strategy_config(const Config& c) {
+  edit::sync::StrategyConfig sync = c.sync;
+  sync.local.outer.method = edit::sync::parse_outer_method(c.outer);
+  sync.streaming.layout = edit::sync::parse_fragment_layout(c.fragment_layout);
+  sync.streaming.quant.format = edit::sync::parse_quant_format(c.quant);
+  if (c.penalty) sync.penalty = true;
+  if (c.no_penalty) sync.penalty = false;
+  return sync;
+}
+
 void validate(const Config& c) {
   const double lr = c.adamw.lr;
   const std::int64_t steps = c.trainer.steps;
@@ -509,6 +526,21 @@ void validate(const Config& c) {
   }
   const double outer_lr = c.sync.local.outer.lr;
   EDIT_CHECK(std::isfinite(outer_lr) && outer_lr > 0, "--outer-lr ", outer_lr, " must be a positive number");
+  // CLI11's ranges let NaN through.
+  for (const auto& [flag, value] : {std::pair<const char*, double>{"--alpha", c.sync.streaming.alpha},
+                                    {"--step-share", c.sync.aedit.step_share},
+                                    {"--val-fraction", c.val_fraction},
+                                    {"--penalty-clip", c.sync.local.penalty.clip_norm}}) {
+    EDIT_CHECK(!std::isnan(value), flag, " is not a number");
+  }
+  EDIT_CHECK(!c.val_data.empty() || c.val_fraction > 0, "--val-fraction 0 leaves no val split of --train-data; "
+             "give a share such as 0.05, or held-out files with --val-data");
+  // The library's own checks of the optimizers and the strategy, here, so that a bad value is
+  // refused before MPI starts (exit 2) instead of by every rank once the job runs.
+  c.adamw.validate();
+  const edit::sync::StrategyConfig sync = strategy_config(c);
+  sync.validate();
+  if (edit::sync::is_local_sgd(strategy)) edit::sync::effective_local_options(sync).validate();
 }
 
 // A rough lower bound of one step's activation memory per rank: the logits (B, T, V) with their
@@ -639,7 +671,8 @@ int main(int argc, char** argv) {
   add_options(app, c);
   std::vector<int> signals;
   edit::models::GptConfig gpt;
-  edit::comm::MeshOptions mesh_options;
+  // Built inside the checks: its defaults read EDIT_COMM_TIMEOUT_S, whose bad value is a usage error.
+  std::optional<edit::comm::MeshOptions> mesh_options;
   // What is wrong with the command line, every rank finds alike before MPI starts.
   try {
     // The --config file is checked before CLI11 reads it (CLI11 would drop what it does not know).
@@ -663,6 +696,7 @@ int main(int argc, char** argv) {
       return usage_error(text, code);
     }
     c.warmup_given = app.count("--warmup-steps") > 0;
+    c.comm_timeout_given = app.count("--comm-timeout") > 0;
     c.outer_given = app.count("--outer") + app.count("--outer-lr") + app.count("--outer-momentum") > 0;
     // The flags of a strategy's own group that the command line set, as "--a, --b".
     const auto given = [&app](std::initializer_list<const char*> flags) {
@@ -684,8 +718,14 @@ int main(int argc, char** argv) {
     // Before any thread starts (CUDA's, when the device is resolved), so that none but
     // StopOnSignal's own ever takes these signals.
     if (!signals.empty()) edit::train::StopOnSignal::block(signals);
-    mesh_options.device = edit::resolve_device(c.device, launch().local_rank);
-    if (!mesh_options.device.is_cuda()) check_memory(gpt, c);
+    mesh_options.emplace();
+    mesh_options->shard_size = c.shard_size;
+    mesh_options->backend = edit::comm::parse_comm_backend(c.comm_backend);
+    if (c.comm_timeout_given) {
+      mesh_options->comm.timeout = edit::comm::CommOptions::timeout_from_seconds(c.comm_timeout, "--comm-timeout");
+    }
+    mesh_options->device = edit::resolve_device(c.device, launch().local_rank);
+    if (!mesh_options->device.is_cuda()) check_memory(gpt, c);
     // Where the launcher tells the world's size already: the mesh's shape and the stragglers' ranks.
     const int world_size = launch().world_size;
     if (world_size > 0) {
@@ -697,12 +737,7 @@ int main(int argc, char** argv) {
   }
   try {
     at::set_num_threads(1);
-    mesh_options.shard_size = c.shard_size;
-    mesh_options.backend = edit::comm::parse_comm_backend(c.comm_backend);
-    if (c.comm_timeout > 0) {
-      mesh_options.comm.timeout = edit::comm::CommOptions::timeout_from_seconds(c.comm_timeout, "--comm-timeout");
-    }
-    edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(mesh_options);
+    edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(*mesh_options);
     edit::log::init(mesh.rank(), c.log_level);
     const at::Device device = mesh.device();
     const edit::train::RunDir run(c.out_dir);
@@ -774,12 +809,7 @@ int main(int argc, char** argv) {
                    adamw.fused() ? ", fused AdamW" : "", edit::models::cross_entropy_path(logits));
     }
 
-    edit::sync::StrategyConfig sync = c.sync;
-    sync.local.outer.method = edit::sync::parse_outer_method(c.outer);
-    sync.streaming.layout = edit::sync::parse_fragment_layout(c.fragment_layout);
-    sync.streaming.quant.format = edit::sync::parse_quant_format(c.quant);
-    if (c.penalty) sync.penalty = true;
-    if (c.no_penalty) sync.penalty = false;
+    edit::sync::StrategyConfig sync = strategy_config(c);
     // --steps is per replica on average: the replicas together take steps x replicas.
     sync.aedit.budget_steps = c.trainer.steps * mesh.num_replicas();
     const auto strategy = edit::sync::make_strategy(sync, model, mesh.sync_ptr());
@@ -822,6 +852,15 @@ int main(int argc, char** argv) {
     checkpointer.track("data", train);
     checkpointer.track("rng", rng);
     checkpointer.track("trainer", trainer);
+    if (c.resume == "auto" && !checkpointer.latest() && mesh.rank() == 0) {
+      // A requeued job that died before its first save: it starts over, and keeps the earlier logs.
+      std::string moved;
+      for (const auto& name : run.set_aside_logs()) moved += (moved.empty() ? "" : ", ") + name;
+      // A warning when an earlier attempt trained without saving: its steps are lost.
+      spdlog::log(moved.empty() ? spdlog::level::info : spdlog::level::warn,
+                  "--resume auto: no checkpoint under {} yet; starting from step 0{}", run.checkpoints(),
+                  moved.empty() ? std::string() : " (the earlier attempt's logs are kept as " + moved + ")");
+    }
     if (c.resume != "none" && !(c.resume == "auto" && !checkpointer.latest())) {
       const auto step = checkpointer.load(c.resume);
       EDIT_CHECK(step <= steps, "the checkpoint is at step ", step, ", past --steps ", steps,
@@ -885,7 +924,7 @@ int main(int argc, char** argv) {
     // every step, read two steps later so that no rank waits for them unless a peer is 2 steps behind.
     std::optional<edit::train::StopOnSignal> stop;
     if (!signals.empty()) {
-      edit::comm::CommOptions vote_options = mesh_options.comm;
+      edit::comm::CommOptions vote_options = mesh_options->comm;
       vote_options.poll_max = std::chrono::milliseconds(1);  // a vote is never urgent
       stop.emplace(edit::comm::MpiCommunicator::world(edit::comm::MpiRuntime::acquire(), vote_options, "stop_vote"),
                    signals, aedit ? 0 : 2);
@@ -906,7 +945,8 @@ int main(int argc, char** argv) {
           loss_table->add(done, static_cast<std::int64_t>(done * tokens_per_step), train_loss, val_loss);
         }
       }
-      if (c.checkpoint_every > 0 && (crossed(before, done, c.checkpoint_every) || trainer.finished())) {
+      // The run's product, its last step, is always saved: a run is not lost for a missing flag.
+      if (crossed(before, done, c.checkpoint_every) || trainer.finished()) {
         saved_to = checkpointer.save(done);
         saved_at = done;
         if (mesh.rank() == 0) spdlog::info("checkpoint: {}", saved_to);

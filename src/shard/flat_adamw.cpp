@@ -64,12 +64,18 @@ void FlatSgd::step() {
 
 bool decay_matrices_only(const std::string& /*name*/, const at::Tensor& param) { return param.dim() >= 2; }
 
+void AdamWOptions::validate() const {
+  EDIT_CHECK(lr >= 0 && std::isfinite(lr), "AdamW lr ", lr, " out of range; use a finite lr >= 0 (--lr)");
+  EDIT_CHECK(eps > 0 && std::isfinite(eps), "AdamW eps ", eps, " out of range; use a finite eps > 0");
+  EDIT_CHECK(weight_decay >= 0 && std::isfinite(weight_decay), "AdamW weight decay ", weight_decay,
+             " out of range; use a finite value >= 0 (--weight-decay; 0: none)");
+  EDIT_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "AdamW betas (", beta1, ", ", beta2,
+             ") must lie in [0, 1) (--beta1, --beta2)");
+}
+
 FlatAdamW::FlatAdamW(ShardedModel& model, AdamWOptions options, DecayPredicate decay)
     : model_(model), options_(options), frozen_(model) {
-  EDIT_CHECK(options_.lr >= 0 && options_.eps > 0 && options_.weight_decay >= 0, "AdamW options out of range (lr ",
-             options_.lr, ", eps ", options_.eps, ", weight_decay ", options_.weight_decay, "); use lr >= 0, eps > 0");
-  EDIT_CHECK(options_.beta1 >= 0 && options_.beta1 < 1 && options_.beta2 >= 0 && options_.beta2 < 1, "AdamW betas (",
-             options_.beta1, ", ", options_.beta2, ") must lie in [0, 1)");
+  options_.validate();
   for (int u = 0; u < model.num_units(); ++u) {
     FlatUnit& unit = model.unit(u);
     exp_avg_.push_back(at::zeros_like(unit.shard()));

@@ -28,6 +28,7 @@ void LocalSgdOptions::validate() const {
   EDIT_CHECK(sync_every >= 1, "sync every ", sync_every, " steps is not possible; use H >= 1 (--sync-every)");
   EDIT_CHECK(check_replicas_every >= 0, "check the replicas every ", check_replicas_every,
              " syncs is not possible; use N >= 1, or 0 to check only at the start");
+  outer.validate();
   if (use_penalty) penalty.validate();
 }
 
@@ -159,7 +160,10 @@ void PseudoGradientSync::load_state_dict(const StateDict& state) {
     slots_[static_cast<size_t>(u)].skipped_in_a_row = static_cast<int>(state.integer(owner, prefix + "skipped_in_a_row"));
     EDIT_CHECK(static_cast<bool>(penalty_) == state.has_scalar(prefix + "penalty.mean"), "the checkpoint was saved ",
                penalty_ ? "without" : "with", " the pseudo-gradient penalty but this job runs ",
-               penalty_ ? "with" : "without", " it; resume with the same strategy options (--no-penalty)");
+               penalty_ ? "with" : "without", " it; resume with the strategy and options it was saved with (",
+               penalty_ ? "--no-penalty for edit and aedit; diloco and streaming have it only with --penalty"
+                        : "edit and aedit have it unless --no-penalty; diloco and streaming with --penalty",
+               ")");
     if (penalty_) {
       auto& d = penalty_->mutable_detector(u);
       d.mean = state.scalar(owner, prefix + "penalty.mean");

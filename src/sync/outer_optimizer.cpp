@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <cmath>
+
 #include "edit/core/check.h"
 #include "edit/sync/outer_step.h"
 #include "fused_cuda.h"
@@ -43,14 +45,20 @@ struct OuterOptimizer::HostCopies {
 #endif
 };
 
+void OuterOptions::validate() const {
+  if (method == OuterMethod::kAverage) return;  // lr 1 and momentum 0, whatever was set
+  EDIT_CHECK(std::isfinite(lr) && lr > 0, "outer lr ", lr, " out of range; use a positive --outer-lr");
+  EDIT_CHECK(momentum >= 0 && momentum < 1, "outer momentum ", momentum,
+             " out of range; use 0 <= --outer-momentum < 1");
+}
+
 OuterOptimizer::OuterOptimizer(shard::ShardedModel& model, OuterOptions options)
     : model_(model), options_(options), host_copies_(std::make_unique<HostCopies>()) {
   if (options_.method == OuterMethod::kAverage) {
     options_.lr = 1.0;
     options_.momentum = 0.0;
   }
-  EDIT_CHECK(options_.lr > 0 && options_.momentum >= 0 && options_.momentum < 1, "outer lr ", options_.lr,
-             " and momentum ", options_.momentum, " out of range; use lr > 0 and 0 <= momentum < 1");
+  options_.validate();
   for (int u = 0; u < model.num_units(); ++u) {
     const at::Tensor& shard = model.unit(u).shard();
     if (!options_.offload) {

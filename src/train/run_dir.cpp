@@ -32,7 +32,12 @@ void RunDir::prepare(comm::DeviceMesh& mesh, bool resuming, bool overwrite) cons
   double refused = 0.0;
   if (mesh.rank() == 0) {
     for (const char* name : kRunFiles) {
-      if (fs::exists(dir / name)) previous += (previous.empty() ? "" : ", ") + std::string(name);
+      // Empty ones hold nothing to lose: a start refused after the write probe below leaves an
+      // empty checkpoints folder, and the corrected command must not be refused for it.
+      std::error_code error;
+      if (fs::exists(dir / name) && !fs::is_empty(dir / name, error)) {
+        previous += (previous.empty() ? "" : ", ") + std::string(name);
+      }
     }
     if (!previous.empty() && !resuming) {
       if (overwrite) {
@@ -78,6 +83,20 @@ std::string RunDir::read_config() const {
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
+}
+
+std::vector<std::string> RunDir::set_aside_logs() const {
+  std::vector<std::string> moved;
+  for (const std::string& log : {metrics_path(), loss_table_path()}) {
+    std::error_code error;
+    if (!fs::exists(log) || fs::is_empty(log, error)) continue;
+    int n = 1;
+    while (fs::exists(log + "." + std::to_string(n))) ++n;
+    const std::string aside = log + "." + std::to_string(n);
+    fs::rename(log, aside);
+    moved.push_back(aside);
+  }
+  return moved;
 }
 
 std::string RunDir::latest_checkpoint() const {

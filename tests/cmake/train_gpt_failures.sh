@@ -88,6 +88,41 @@ expect_failure skipped_steps 60 "has skipped 5 steps already \(--max-skipped-ste
 grep -q "its update was skipped" "$work/skipped_steps.log" || fail "skipped_steps: no warning of a skip"
 expect_failure nan_loss 60 "(loss|gradient norm) is (nan|inf|-nan)" --steps 30 --lr 1e12 --warmup-steps 0 --clip 0 --out-dir "$work/x5"
 
+# Option values the library refuses are refused before MPI starts too (exit 2, said once), a bad
+# EDIT_COMM_TIMEOUT_S included; before, these exited 1 from every rank, or aborted (134).
+expect_usage_error() {
+  local name=$1 pattern=$2
+  shift 2
+  expect_failure "$name" 30 "$pattern" "$@"
+  grep -q "MPI_ABORT" "$work/$name.log" && fail "$name: refused after MPI started (MPI_ABORT)"
+  said_once "$work/$name.log" "$pattern"
+}
+expect_usage_error outer_momentum "outer momentum 5 out of range" --steps 4 --outer-momentum 5 --out-dir "$work/x19"
+expect_usage_error weight_decay "AdamW weight decay -1 out of range.*--weight-decay" --steps 4 --weight-decay -1 \
+  --out-dir "$work/x19"
+expect_usage_error comm_timeout_zero "--comm-timeout is 0 s.*at least 0.001 s" --steps 4 --comm-timeout 0 \
+  --out-dir "$work/x19"
+EDIT_COMM_TIMEOUT_S=0 expect_usage_error comm_timeout_env "EDIT_COMM_TIMEOUT_S is 0 s" --steps 4 --out-dir "$work/x19"
+[[ -e "$work/x19" ]] && fail "a start refused before MPI created its --out-dir"
+
+# A start refused once MPI runs (a misspelt data path) leaves an --out-dir the corrected command
+# takes; a run without --checkpoint-every saves its last step; --resume auto where an earlier
+# attempt left logs but no checkpoint starts over and keeps those logs.
+expect_failure data_typo 30 "no file matches the data pattern" --steps 2 --train-data "$work/data/trian_*.bin" \
+  --out-dir "$work/x20"
+"${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps 2 --out-dir "$work/x20" > "$work/after_typo.log" 2>&1 \
+  || fail "the corrected command was refused: $(tail -n 3 "$work/after_typo.log")"
+[[ $(ls "$work/x20/checkpoints" 2> /dev/null) == "step_00000002" ]] \
+  || fail "a run without --checkpoint-every did not save its last step: $(ls "$work/x20/checkpoints" 2>&1)"
+rm -rf "$work/x20/checkpoints/step_00000002"
+cp "$work/x20/metrics.jsonl" "$work/first_attempt.jsonl"
+"${mpiexec[@]}" -np 2 "$train" "${common[@]}" --steps 2 --resume auto --out-dir "$work/x20" > "$work/restart.log" 2>&1 \
+  || fail "--resume auto without a checkpoint failed: $(tail -n 3 "$work/restart.log")"
+grep -q "no checkpoint under .* yet; starting from step 0 (the earlier attempt's logs are kept" "$work/restart.log" \
+  || fail "--resume auto without a checkpoint did not say it starts over"
+cmp -s "$work/first_attempt.jsonl" "$work/x20/metrics.jsonl.1" || fail "the earlier attempt's metrics were not kept"
+echo "ok: refused start, last step saved, restart keeps logs"
+
 # --config: a good file is read; a bad one is refused, naming the file and the line.
 printf 'steps = 2  # from the file\n' > "$work/good.toml"
 "${mpiexec[@]}" -np 2 "$train" "${common[@]}" --config "$work/good.toml" --out-dir "$work/cfg" > "$work/cfg.log" 2>&1 \

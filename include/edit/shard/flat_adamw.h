@@ -48,6 +48,9 @@ struct AdamWOptions {
   // fused kernel where it has one (2.1 and later: the kernel behind torch.optim.AdamW(fused=True)),
   // on CPU fp32 shards a loop of libedit's. The same update, rounded in another order at most.
   bool fused = true;
+
+  // Throws naming the option and its range: lr >= 0, betas in [0, 1), eps > 0, weight decay >= 0.
+  void validate() const;
 };
 
 // An inner optimizer that steps on a ShardedModel's flat shards from their grad_shard().

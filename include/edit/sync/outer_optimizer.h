@@ -31,6 +31,9 @@ struct OuterOptions {
   double lr = 0.7;        // outer learning rate (forced to 1 for kAverage)
   double momentum = 0.9;  // outer momentum mu (forced to 0 for kAverage)
   bool offload = false;   // keep phi and m in host memory
+
+  // Throws naming the option and its range: lr > 0 and 0 <= momentum < 1 (kAverage sets its own).
+  void validate() const;
 };
 
 class OuterOptimizer {

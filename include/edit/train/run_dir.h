@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace edit::comm {
 class DeviceMesh;
@@ -42,6 +43,11 @@ class RunDir {
 
   // The newest complete checkpoint folder; throws naming the fix when there is none.
   std::string latest_checkpoint() const;
+
+  // A run that starts over where an earlier attempt left logs but no checkpoint (--resume auto
+  // before the first save): renames its non-empty metrics.jsonl and loss.tsv to NAME.1 (.2, ...:
+  // the first free number), so that the new run's logs do not replace them. Returns the new names.
+  std::vector<std::string> set_aside_logs() const;
 
  private:
   std::string path_;
