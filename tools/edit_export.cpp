@@ -34,9 +34,23 @@ struct Options {
   bool overwrite = false;
 };
 
+// An export writes config.json into its folder. A training run's folder has one that says what its
+// checkpoints hold (edit-train-gpt, edit-export and edit-generate read it): never replaced, not
+// even with --overwrite.
+void refuse_run_folder(const fs::path& folder) {
+  const fs::path dir = folder.empty() ? fs::path(".") : folder;
+  std::error_code ec;
+  for (const char* mark : {"checkpoints", "metrics.jsonl"}) {
+    EDIT_CHECK(!fs::exists(dir / mark, ec), "--out would write config.json into ", dir.string(),
+               ", a training run's folder (it holds ", mark, "), and replace the run's own; export into a ",
+               "folder of its own, e.g. ", (dir / "export").string());
+  }
+}
+
 // --format hf: the folder, in transformers' layout.
 void export_hf(const Options& o) {
   // Everything that can be refused is refused before the checkpoint is read.
+  refuse_run_folder(o.out);
   edit::train::check_export_folder(o.out, o.overwrite);
   std::optional<edit::models::HfTokenizer> tokenizer;
   // The run's record of its data's tokenizer (edit-train-gpt copies it from the shards' folder).
@@ -83,8 +97,10 @@ void export_libedit(const Options& o) {
   const fs::path model_path(out);
   const fs::path folder = model_path.parent_path();
   const fs::path config_path = folder / "config.json";
-  EDIT_CHECK(!fs::is_directory(model_path), "--out ", out,
-             " is a folder; pass the .safetensors file to write");
+  EDIT_CHECK(model_path.has_filename() && !fs::is_directory(model_path), "--out '", out,
+             "' is a folder; pass the .safetensors file to write, e.g. ",
+             (model_path / "model.safetensors").string());
+  refuse_run_folder(folder);
   // Before the checkpoint is read: refusing takes no time, and nothing has been written yet.
   for (const fs::path& path : {model_path, config_path}) {
     std::error_code ec;
@@ -95,18 +111,25 @@ void export_libedit(const Options& o) {
   const auto loaded = edit::tools::load_run(o.run, o.checkpoint, o.weights == "anchor");
   const auto tensors = edit::train::export_parameters(*loaded.model);
   if (!folder.empty()) fs::create_directories(folder);
-  // The model goes to a staged name first: a config.json that cannot be written then leaves the
-  // old pair as it was, and the rename below cannot fail for lack of space.
-  const std::string staged = out + ".staged-" + std::to_string(::getpid());
+  // Both files go to staged names first and are renamed once both are written: a failure on the
+  // way (a full disk, a folder that cannot be written) leaves the old pair, or nothing, as it was.
+  const std::string suffix = ".staged-" + std::to_string(::getpid());
+  const std::string staged = out + suffix;
+  const std::string staged_config = config_path.string() + suffix;
+  const auto move = [](const std::string& from, const std::string& to) {
+    EDIT_CHECK(std::rename(from.c_str(), to.c_str()) == 0, "cannot rename ", from, " to ", to, ": ",
+               std::strerror(errno), "; check the folder's permissions and free space");
+  };
   try {
     edit::train::write_safetensors(staged, tensors,
                                    {{"format", "pt"}, {"source", loaded.checkpoint}, {"weights", o.weights}});
-    edit::write_file_atomically(config_path.string(), loaded.model->config().to_json() + "\n");
-    EDIT_CHECK(std::rename(staged.c_str(), out.c_str()) == 0, "cannot rename ", staged, " to ", out, ": ",
-               std::strerror(errno), "; check the permissions of the folder");
+    edit::write_file_atomically(staged_config, loaded.model->config().to_json() + "\n");
+    move(staged, out);
+    move(staged_config, config_path.string());
   } catch (...) {
     std::error_code ec;
     fs::remove(staged, ec);
+    fs::remove(staged_config, ec);
     throw;
   }
   std::cout << "edit-export: " << tensors.size() << " tensors, " << loaded.model->config().num_parameters()

@@ -28,11 +28,21 @@ digest("${WORK}/export" exported)
 # Again without --overwrite: refused, naming the file and the flag.
 expect_failure("model.safetensors already exists.*--overwrite" "${EXPORT}" --run "${WORK}/run" --out "${model}")
 expect_unchanged("${WORK}/export" "${exported}" "a refused export")
-# Into another run's folder: its config.json is not replaced.
+# Into a run's folder: its config.json is never replaced, not even with --overwrite, in either format.
 digest("${WORK}/run" run_files)
-expect_failure("run/config.json already exists.*--overwrite"
+expect_failure("run, a training run's folder.*export into a folder of its own"
                "${EXPORT}" --run "${WORK}/run" --out "${WORK}/run/model.safetensors")
+expect_failure("run, a training run's folder.*export into a folder of its own"
+               "${EXPORT}" --run "${WORK}/run" --out "${WORK}/run/model.safetensors" --overwrite)
+expect_failure("run, a training run's folder.*export into a folder of its own"
+               "${EXPORT}" --run "${WORK}/run" --format hf --out "${WORK}/run" --overwrite)
 expect_unchanged("${WORK}/run" "${run_files}" "an export into a run's folder")
+# An --out that names a folder, not a file: refused before anything is written.
+expect_failure("is a folder; pass the .safetensors file"
+               "${EXPORT}" --run "${WORK}/run" --out "${WORK}/newdir/")
+if(EXISTS "${WORK}/newdir")
+  message(FATAL_ERROR "a refused export left ${WORK}/newdir behind")
+endif()
 # A file size limit fails the write as a full disk would: the old pair stays, no temporary is left.
 # (Newlines, not semicolons, separate the shell commands: a CMake list would split at those.)
 expect_failure("is the disk full\\?" bash -c "trap '' XFSZ\nulimit -f 16\nexec \"$0\" \"$@\""
