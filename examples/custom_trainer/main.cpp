@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "edit/comm/device_mesh.h"
 #include "edit/edit.h"
@@ -28,6 +29,24 @@ struct Options {
   std::string log_level;  // empty: EDIT_LOG_LEVEL or info
 };
 
+// The whole of `value` as a number, or an error naming the option.
+template <typename T>
+T number(const std::string& option, const std::string& value) {
+  std::size_t used = 0;
+  T out{};
+  try {
+    if constexpr (std::is_integral_v<T>) {
+      out = static_cast<T>(std::stoi(value, &used));
+    } else {
+      out = static_cast<T>(std::stod(value, &used));
+    }
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  EDIT_CHECK(used > 0 && used == value.size(), option, " takes a number, got '", value, "'");
+  return out;
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   const char* usage =
@@ -40,13 +59,13 @@ Options parse(int argc, char** argv) {
     if (arg == "--strategy") {
       o.strategy = value;
     } else if (arg == "--steps") {
-      o.steps = std::stoi(value);
+      o.steps = number<int>(arg, value);
     } else if (arg == "--sync-every") {
-      o.sync_every = std::stoi(value);
+      o.sync_every = number<int>(arg, value);
     } else if (arg == "--shard-size") {
-      o.shard_size = std::stoi(value);
+      o.shard_size = number<int>(arg, value);
     } else if (arg == "--lr") {
-      o.lr = std::stod(value);
+      o.lr = number<double>(arg, value);
     } else if (arg == "--metrics") {
       o.metrics = value;
     } else if (arg == "--log-level") {
@@ -55,7 +74,9 @@ Options parse(int argc, char** argv) {
       EDIT_FAIL("unknown option ", arg, "; ", usage);
     }
   }
-  EDIT_CHECK(o.steps > 0, "--steps must be positive, got ", o.steps);
+  // The check below compares the first step's loss with the last one's.
+  EDIT_CHECK(o.steps >= 2, "--steps must be at least 2 (the first and the last step's losses are compared), got ",
+             o.steps);
   return o;
 }
 
