@@ -45,8 +45,10 @@ void sample(edit::models::GptImpl& model, std::vector<Id>& ids, std::int64_t voc
         at::tensor(std::vector<std::int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(start), ids.end()),
                    at::kLong)
             .unsqueeze(0);  // (1, T)
-    at::Tensor logits =
-        model.forward(window).select(1, -1)[0].narrow(0, 0, vocab) / sampling.temperature;  // (vocab,)
+    at::Tensor logits = model.forward(window).select(1, -1)[0].narrow(0, 0, vocab);  // (vocab,)
+    // Shifted so the largest is 0 before the division: a tiny temperature then sends the others
+    // to -inf (the largest is sampled) instead of overflowing all to inf (inf - inf is NaN).
+    logits = (logits - logits.max()) / sampling.temperature;
     if (sampling.top_k > 0 && sampling.top_k < logits.size(0)) {
       const at::Tensor kth = std::get<0>(logits.topk(sampling.top_k)).min();
       logits = logits.masked_fill(logits < kth, -INFINITY);

@@ -13,6 +13,13 @@ void make_replicas_equal(shard::ShardedModel& model, comm::Communicator& sync_gr
   for (auto& work : pending) work->wait();
 }
 
+void SyncStrategy::load_state_dict(const StateDict& state) {
+  EDIT_CHECK(state.tensors.empty() && state.scalars.empty(), "the checkpoint holds a synchronization state (",
+             state.tensors.size(), " tensors: a Local SGD run's anchors and outer momenta), but this job's strategy "
+             "is ", name(), ", which keeps none and would drop it; resume with the --strategy the run was saved "
+             "with, or start a new run from the exported model");
+}
+
 Ddp::Ddp(shard::ShardedModel& model, std::shared_ptr<comm::Communicator> sync_group)
     : model_(model), sync_(std::move(sync_group)) {
   EDIT_CHECK(sync_ != nullptr, "Ddp needs the sync group (mesh.sync_ptr())");

@@ -43,6 +43,9 @@ before=$(snapshot "$work/run")
 expect_failure reused_out_dir 30 "holds a previous run.*--resume auto.*--overwrite" --steps 8 --out-dir "$work/run"
 expect_failure other_model 30 "resume with the same model" --steps 12 --dim 32 --resume auto --out-dir "$work/run"
 expect_failure steps_below_checkpoint 30 "past --steps 4" --steps 4 --resume auto --out-dir "$work/run"
+# The run is EDiT's: as ddp or none its anchors and outer momenta would be dropped without a word.
+expect_failure other_strategy 30 "holds a synchronization state.*strategy is ddp" --steps 12 --strategy ddp \
+  --resume auto --out-dir "$work/run"
 # One flipped byte in rank 1's newest checkpoint file: every rank stops, naming rank 1.
 victim=$(ls -d "$work/run/checkpoints/step_"* | sort | tail -n 1)/rank_00001.bin
 cp "$victim" "$work/victim.bak"

@@ -68,7 +68,9 @@ class SyncStrategy : public Stateful {
   virtual void with_global_model(const std::function<void()>& fn) { fn(); }
 
   StateDict state_dict() override { return {}; }
-  void load_state_dict(const StateDict& /*state*/) override {}
+  // The default has nothing to load, and refuses a checkpoint that holds a strategy's state
+  // (a Local SGD run's anchors and outer momenta): resuming it as ddp or none would drop them.
+  void load_state_dict(const StateDict& state) override;
 
  protected:
   SyncStats stats_;
