@@ -336,7 +336,9 @@ int run(const Options& options) {
 int main(int argc, char** argv) {
   CLI::App app{"Tokenize text files (bytes or GPT-2 BPE) into llm.c token shards (train_*.bin, val_*.bin) for TokenDataset"};
   Options options;
-  app.add_option("--out", options.out, "output folder (created if missing)")->required();
+  app.add_option("--out", options.out, "output folder (created if missing)")
+      ->required()
+      ->check([](const std::string& v) { return v.empty() ? "give the folder to write the shards into" : ""; });
   app.add_option("--val-fraction", options.val_fraction, "tail share of each file written to val shards")
       ->capture_default_str();
   app.add_option("--shard-tokens", options.shard_tokens, "tokens per shard at most")->capture_default_str();

@@ -9,8 +9,10 @@
 
 // The layers (see docs/architecture.md). Including them all costs LibTorch's nn headers.
 #include "edit/comm/device_mesh.h"
-#include "edit/comm/routed_communicator.h"
 #include "edit/comm/link_emulator.h"
+#include "edit/comm/mpi_communicator.h"
+#include "edit/comm/mpi_runtime.h"
+#include "edit/comm/routed_communicator.h"
 #include "edit/data/token_dataset.h"
 #include "edit/data/tokenizer_record.h"
 #include "edit/models/gpt.h"
@@ -21,5 +23,7 @@
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/streaming.h"
 #include "edit/train/checkpoint.h"
+#include "edit/train/export.h"
 #include "edit/train/run_dir.h"
+#include "edit/train/stop_signal.h"
 #include "edit/train/trainer.h"

@@ -8,6 +8,7 @@
 #include <limits>
 #include <tuple>
 
+#include "backend_choice.h"
 #include "edit/config.h"
 #include "edit/core/check.h"
 #include "edit/core/profile_scope.h"
@@ -26,10 +27,7 @@ namespace edit::models {
 namespace {
 
 bool aten_forced() {
-  static const bool forced = [] {
-    const char* choice = std::getenv("EDIT_CROSS_ENTROPY");
-    return choice != nullptr && std::strcmp(choice, "aten") == 0;
-  }();
+  static const bool forced = detail::env_selects_aten("EDIT_CROSS_ENTROPY");
   return forced;
 }
 

@@ -14,6 +14,7 @@
 #include "edit/core/check.h"
 #include "edit/core/profile_scope.h"
 #include "edit/core/torch_compat.h"
+#include "backend_choice.h"
 #include "onednn.h"
 
 #if EDIT_HAS_ONEDNN
@@ -24,10 +25,7 @@ namespace edit::models {
 
 bool detail::onednn_enabled() {
 #if EDIT_HAS_ONEDNN
-  static const bool enabled = [] {
-    const char* choice = std::getenv("EDIT_CPU_GEMM");
-    return choice == nullptr || std::strcmp(choice, "aten") != 0;
-  }();
+  static const bool enabled = !detail::env_selects_aten("EDIT_CPU_GEMM");
   return enabled;
 #else
   return false;

@@ -107,6 +107,9 @@ expect_usage_error comm_timeout_zero "--comm-timeout is 0 s.*at least 0.001 s" -
   --out-dir "$work/x19"
 EDIT_COMM_TIMEOUT_S=0 expect_usage_error comm_timeout_env "EDIT_COMM_TIMEOUT_S is 0 s" --steps 4 --out-dir "$work/x19"
 [[ -e "$work/x19" ]] && fail "a start refused before MPI created its --out-dir"
+# A misspelt backend switch is refused by name (it used to keep the default without a word).
+EDIT_CROSS_ENTROPY=atem expect_failure cross_entropy_typo 30 "EDIT_CROSS_ENTROPY='atem' is not a choice" --steps 2 \
+  --out-dir "$work/x21"
 
 # A start refused once MPI runs (a misspelt data path) leaves an --out-dir the corrected command
 # takes; a run without --checkpoint-every saves its last step; --resume auto where an earlier
