@@ -40,7 +40,7 @@ for rep in $(seq 1 "$reps"); do
     rm -rf "$run"
     OMP_NUM_THREADS=1 /usr/bin/time -f "%M" -o "$run.rss" "$build/tools/edit-train-gpt" --model "$model" \
       --seq-len "$seq_len" --batch-size "$batch" --steps "$steps" --strategy none --eval-every 0 --log-every 0 \
-      --seed 1 --stop-signals none --train-data "$data/train_000000.bin" --val-data "$data/val_000000.bin" \
+      --seed 1 --stop-signals none --checkpoint-every -1 --train-data "$data/train_000000.bin" --val-data "$data/val_000000.bin" \
       --out-dir "$run" "${flag[@]}" > "$run.log" 2>&1 || { echo "run $config $rep failed: see $run.log" >&2; exit 1; }
     python3 - "$run" "$config" "$rep" "$(tail -n 1 "$run.rss")" >> "$out/runs.csv" <<'PY'
 import json, sys

@@ -68,7 +68,7 @@ for seed in $seeds; do
       dir=$out/runs/libedit_${style}_${seed}_$run
       rm -rf "$dir"
       "${mpi[@]}" "$build/tools/edit-train-gpt" --model tiny --style "$style" "${files[@]}" "${schedule[@]}" \
-        --seed "$seed" --eval-every 0 --log-level warn --sample-tokens 0 --out-dir "$dir" "${args[@]}" \
+        --seed "$seed" --eval-every 0 --log-level warn --sample-tokens 0 --checkpoint-every -1 --out-dir "$dir" "${args[@]}" \
         > "$dir.log" 2>&1 || { echo "libedit $style $run (seed $seed) failed: see $dir.log" >&2; exit 1; }
       echo "$style,$seed,libedit,$run,$(awk 'END { print $4 }' "$dir/loss.tsv")" | tee -a "$out/runs.csv"
     done

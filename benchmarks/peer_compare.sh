@@ -115,7 +115,7 @@ run_one() {  # round vocab config kind (full: the measured run; base: its first 
       "${timed[@]}" "$dir/time.txt" "${mpi[@]}" "$train_gpt" --model small "${model[@]}" --vocab-size "$vocab" --device cpu --dtype fp32 \
         --train-data "$train/train_*.bin" --val-data "$train/val_*.bin" \
         --strategy "${config#edit-}" --sync-every 32 --steps "$n" \
-        --eval-every 0 --eval-batches 1 --log-every 0 --out-dir "$dir" --overwrite > "$dir/log.txt" 2>&1 ;;
+        --eval-every 0 --eval-batches 1 --log-every 0 --checkpoint-every -1 --out-dir "$dir" --overwrite > "$dir/log.txt" 2>&1 ;;
   esac || { echo "peer_compare.sh: $config (vocab $vocab, round $round, $kind) failed; see $dir/log.txt" >&2; tail -5 "$dir/log.txt" >&2; exit 1; }
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$vocab" "${config%%-*}" "${config#*-}" "$kind" "$n" "$dir" "$before" "$(load)" >> "$index"
   [[ $kind == full ]] && echo "  round $round, vocab $vocab, $config: done (load $before -> $(load))"

@@ -130,7 +130,7 @@ run() {
   [[ $ranks -gt 1 ]] && launcher=(mpirun -np "$ranks" --oversubscribe --bind-to none)
   env ${RUN_ENV:-} "${launcher[@]}" "$build/tools/edit-train-gpt" --model 124m --device cuda --dtype bf16 \
     --train-data "$data/train_000.bin" --val-data "$data/val_000.bin" --batch-size "$run_batch" --lr 6e-4 \
-    --warmup-steps 4 --eval-every 0 --eval-batches 1 --log-every 32 --out-dir "$out/$label" --overwrite "$@" \
+    --warmup-steps 4 --eval-every 0 --eval-batches 1 --log-every 32 --checkpoint-every -1 --out-dir "$out/$label" --overwrite "$@" \
     > "$out/$label.log" 2>&1 || echo "run $label failed: $(tail -3 "$out/$label.log")"
   grep -E "device|step +[0-9]+/|rror" "$out/$label.log" | tail -4 || true
   report > "$out/gpu_bench.md"  # after every run: a partial table survives a stop

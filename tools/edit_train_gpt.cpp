@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -317,9 +318,9 @@ void add_options(CLI::App& app, Config& c) {
       ->group(run)
       ->capture_default_str();
   app.add_option("--checkpoint-every", c.checkpoint_every,
-                 "checkpoint every N steps; the last step is always saved (0: only the last)")
+                 "checkpoint every N steps, and the last step (0: only the last; -1: never, for benchmarks)")
       ->group(run)
-      ->check(kNonNegative)
+      ->check(CLI::Range(-1, std::numeric_limits<int>::max()))
       ->capture_default_str();
   app.add_option("--keep-checkpoints", c.keep_checkpoints, "how many checkpoints to keep")
       ->group(run)
@@ -945,8 +946,9 @@ int main(int argc, char** argv) {
           loss_table->add(done, static_cast<std::int64_t>(done * tokens_per_step), train_loss, val_loss);
         }
       }
-      // The run's product, its last step, is always saved: a run is not lost for a missing flag.
-      if (crossed(before, done, c.checkpoint_every) || trainer.finished()) {
+      // The run's product, its last step, is saved unless asked not to (-1): a run is not lost for a
+      // missing flag.
+      if (crossed(before, done, c.checkpoint_every) || (trainer.finished() && c.checkpoint_every >= 0)) {
         saved_to = checkpointer.save(done);
         saved_at = done;
         if (mesh.rank() == 0) spdlog::info("checkpoint: {}", saved_to);
