@@ -113,6 +113,7 @@ struct Config {
   std::string log_level;
   double comm_timeout = 0;  // seconds, when --comm-timeout is given; else EDIT_COMM_TIMEOUT_S, else 600
   bool comm_timeout_given = false;
+  bool val_fraction_given = false;
   std::vector<std::string> stop_signals = {"usr1", "term"};  // save a checkpoint and stop on these
   // device and precision
   std::string device = "auto";        // auto: one GPU per local rank when CUDA is there, else the CPU
@@ -698,6 +699,7 @@ int main(int argc, char** argv) {
     }
     c.warmup_given = app.count("--warmup-steps") > 0;
     c.comm_timeout_given = app.count("--comm-timeout") > 0;
+    c.val_fraction_given = app.count("--val-fraction") > 0;
     c.outer_given = app.count("--outer") + app.count("--outer-lr") + app.count("--outer-momentum") > 0;
     // The flags of a strategy's own group that the command line set, as "--a, --b".
     const auto given = [&app](std::initializer_list<const char*> flags) {
@@ -740,6 +742,9 @@ int main(int argc, char** argv) {
     at::set_num_threads(1);
     edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env(*mesh_options);
     edit::log::init(mesh.rank(), c.log_level);
+    if (c.val_fraction_given && !c.val_data.empty() && mesh.rank() == 0) {
+      spdlog::warn("--val-fraction is not used: --val-data gives the held-out files");
+    }
     const at::Device device = mesh.device();
     const edit::train::RunDir run(c.out_dir);
     run.prepare(mesh, c.resume != "none", c.overwrite);
@@ -1000,15 +1005,19 @@ int main(int argc, char** argv) {
       std::vector<std::int64_t> prompt = {gpt2 ? std::int64_t{gpt2->encode("\n").front()}
                                                : std::int64_t{'\n'}};
       at::Tensor tokens = at::tensor(prompt, at::kLong).unsqueeze(0);
-      for (int i = 0; i < c.sample_tokens; ++i) {
-        const at::Tensor window = tokens.narrow(1, std::max<std::int64_t>(0, tokens.size(1) - gpt.seq_len),
-                                                std::min<std::int64_t>(tokens.size(1), gpt.seq_len));
-        const at::Tensor logits = module->forward(window.to(device)).select(1, -1).to(at::kCPU, at::kFloat);
-        // Temperature 0.8, among the ids the tokenizer can decode (a padded vocabulary has more).
-        const at::Tensor probs =
-            at::softmax(logits.narrow(-1, 0, std::min<std::int64_t>(known_ids, gpt.vocab_size)) / 0.8, -1);
-        tokens = at::cat({tokens, at::multinomial(probs, 1)}, 1);
-      }
+      // From the model the replicas agree on (with Local SGD the anchor, which the evaluations and
+      // exports use too), not from this rank's own since the last sync.
+      strategy->with_global_model([&] {
+        for (int i = 0; i < c.sample_tokens; ++i) {
+          const at::Tensor window = tokens.narrow(1, std::max<std::int64_t>(0, tokens.size(1) - gpt.seq_len),
+                                                  std::min<std::int64_t>(tokens.size(1), gpt.seq_len));
+          const at::Tensor logits = module->forward(window.to(device)).select(1, -1).to(at::kCPU, at::kFloat);
+          // Temperature 0.8, among the ids the tokenizer can decode (a padded vocabulary has more).
+          const at::Tensor probs =
+              at::softmax(logits.narrow(-1, 0, std::min<std::int64_t>(known_ids, gpt.vocab_size)) / 0.8, -1);
+          tokens = at::cat({tokens, at::multinomial(probs, 1)}, 1);
+        }
+      });
       if (mesh.rank() == 0) {
         std::vector<std::uint32_t> ids;
         for (std::int64_t i = 0; i < tokens.size(1); ++i)
