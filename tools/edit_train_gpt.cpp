@@ -478,7 +478,6 @@ void note_outer_defaults_at_small_h(const Config& c) {
       h, c.sync.local.outer.lr, c.sync.local.outer.momentum);
 }
 
-// Contradictions no single option's check can see. Every rank reaches the same verdict.
 // The strategy's options as the command line gives them (the A-EDiT budget is set once the mesh
 // is known).
 edit::sync::StrategyConfig strategy_config(const Config& c) {
@@ -491,6 +490,8 @@ edit::sync::StrategyConfig strategy_config(const Config& c) {
   return sync;
 }
 
+// Contradictions no single option's check can see, and the library's checks of the values. Every
+// rank reaches the same verdict.
 void validate(const Config& c) {
   const double lr = c.adamw.lr;
   const std::int64_t steps = c.trainer.steps;

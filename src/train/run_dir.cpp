@@ -102,7 +102,8 @@ std::vector<std::string> RunDir::set_aside_logs() const {
 std::string RunDir::latest_checkpoint() const {
   const auto newest = train::latest_checkpoint(checkpoints());
   EDIT_CHECK(newest.has_value(), "no complete checkpoint under ", checkpoints(),
-             "; train with --checkpoint-every N first, or pass --checkpoint PATH");
+             ": the run stopped before its first save, or ran with --checkpoint-every -1 (which saves "
+             "none); pass --checkpoint PATH, or train without -1");
   return *newest;
 }
 
