@@ -859,7 +859,9 @@ int main(int argc, char** argv) {
     checkpointer.track("data", train);
     checkpointer.track("rng", rng);
     checkpointer.track("trainer", trainer);
-    if (c.resume == "auto" && !checkpointer.latest() && mesh.rank() == 0) {
+    // One scan of the checkpoints folder: whether --resume auto finds anything to load.
+    const bool nothing_to_resume = c.resume == "auto" && !checkpointer.latest();
+    if (nothing_to_resume && mesh.rank() == 0) {
       // A requeued job that died before its first save: it starts over, and keeps the earlier logs.
       std::string moved;
       for (const auto& name : run.set_aside_logs()) moved += (moved.empty() ? "" : ", ") + name;
@@ -868,7 +870,7 @@ int main(int argc, char** argv) {
                   "--resume auto: no checkpoint under {} yet; starting from step 0{}", run.checkpoints(),
                   moved.empty() ? std::string() : " (the earlier attempt's logs are kept as " + moved + ")");
     }
-    if (c.resume != "none" && !(c.resume == "auto" && !checkpointer.latest())) {
+    if (c.resume != "none" && !nothing_to_resume) {
       const auto step = checkpointer.load(c.resume);
       EDIT_CHECK(step <= steps, "the checkpoint is at step ", step, ", past --steps ", steps,
                  "; pass --steps above ", step, " to train on from it");

@@ -56,6 +56,11 @@ double lane_sum(std::int64_t begin, std::int64_t end, const Term& term) {
 
 bool float_contiguous(const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); }
 
+void check_shaped_like(const at::Tensor& anchor, const at::Tensor& local) {
+  EDIT_CHECK(anchor.numel() == local.numel(), "anchor of ", anchor.numel(), " elements for a shard of ", local.numel(),
+             "; the anchor must be shaped like the unit's shard");
+}
+
 // One pass over anchor - local: the difference stored in delta (kStore) or only squared and summed.
 template <bool kStore>
 double difference_sqnorm(const float* anchor, const float* local, float* delta, std::int64_t n) {
@@ -76,8 +81,7 @@ double pseudo_grad_sqnorm_cpu(const float* anchor, const float* local, float* de
 }
 
 at::Tensor pseudo_gradient(const at::Tensor& anchor, const at::Tensor& local, double* sqnorm) {
-  EDIT_CHECK(anchor.numel() == local.numel(), "anchor of ", anchor.numel(), " elements for a shard of ", local.numel(),
-             "; the anchor must be shaped like the unit's shard");
+  check_shaped_like(anchor, local);
   // Offloaded anchors come from (pinned) host memory; the copy is queued on the current stream,
   // ahead of whatever reads it there.
   const at::Tensor phi = anchor.device() == local.device()
@@ -110,8 +114,7 @@ at::Tensor pseudo_gradient(const at::Tensor& anchor, const at::Tensor& local, do
 
 double pseudo_grad_sqnorm(const at::Tensor& anchor, const at::Tensor& local) {
   if (float_contiguous(anchor) && float_contiguous(local) && anchor.device().is_cpu() && local.device().is_cpu()) {
-    EDIT_CHECK(anchor.numel() == local.numel(), "anchor of ", anchor.numel(), " elements for a shard of ",
-               local.numel(), "; the anchor must be shaped like the unit's shard");
+    check_shaped_like(anchor, local);
     return pseudo_grad_sqnorm_cpu(anchor.data_ptr<float>(), local.data_ptr<float>(), nullptr, local.numel());
   }
   double sqnorm = 0.0;

@@ -140,7 +140,6 @@ TEST(CommOptions, TimeoutFromEnvironment) {
     ::setenv("EDIT_COMM_TIMEOUT_S", never, 1);
     EXPECT_EQ(CommOptions::from_env().timeout, CommOptions::kMaxTimeout) << never;
   }
-  EXPECT_EQ(CommOptions::kMaxTimeout, std::chrono::seconds(100'000'000));
   ::unsetenv("EDIT_COMM_TIMEOUT_S");
   EXPECT_EQ(CommOptions::from_env().timeout, std::chrono::minutes(10));
 }
