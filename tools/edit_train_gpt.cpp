@@ -546,6 +546,39 @@ void validate(const Config& c) {
   if (edit::sync::is_local_sgd(strategy)) edit::sync::effective_local_options(sync).validate();
 }
 
+// Refuses to resume a checkpoint into a model that would load its weights with the same shapes
+// but another meaning (other heads), checked against the config.json of the run that saved it:
+// with --resume auto this run's own (rewritten only after the load), otherwise the one beside the
+// checkpoint's checkpoints/ folder. A run without one (or with one damaged) is not checked.
+void check_resumed_model(const edit::models::GptConfig& gpt, const std::string& resume,
+                         const edit::train::RunDir& run) {
+  namespace fs = std::filesystem;
+  std::string config = run.config_path();
+  if (resume != "auto") {
+    fs::path folder = fs::path(resume).lexically_normal();
+    if (!folder.has_filename()) folder = folder.parent_path();  // "step_8/"
+    config = (folder.parent_path().parent_path() / "config.json").string();
+  }
+  std::error_code error;
+  if (!fs::is_regular_file(config, error)) return;
+  edit::models::GptConfig saved;
+  try {
+    std::ifstream in(config);
+    std::stringstream text;
+    text << in.rdbuf();
+    saved = edit::models::GptConfig::from_json(text.str());
+  } catch (const std::exception& e) {
+    spdlog::warn("the model configuration of the checkpoint's run is unreadable ({}); the model is not checked "
+                 "against it",
+                 e.what());
+    return;
+  }
+  const std::string differences = gpt.resume_differences(saved);
+  EDIT_CHECK(differences.empty(), "the checkpoint was saved by another model (", differences, ", per ", config,
+             "); resume with the same model options (--model, --style, --vocab-size, --seq-len, --dim, --heads, "
+             "--layers, --tie-embeddings), or train the new model in another --out-dir");
+}
+
 // A rough lower bound of one step's activation memory per rank: the logits (B, T, V) with their
 // softmax and gradient, and one block's attention scores (B, heads, T, T) with their gradient.
 // A configuration far beyond the machine is an error that names the options, not an allocator
@@ -871,6 +904,7 @@ int main(int argc, char** argv) {
                   moved.empty() ? std::string() : " (the earlier attempt's logs are kept as " + moved + ")");
     }
     if (c.resume != "none" && !nothing_to_resume) {
+      check_resumed_model(gpt, c.resume, run);
       const auto step = checkpointer.load(c.resume);
       EDIT_CHECK(step <= steps, "the checkpoint is at step ", step, ", past --steps ", steps,
                  "; pass --steps above ", step, " to train on from it");

@@ -9,6 +9,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <cmath>
+#include <sstream>
 #include <vector>
 #include <nlohmann/json.hpp>
 
@@ -60,6 +61,26 @@ void GptConfig::validate() const {
              "; pick heads that divide dim");
   EDIT_CHECK(style != GptStyle::kLlama || (dim / heads) % 2 == 0, "RoPE needs an even head size, got ",
              dim / heads, " (dim ", dim, " / heads ", heads, ")");
+}
+
+std::string GptConfig::resume_differences(const GptConfig& saved) const {
+  std::ostringstream out;
+  out << std::boolalpha;
+  const auto note = [&out](const char* field, const auto& was, const auto& now) {
+    if (was == now) return;
+    out << (out.tellp() > 0 ? ", " : "") << field << " " << was << " -> " << now;
+  };
+  note("style", std::string(to_string(saved.style)), std::string(to_string(style)));
+  note("vocab_size", saved.vocab_size, vocab_size);
+  if (style == GptStyle::kGpt2 || saved.style == GptStyle::kGpt2) note("seq_len", saved.seq_len, seq_len);
+  note("dim", saved.dim, dim);
+  note("heads", saved.heads, heads);
+  note("layers", saved.layers, layers);
+  note("mlp_hidden", saved.hidden(), hidden());
+  note("rope_theta", saved.rope_theta, rope_theta);
+  note("norm_eps", saved.norm_eps, norm_eps);
+  note("tie_embeddings", saved.tie_embeddings, tie_embeddings);
+  return out.str();
 }
 
 std::int64_t GptConfig::num_parameters() const {

@@ -42,6 +42,11 @@ before=$(snapshot "$work/run")
 
 expect_failure reused_out_dir 30 "holds a previous run.*--resume auto.*--overwrite" --steps 8 --out-dir "$work/run"
 expect_failure other_model 30 "resume with the same model" --steps 12 --dim 32 --resume auto --out-dir "$work/run"
+# Other heads split the same matrices differently: every shape matches, so only the run's
+# config.json tells. Named from an explicit checkpoint folder too.
+expect_failure other_heads 30 "another model \\(heads 4 -> 2.*--heads" --steps 12 --heads 2 --resume auto --out-dir "$work/run"
+expect_failure other_heads_folder 30 "another model \\(heads 4 -> 2" --steps 12 --heads 2 \
+  --resume "$(ls -d "$work/run/checkpoints/step_"* | sort | tail -n 1)/" --out-dir "$work/run_heads"
 expect_failure steps_below_checkpoint 30 "past --steps 4" --steps 4 --resume auto --out-dir "$work/run"
 # The run is EDiT's: as ddp or none its anchors and outer momenta would be dropped without a word.
 expect_failure other_strategy 30 "holds a synchronization state.*strategy is ddp" --steps 12 --strategy ddp \

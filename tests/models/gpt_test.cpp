@@ -199,4 +199,28 @@ TEST(GptConfig, PresetsAndErrorsNameTheFix) {
   EXPECT_THROW(edit::models::parse_style("bert"), edit::Error);
 }
 
+// Other heads split the same weight matrices differently: the shapes match, the meaning does not.
+TEST(GptConfig, ResumeDifferencesNameWhatChangesTheWeightsMeaning) {
+  const GptConfig saved = GptConfig::preset("tiny");
+  EXPECT_EQ(saved.resume_differences(saved), "");
+  GptConfig other_heads = saved;
+  other_heads.heads = 2;
+  EXPECT_EQ(other_heads.resume_differences(saved), "heads 4 -> 2");
+  GptConfig several = saved;
+  several.layers = 3;
+  several.tie_embeddings = !saved.tie_embeddings;
+  EXPECT_EQ(several.resume_differences(saved), std::string("layers 2 -> 3, tie_embeddings ") +
+                                                   (saved.tie_embeddings ? "true -> false" : "false -> true"));
+  // GPT-2 trains a table of seq_len positions; Llama computes RoPE for any length.
+  GptConfig longer = saved;
+  longer.seq_len = 2 * saved.seq_len;
+  EXPECT_EQ(longer.resume_differences(saved), "seq_len 64 -> 128");
+  GptConfig llama = saved;
+  llama.style = GptStyle::kLlama;
+  GptConfig llama_longer = llama;
+  llama_longer.seq_len = 2 * saved.seq_len;
+  EXPECT_EQ(llama_longer.resume_differences(llama), "");
+  EXPECT_EQ(llama.resume_differences(saved), "style gpt2 -> llama, mlp_hidden 256 -> 192");
+}
+
 }  // namespace

@@ -44,6 +44,12 @@ struct GptConfig {
   void validate() const;               // throws edit::Error naming the field and the fix
   std::int64_t num_parameters() const;  // closed form, equal to the module's count
 
+  // What keeps weights saved by a model of configuration `saved` from meaning the same in this
+  // one, as "heads 4 -> 2, layers 2 -> 3" (empty: resumable). Shapes alone do not tell: other
+  // heads split the same matrices differently. Llama's seq_len may change (RoPE is computed, not
+  // trained); GPT-2's may not (its position table is a trained weight).
+  std::string resume_differences(const GptConfig& saved) const;
+
   // JSON with every field (written next to checkpoints and exports, read by the tools).
   std::string to_json() const;
   static GptConfig from_json(const std::string& text);  // throws naming a missing or bad field
