@@ -123,19 +123,12 @@ bool AEDiT::reached_end() const {
           static_cast<double>(next_deadline_) * options_.interval_s > options_.time_limit_s + 1e-9);
 }
 
-void AEDiT::share_budget() {
-  budget_share_ = 0;
-  last_round_ = false;
-  if (options_.budget_steps <= 0 || stop_) return;
-  const std::int64_t left = options_.budget_steps - total_steps_;
-  const auto workers = static_cast<std::int64_t>(sync_->size());
-  // Before the first round nothing is known of the replicas' speeds: even shares.
-  const std::vector<std::int64_t> weights =
-      round_steps_.empty() ? std::vector<std::int64_t>(static_cast<size_t>(workers), 1) : round_steps_;
+std::vector<std::int64_t> share_steps(std::int64_t left, const std::vector<std::int64_t>& weights) {
+  const auto workers = static_cast<std::int64_t>(weights.size());
   std::int64_t last = 0;
   for (std::int64_t s : weights) last += s;
-  if (left <= 0 || last <= 0) return;
-  last_round_ = !round_steps_.empty() && 2 * left < 3 * last;
+  EDIT_CHECK(workers > 0 && last > 0 && left > 0, "share_steps needs steps left (", left,
+             ") and weights with a positive sum (", last, ")");
   // Every replica takes a step before it can join a round: one each first (when there are that
   // many left), then the rest in proportion to the last round's steps.
   const std::int64_t first = left >= workers ? 1 : 0;
@@ -152,6 +145,23 @@ void AEDiT::share_budget() {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   });
   for (std::int64_t k = 0; k < left - given; ++k) share[remainders[static_cast<size_t>(k)].second] += 1;
+  return share;
+}
+
+void AEDiT::share_budget() {
+  budget_share_ = 0;
+  last_round_ = false;
+  if (options_.budget_steps <= 0 || stop_) return;
+  const std::int64_t left = options_.budget_steps - total_steps_;
+  const auto workers = static_cast<std::int64_t>(sync_->size());
+  // Before the first round nothing is known of the replicas' speeds: even shares.
+  const std::vector<std::int64_t> weights =
+      round_steps_.empty() ? std::vector<std::int64_t>(static_cast<size_t>(workers), 1) : round_steps_;
+  std::int64_t last = 0;
+  for (std::int64_t s : weights) last += s;
+  if (left <= 0 || last <= 0) return;
+  last_round_ = !round_steps_.empty() && 2 * left < 3 * last;
+  const std::vector<std::int64_t> share = share_steps(left, weights);
   budget_share_ = std::max<std::int64_t>(1, share[static_cast<size_t>(sync_->rank())]);
 }
 

@@ -366,7 +366,6 @@ void DiLoCo::after_step(std::int64_t step) {
   }
   if (units > 0) sync_.finish(units - 1);
   sync_.end_sync();
-  ++stats_.syncs;
   stats_.blocked_seconds += seconds_since(start);
 }
 
@@ -437,7 +436,6 @@ void EDiT::on_pre_gather(int unit) {
   if (std::all_of(done_.begin(), done_.end(), [](bool d) { return d; })) {
     pending_ = false;
     sync_.end_sync();
-    ++stats_.syncs;
   }
   stats_.blocked_seconds += seconds_since(start);
 }
@@ -477,7 +475,9 @@ void EDiT::load_state_dict(const StateDict& state) {
 
 namespace {
 
+// The counters of the sync core, which its state carries over a resume.
 SyncStats with_penalty_counts(SyncStats stats, const PseudoGradientSync& sync) {
+  stats.syncs = sync.syncs();
   stats.dropped_workers = sync.dropped_workers();
   stats.skipped_units = sync.skipped_units();
   stats.level_shifts = sync.level_shifts();

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
+#include "edit/comm/device_mesh.h"
 #include "edit/comm/mpi_runtime.h"
 #include "edit/core/log.h"
 #include "mpi_test_env.h"
@@ -19,11 +20,12 @@ std::shared_ptr<comm::MpiCommunicator> world() { return world_slot(); }
 }  // namespace edit::testing_support
 
 int main(int argc, char** argv) {
+  // Before InitGoogleTest, which picks the result printer (the launcher's rank: MPI starts later).
+  if (edit::comm::detect_launch().rank > 0) GTEST_FLAG_SET(brief, true);
   testing::InitGoogleTest(&argc, argv);
   at::set_num_threads(1);
   auto runtime = edit::comm::MpiRuntime::acquire();
   edit::log::init(runtime->world_rank(), "warn");
-  if (runtime->world_rank() != 0) GTEST_FLAG_SET(brief, true);
   edit::comm::CommOptions options = edit::comm::CommOptions::from_env();
   edit::testing_support::world_slot() = edit::comm::MpiCommunicator::world(runtime, options);
   const int local = RUN_ALL_TESTS();

@@ -320,8 +320,9 @@ TEST(AEDiT, AFastWorkerTakesTwiceTheStepsOfOneSlowed2xAndWaitsAtMostOneSlowStep)
     EXPECT_LT(ratio, 2.6) << "round " << m.round << ": " << m.round_steps[0] << " and " << m.round_steps[1] << " steps";
     if (m.round == 1) continue;  // waits are reported one round late
     // The fast replica waits for the slow one to end the step it is in: at most one slow step,
-    // plus the exchange's latency.
-    EXPECT_LE(m.round_waits_s[0], slow_step + 0.05) << "round " << m.round - 1;
+    // plus the exchange's latency and a loaded machine's scheduling; far below the 1.2 s window
+    // that a synchronous round would make it wait out.
+    EXPECT_LE(m.round_waits_s[0], slow_step + 0.15) << "round " << m.round - 1;
   }
   expect_replicas_hold_one_model(mesh, r);
 }

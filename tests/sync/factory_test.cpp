@@ -49,6 +49,8 @@ TEST(StrategyFactory, RefusesUnknownNamesAndMisplacedPenalty) {
 
 TEST(StrategyFactory, BuildsEachStrategyByName) {
   auto comm = std::make_shared<edit::testing_support::LoopbackCommunicator>();
+  EXPECT_EQ(edit::sync::strategy_names(),
+            (std::vector<std::string>{"edit", "aedit", "diloco", "streaming", "ddp", "none"}));
   for (const auto& name : edit::sync::strategy_names()) {
     auto module =
         std::make_shared<edit::testing_support::TinyTransformer>(edit::testing_support::TinyConfig{});

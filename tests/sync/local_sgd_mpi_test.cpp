@@ -1,7 +1,9 @@
 // Local SGD strategies on real ranks: H = 1 plain averaging with SGD equals Ddp, EDiT (layer-wise)
 // equals DiLoCo (bulk), the penalty keeps a blown-up or NaN worker out of the anchor and decides
-// as the blocking reference does, and EDiT's forward waits for no norm exchange.
-// Runs on 2 ranks (S = 1, R = 2) and 4 ranks (S = 2, R = 2).
+// as the blocking reference does, EDiT's forward waits for no norm exchange, and evaluations see the
+// anchors and give the local weights back.
+// Runs on 2 ranks (S = 1, R = 2), 3 ranks (S = 1, R = 3) and 4 ranks (S = 2, R = 2).
+#include <c10/core/GradMode.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -154,6 +156,74 @@ TEST(LocalSgd, LayerwiseEditEqualsBulkDiloco) {
   EXPECT_EQ(edit->stats().syncs, 4);
   const double difference = (bulk.flat_params() - layerwise.flat_params()).abs().max().item<double>();
   EXPECT_LT(difference, 1e-10);
+}
+
+// Every evaluation runs inside with_global_model: there the model holds the anchors, the model
+// every replica agrees on, and afterwards its own local weights again, bit for bit, also when the
+// evaluation throws. Left in place, the anchors would turn Local SGD into averaging at each eval.
+TEST(LocalSgd, WithGlobalModelShowsTheAnchorsAndGivesTheLocalWeightsBack) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker w(mesh, 0, at::kDouble);
+  w.inner = std::make_unique<edit::shard::FlatAdamW>(*w.model, edit::shard::AdamWOptions{1e-2});
+  LocalSgdOptions options;
+  options.sync_every = 4;
+  auto* diloco = new edit::sync::DiLoCo(*w.model, mesh.sync_ptr(), options);
+  w.strategy.reset(diloco);
+  for (int s = 0; s < 6; ++s) w.step(mesh, s);  // a sync after step 3, then two local steps
+  const int units = w.model->num_units();
+  std::vector<at::Tensor> local;
+  bool moved = false;
+  for (int u = 0; u < units; ++u) {
+    local.push_back(w.model->unit(u).shard().clone());
+    moved = moved || !at::equal(local.back(), diloco->core().outer().anchor(u));
+  }
+  ASSERT_TRUE(moved) << "the test needs local weights away from the anchors";
+  int calls = 0;
+  w.strategy->with_global_model([&] {
+    ++calls;
+    for (int u = 0; u < units; ++u) {
+      EXPECT_TRUE(at::equal(w.model->unit(u).shard(), diloco->core().outer().anchor(u))) << "unit " << u;
+    }
+  });
+  EXPECT_EQ(calls, 1);
+  for (int u = 0; u < units; ++u) EXPECT_TRUE(at::equal(w.model->unit(u).shard(), local[u])) << "unit " << u;
+  EXPECT_THROW(w.strategy->with_global_model([] { EDIT_FAIL("the evaluation failed"); }), edit::Error);
+  for (int u = 0; u < units; ++u) EXPECT_TRUE(at::equal(w.model->unit(u).shard(), local[u])) << "unit " << u;
+}
+
+// EDiT completes a pending layer-wise sync before it swaps the anchors in, from the very weights
+// the next forward would have used: evaluations while a sync is pending (steps 1 and 5 here) leave
+// the trajectory exactly as it was without them.
+TEST(LocalSgd, EditEvaluatedWhileASyncIsPendingTakesTheSamePath) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size_for_world()});
+  Worker evaluated(mesh, 0, at::kDouble), plain(mesh, 0, at::kDouble);
+  const auto layerwise_edit = [&mesh](Worker& w) {
+    LocalSgdOptions options = edit::sync::EDiT::default_options();
+    options.sync_every = 2;
+    options.penalty.warmup_syncs = 1;
+    w.inner = std::make_unique<edit::shard::FlatAdamW>(*w.model, edit::shard::AdamWOptions{1e-2});
+    auto* edit = new edit::sync::EDiT(*w.model, mesh.sync_ptr(), options);
+    w.strategy.reset(edit);
+    return edit;
+  };
+  edit::sync::EDiT* with_evals = layerwise_edit(evaluated);
+  edit::sync::EDiT* without = layerwise_edit(plain);
+  for (int s = 0; s < 8; ++s) {
+    EXPECT_EQ(evaluated.step(mesh, s), plain.step(mesh, s)) << "step " << s;
+    if (s == 1 || s == 5) {
+      ASSERT_TRUE(with_evals->sync_pending()) << "step " << s;
+      evaluated.strategy->with_global_model([&] {
+        c10::NoGradGuard no_grad;
+        auto [x, y] = tiny_batch(evaluated.config, 100 + s, mesh.rank(), 2);
+        EXPECT_TRUE(std::isfinite(evaluated.module->loss(x, y).item<double>()));
+      });
+      EXPECT_FALSE(with_evals->sync_pending()) << "the evaluation completed the sync";
+    }
+  }
+  with_evals->finish();
+  without->finish();
+  EXPECT_EQ(with_evals->stats().syncs, without->stats().syncs);
+  EXPECT_TRUE(at::equal(evaluated.flat_params(), plain.flat_params()));
 }
 
 // A model may leave a unit out of some forwards. Where the forward that runs a sync skips one,

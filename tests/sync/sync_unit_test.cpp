@@ -7,6 +7,7 @@
 #include "edit/config.h"
 #include "edit/core/check.h"
 #include "edit/shard/sharded_model.h"
+#include "edit/sync/aedit.h"
 #include "edit/sync/local_sgd.h"
 #include "edit/sync/outer_optimizer.h"
 #include "edit/sync/penalty.h"
@@ -65,6 +66,13 @@ TEST(OuterOptimizer, SignMomentumStepsByLrTimesTheSign) {
   outer.step(0, at::tensor({0.5f, -2.0f}));
   EXPECT_NEAR(outer.anchor(0)[0].item<float>(), 0.99f, 1e-7);
   EXPECT_NEAR(outer.anchor(0)[1].item<float>(), 1.01f, 1e-7);
+  // The second step follows the momentum, m = 0.9 (0.5, -2) + (-1, 1) = (-0.55, -0.8), not the new
+  // delta alone: without mu the second element would step back down to 1.00.
+  outer.step(0, at::tensor({-1.0f, 1.0f}));
+  EXPECT_NEAR(outer.momentum(0)[0].item<float>(), -0.55f, 1e-6);
+  EXPECT_NEAR(outer.momentum(0)[1].item<float>(), -0.8f, 1e-6);
+  EXPECT_NEAR(outer.anchor(0)[0].item<float>(), 1.00f, 1e-6);
+  EXPECT_NEAR(outer.anchor(0)[1].item<float>(), 1.02f, 1e-6);
   EXPECT_THROW(edit::sync::parse_outer_method("adam"), edit::Error);
 }
 
@@ -296,6 +304,24 @@ TEST(StreamingDiLoCoCuda, FollowsTheCpuRun) {
     EXPECT_EQ(gpu.streaming_stats().payload_bytes, cpu.streaming_stats().payload_bytes);
   }
 #endif
+}
+
+// A-EDiT's budget shares with three workers, by hand.
+TEST(AEDiTShares, OneStepEachThenByTheLastRoundLargestRemaindersFirst) {
+  using edit::sync::share_steps;
+  using Shares = std::vector<std::int64_t>;
+  // 10 left after a round of 3, 2 and 1 steps: one each, then 7 x (3, 2, 1) / 6 = (3.5, 2.33, 1.17)
+  // floored to (3, 2, 1): (4, 3, 2) is 9, and the 10th goes to the largest remainder, worker 0.
+  EXPECT_EQ(share_steps(10, {3, 2, 1}), (Shares{5, 3, 2}));
+  // Equal remainders: the lower workers first.
+  EXPECT_EQ(share_steps(5, {1, 1, 1}), (Shares{2, 2, 1}));
+  // Fewer steps left than workers: no step each first, and the budget is never passed.
+  EXPECT_EQ(share_steps(2, {1, 1, 1}), (Shares{1, 1, 0}));
+  // Two left: one each, whatever the speeds.
+  EXPECT_EQ(share_steps(2, {8, 4}), (Shares{1, 1}));
+  EXPECT_EQ(share_steps(7, {0, 2, 0}), (Shares{1, 5, 1}));
+  EXPECT_THROW(share_steps(0, {1, 1}), edit::Error);
+  EXPECT_THROW(share_steps(3, {0, 0}), edit::Error);
 }
 
 TEST(Penalty, ClipScale) {

@@ -76,11 +76,12 @@ struct TrainingRun {
   }
 };
 
-// The losses of 8 steps without interruption.
-std::vector<double> straight_losses(edit::comm::DeviceMesh& mesh) {
+// The losses of 8 steps without interruption (and the syncs it completed).
+std::vector<double> straight_losses(edit::comm::DeviceMesh& mesh, std::int64_t* syncs = nullptr) {
   TrainingRun run(mesh, 0);
   std::vector<double> losses;
   for (int s = 0; s < 8; ++s) losses.push_back(run.step(mesh));
+  if (syncs != nullptr) *syncs = run.strategy->stats().syncs;
   return losses;
 }
 
@@ -99,7 +100,8 @@ void save_after_four_steps(edit::comm::DeviceMesh& mesh, const std::string& root
 TEST(Checkpoint, ResumedEditRunFollowsTheUninterruptedOne) {
   edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({shard_size()});
   const std::string root = fresh_root(mesh, "ckpt_resume");
-  const std::vector<double> straight = straight_losses(mesh);
+  std::int64_t straight_syncs = 0;
+  const std::vector<double> straight = straight_losses(mesh, &straight_syncs);
   save_after_four_steps(mesh, root);
   TrainingRun resumed(mesh, 1234);
   edit::train::Checkpointer checkpointer(mesh, root);
@@ -108,6 +110,8 @@ TEST(Checkpoint, ResumedEditRunFollowsTheUninterruptedOne) {
   EXPECT_EQ(resumed.trainer->current_step(), 4);
   EXPECT_TRUE(resumed.strategy->sync_pending());
   for (int s = 4; s < 8; ++s) EXPECT_NEAR(resumed.step(mesh), straight[static_cast<size_t>(s)], 1e-9) << "step " << s;
+  // The sync count goes on from the checkpoint's: the metrics of a resumed run count every sync.
+  EXPECT_EQ(resumed.strategy->stats().syncs, straight_syncs);
 }
 
 TEST(Checkpoint, ALostPendingSyncChangesTheRun) {

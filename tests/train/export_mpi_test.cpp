@@ -10,6 +10,7 @@
 #include "edit/comm/device_mesh.h"
 #include "edit/models/gpt.h"
 #include "edit/shard/flat_adamw.h"
+#include "edit/sync/local_sgd.h"
 #include "edit/train/checkpoint.h"
 #include "edit/train/export.h"
 #include "mpi_test_env.h"
@@ -88,6 +89,59 @@ TEST(Export, ShardedCheckpointBecomesOneSafetensorsFile) {
     cursor = end;
   }
   EXPECT_EQ(cursor, data_size);
+}
+
+// A Local SGD run exports the model its replicas agree on, the anchors of its last outer sync (the
+// model edit-train-gpt evaluates), not replica 0's local weights, which drift between syncs; and
+// the local weights on request (edit-export --weights local).
+TEST(Export, LocalSgdCheckpointExportsTheAnchorsAndTheLocalWeightsOnRequest) {
+  edit::comm::DeviceMesh mesh = edit::comm::DeviceMesh::from_env({1});  // S = 1, R = W
+  const std::string root = "export_anchor_np" + std::to_string(mesh.world_size());
+  if (mesh.rank() == 0) fs::remove_all(root);
+  mesh.world().barrier()->wait();
+
+  const auto config = edit::models::GptConfig::preset("tiny");
+  at::manual_seed(0);
+  auto module = std::make_shared<edit::models::GptImpl>(config);
+  edit::shard::ShardedModel model(module, mesh.shard_ptr());
+  edit::shard::FlatAdamW adamw(model, {1e-2});
+  edit::sync::LocalSgdOptions options;
+  options.sync_every = 4;
+  edit::sync::DiLoCo diloco(model, mesh.sync_ptr(), options);
+  at::manual_seed(static_cast<std::uint64_t>(1 + mesh.rank()));  // every replica its own data
+  for (int step = 0; step < 6; ++step) {  // an outer sync after step 3, then two local steps
+    const at::Tensor data = at::randint(0, 256, {2, 17}, at::kLong);
+    model.zero_grad();
+    model.backward(module->loss(data.narrow(1, 0, 16), data.narrow(1, 1, 16)));
+    diloco.before_step(step);
+    adamw.step();
+    diloco.after_step(step);
+  }
+  edit::train::Checkpointer checkpointer(mesh, root);
+  checkpointer.track("model", model);
+  checkpointer.track("inner", adamw);
+  checkpointer.track("strategy", diloco);
+  const std::string dir = checkpointer.save(6);
+  const auto local = model.gather_full_parameters();
+  std::vector<std::pair<std::string, at::Tensor>> anchors;
+  diloco.with_global_model([&] { anchors = model.gather_full_parameters(); });
+  if (mesh.rank() != 0) return;
+
+  bool moved = false;
+  for (size_t i = 0; i < local.size(); ++i) moved = moved || !at::equal(local[i].second, anchors[i].second);
+  ASSERT_TRUE(moved) << "the test needs local weights away from the anchors";
+  for (const bool prefer_anchor : {true, false}) {
+    at::manual_seed(99);
+    edit::models::GptImpl restored(config);
+    edit::train::load_unsharded(dir, restored, prefer_anchor);
+    const auto exported = edit::train::export_parameters(restored);
+    const auto& expected = prefer_anchor ? anchors : local;
+    ASSERT_EQ(exported.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_TRUE(at::equal(exported[i].second, expected[i].second))
+          << expected[i].first << (prefer_anchor ? " (anchor)" : " (local)");
+    }
+  }
 }
 
 }  // namespace

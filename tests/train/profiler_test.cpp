@@ -101,8 +101,10 @@ TEST(Profiler, ACpuWindowCountsTheOpsItRan) {
   for (const auto& e : s.entries) {
     EXPECT_FALSE(e.on_device);
     EXPECT_EQ(e.kind, "host");
-    EXPECT_GE(e.total_us, 0.0);
-    if (e.name == "aten::mm") mm_calls = e.calls;
+    if (e.name == "aten::mm") {
+      mm_calls = e.calls;
+      EXPECT_GT(e.total_us, 0.0) << "matrix products take time";
+    }
     if (e.name == "aten::tanh") tanh_calls = e.calls;
   }
   EXPECT_EQ(mm_calls, 5);

@@ -396,7 +396,11 @@ TEST(Trainer, RunStopsEveryRankAtOneStepOnASignalToOneRank) {
     const auto loss_of = [&](const edit::train::Batch& b) {
       if (signalled && trainer.current_step() == 3 && stop.seen_here() == 0) {
         ::kill(::getpid(), SIGUSR1);
-        while (stop.seen_here() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        // Bounded: a signal that never arrives fails below instead of hanging until ctest's timeout.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (stop.seen_here() == 0 && std::chrono::steady_clock::now() < deadline) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
       }
       return run.module->loss(b.inputs, b.targets);
     };

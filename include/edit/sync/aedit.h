@@ -50,6 +50,12 @@
 
 namespace edit::sync {
 
+// The steps `left` of a budget, shared among workers as A-EDiT does: one each first (when that
+// many are left), then the rest in proportion to `weights` (the last round's steps; all 1 before
+// the first round), floors first and the steps still left to the largest remainders (ties: the
+// lower worker). Sums to `left`. Exact integers, so alike on every rank.
+std::vector<std::int64_t> share_steps(std::int64_t left, const std::vector<std::int64_t>& weights);
+
 struct AEDiTOptions {
   LocalSgdOptions local = EDiT::default_options();  // sync_every is not used: the interval is
   double interval_s = 10.0;        // T: seconds between rounds
