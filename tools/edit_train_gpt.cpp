@@ -49,17 +49,21 @@
 
 namespace {
 
+// The number `text` holds, or NaN (which no option takes) when it holds none.
+double number_of(const std::string& text) {
+  try {
+    return std::stod(text);
+  } catch (const std::exception&) {
+    return NAN;
+  }
+}
+
 // A number above zero (kPositive) or not below it (kNonNegative). CLI11's PositiveNumber and
 // NonNegativeNumber would say "not in range 0.000000 to 179769313486231570814527...".
 CLI::Validator number_check(bool zero_allowed) {
   return CLI::Validator(
       [zero_allowed](std::string& text) -> std::string {
-        double value = NAN;
-        try {
-          value = std::stod(text);
-        } catch (const std::exception&) {
-          return "Value " + text + " is not a number";
-        }
+        const double value = number_of(text);
         if (std::isnan(value)) return "Value " + text + " is not a number";
         if (value > 0 || (zero_allowed && value == 0)) return {};
         return "Value " + text + (zero_allowed ? " must not be negative" : " must be above 0");
@@ -68,6 +72,22 @@ CLI::Validator number_check(bool zero_allowed) {
 }
 const CLI::Validator kPositive = number_check(false);
 const CLI::Validator kNonNegative = number_check(true);
+
+// A number in [lo, hi]. CLI::Range lets NaN through: every comparison with it is false.
+CLI::Validator number_in(double lo, double hi) {
+  std::ostringstream range;
+  range << lo << " to " << hi;
+  return CLI::Validator(
+      [lo, hi, range = range.str()](std::string& text) -> std::string {
+        const double value = number_of(text);
+        if (std::isnan(value)) return "Value " + text + " is not a number";
+        if (value < lo || value > hi) return "Value " + text + " is not in range " + range;
+        return {};
+      },
+      "FLOAT in [" + range.str() + "]");
+}
+// Any number, infinities included, but not NaN.
+const CLI::Validator kNumber = number_in(-INFINITY, INFINITY);
 
 // Every knob. The library's option structs hold the defaults; the CLI binds to their fields and
 // prints their values, so a default is stated once. The program's own choices are set in Config().
@@ -163,7 +183,7 @@ void add_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--val-fraction", c.val_fraction, "held-out share when --val-data is absent")
       ->group(data)
-      ->check(CLI::Range(0.0, 0.5))
+      ->check(number_in(0.0, 0.5))
       ->capture_default_str();
   app.add_option("--seed", c.seed, "data order seed (the same on every rank)")
       ->group(data)
@@ -233,7 +253,7 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--step-share", c.sync.aedit.step_share,
                  "r: weight w = (1 - r) penalty weight + r share of the inner steps")
       ->group(aedit)
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   const std::string streaming = "Streaming DiLoCo (--strategy streaming)";
   app.add_option("--fragments", c.sync.streaming.fragments,
@@ -255,7 +275,7 @@ void add_options(CLI::App& app, Config& c) {
       ->capture_default_str();
   app.add_option("--alpha", c.sync.streaming.alpha, "merge: theta = alpha theta_local + (1 - alpha) phi_new")
       ->group(streaming)
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_in(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--quant", c.quant, "pseudo-gradient exchange: fp32, bf16, int8, int4, fp4 (e2m1), fp4e3m0")
       ->group(streaming)
@@ -286,6 +306,7 @@ void add_options(CLI::App& app, Config& c) {
   app.add_option("--penalty-clip", c.sync.local.penalty.clip_norm,
                  "max norm of a unit's aggregate pseudo-gradient")
       ->group(sync)
+      ->check(kNumber)
       ->capture_default_str();
   app.add_option("--penalty-z", c.sync.local.penalty.z_threshold, "anomaly z-score threshold")
       ->group(sync)
@@ -529,13 +550,6 @@ void validate(const Config& c) {
   }
   const double outer_lr = c.sync.local.outer.lr;
   EDIT_CHECK(std::isfinite(outer_lr) && outer_lr > 0, "--outer-lr ", outer_lr, " must be a positive number");
-  // CLI11's ranges let NaN through.
-  for (const auto& [flag, value] : {std::pair<const char*, double>{"--alpha", c.sync.streaming.alpha},
-                                    {"--step-share", c.sync.aedit.step_share},
-                                    {"--val-fraction", c.val_fraction},
-                                    {"--penalty-clip", c.sync.local.penalty.clip_norm}}) {
-    EDIT_CHECK(!std::isnan(value), flag, " is not a number");
-  }
   EDIT_CHECK(!c.val_data.empty() || c.val_fraction > 0, "--val-fraction 0 leaves no val split of --train-data; "
              "give a share such as 0.05, or held-out files with --val-data");
   // The library's own checks of the optimizers and the strategy, here, so that a bad value is
@@ -765,9 +779,10 @@ int main(int argc, char** argv) {
     if (!mesh_options->device.is_cuda()) check_memory(gpt, c);
     // Where the launcher tells the world's size already: the mesh's shape and the stragglers' ranks.
     const int world_size = launch().world_size;
+    const auto stragglers = edit::train::StragglerPlan::parse(c.straggler);
     if (world_size > 0) {
       edit::comm::MeshLayout::make(world_size, c.shard_size, 0);
-      edit::train::StragglerPlan::parse(c.straggler).check_ranks(world_size);
+      stragglers.check_ranks(world_size);
     }
   } catch (const std::exception& e) {
     return usage_error(e.what(), 2);

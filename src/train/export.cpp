@@ -48,12 +48,16 @@ void load_unsharded(const std::string& checkpoint_dir, torch::nn::Module& model,
   // SGD anchors ("strategy/").
   const auto shard_key = [](int unit) { return "model/unit" + std::to_string(unit) + ".shard"; };
   const auto anchor_key = [](int unit) { return "strategy/unit" + std::to_string(unit) + ".anchor"; };
+  // A Local SGD checkpoint has an anchor for every unit: all or none, never a mix.
+  const bool anchor = prefer_anchor && find(files[0], anchor_key(0)) != nullptr;
   c10::NoGradGuard no_grad;
   std::unordered_set<const c10::TensorImpl*> seen;  // a tied weight is stored once, in its first unit
   int unit = 0;
   for (const auto& module : model.modules(/*include_self=*/false)) {
     if (!std::dynamic_pointer_cast<shard::UnitImpl>(module)) continue;
-    const bool anchor = prefer_anchor && find(files[0], anchor_key(unit)) != nullptr;
+    EDIT_CHECK(!anchor || unit == 0 || find(files[0], anchor_key(unit)) != nullptr, checkpoint_dir,
+               " holds Local SGD anchors for unit 0 but not for unit ", unit,
+               "; the model has more units than the one that was trained (check the model configuration)");
     std::vector<at::Tensor> slices;
     for (const auto& file : files) {
       const at::Tensor* slice = find(file, anchor ? anchor_key(unit) : shard_key(unit));

@@ -111,6 +111,10 @@ expect_usage_error weight_decay "AdamW weight decay -1 out of range.*--weight-de
 expect_usage_error comm_timeout_zero "--comm-timeout is 0 s.*at least 0.001 s" --steps 4 --comm-timeout 0 \
   --out-dir "$work/x19"
 EDIT_COMM_TIMEOUT_S=0 expect_usage_error comm_timeout_env "EDIT_COMM_TIMEOUT_S is 0 s" --steps 4 --out-dir "$work/x19"
+# NaN passes every comparison of a range check: refused as not a number.
+expect_usage_error alpha_nan "--alpha: Value nan is not a number" --steps 4 --strategy streaming --alpha nan \
+  --out-dir "$work/x19"
+expect_usage_error straggler_typo "straggler rule '1-2x' has no RANK:" --steps 4 --straggler 1-2x --out-dir "$work/x19"
 [[ -e "$work/x19" ]] && fail "a start refused before MPI created its --out-dir"
 # A misspelt backend switch is refused by name (it used to keep the default without a word).
 EDIT_CROSS_ENTROPY=atem expect_failure cross_entropy_typo 30 "EDIT_CROSS_ENTROPY='atem' is not a choice" --steps 2 \

@@ -136,6 +136,43 @@ TEST(Rope, ScoresDependOnlyOnTheRelativePosition) {
   EXPECT_GT(std::abs(score(3, 1) - score(3, 2)), 1e-3);
 }
 
+// The convention, written out element by element (rotate-half, as Llama and Hugging Face): the pair
+// (i, i + d/2) at position t turns by t theta^(-2i/d). Interleaved pairs (2i, 2i + 1) would fail.
+TEST(Rope, RotatesHalvesByPositionTimesInverseFrequencyByHand) {
+  at::manual_seed(5);
+  const std::int64_t T = 6, d = 8;
+  const double theta = 500.0;
+  const auto [cos, sin] = edit::models::rope_tables(T, d, theta);
+  const at::Tensor x = at::randn({1, 1, T, d});
+  const at::Tensor y = apply_rope(x, cos, sin);
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (std::int64_t i = 0; i < d / 2; ++i) {
+      const double angle = static_cast<double>(t) * std::pow(theta, -2.0 * static_cast<double>(i) / d);
+      const double a = x[0][0][t][i].item<double>(), b = x[0][0][t][i + d / 2].item<double>();
+      EXPECT_NEAR(y[0][0][t][i].item<double>(), a * std::cos(angle) - b * std::sin(angle), 1e-5) << t << ", " << i;
+      EXPECT_NEAR(y[0][0][t][i + d / 2].item<double>(), a * std::sin(angle) + b * std::cos(angle), 1e-5)
+          << t << ", " << i;
+    }
+  }
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w, element by element in double: eps inside the root.
+TEST(RmsNorm, IsTheFormulaByHand) {
+  at::manual_seed(7);
+  const std::int64_t rows = 3, n = 5;
+  const double eps = 0.25;  // large, so eps outside the root (or left out) would show
+  const at::Tensor x = at::randn({rows, n}) * 0.3, w = at::randn({n});
+  const at::Tensor y = edit::models::rms_norm(x, w, eps);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double mean_square = 0.0;
+    for (std::int64_t j = 0; j < n; ++j) mean_square += std::pow(x[r][j].item<double>(), 2) / n;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double want = x[r][j].item<double>() / std::sqrt(mean_square + eps) * w[j].item<double>();
+      EXPECT_NEAR(y[r][j].item<double>(), want, 1e-6 * (1.0 + std::abs(want))) << r << ", " << j;
+    }
+  }
+}
+
 // The fused fp32 CPU rotation against the formula in double (the ATen path), values and gradient,
 // on the (B, H, T, d) strided view the model hands it, with T shorter than the tables.
 TEST(Rope, CpuPathMatchesTheFormulaInDouble) {
