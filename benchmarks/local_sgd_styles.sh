@@ -7,7 +7,7 @@
 #   peer (benchmarks/peer_pytorch.py, plain PyTorch): ddp; diloco with the defaults; diloco with
 #     lr 1, momentum 0 (the mean);
 #   both: streaming (Streaming DiLoCo, fp32 exchanges, --fragments 4 strided, --overlap 1, alpha
-#     0.5, the outer defaults), the peer's written from the schedule in src/sync/streaming.h;
+#     0.5, the outer defaults), the peer's written from the schedule in include/edit/sync/streaming.h;
 # for --styles (gpt2, llama: tiny preset, T 64, 8 sequences per rank and step, warm-up --warmup,
 # then a constant lr of 1e-3) and --seeds. The two implementations start from different random
 # weights, so their losses agree only to the noise between seeds; what must agree is the ordering.

@@ -7,10 +7,10 @@ clipping (tools/edit_train_gpt.cpp, src/train/trainer.cpp), and three ways to ke
 
   --strategy ddp     torch.distributed (gloo) + DistributedDataParallel, every step
   --strategy diloco  every rank trains alone; every H steps one all_reduce of the pseudo-gradient
-                     (anchor - params) and a Nesterov outer step (DESIGN.md section 6)
+                     (anchor - params) and a Nesterov outer step (docs/architecture.md, sync/)
   --strategy streaming  DiLoCo by fragments (Streaming DiLoCo, fp32 exchanges): unit u (embedding,
                      blocks, head) in fragment u mod P, each fragment's exchange H / P steps after
-                     the one before, merged --overlap steps after it (src/sync/streaming.h)
+                     the one before, merged --overlap steps after it (include/edit/sync/streaming.h)
 
 Launched by OpenMPI (the rank and size come from OMPI_COMM_WORLD_*), one torch thread per rank:
 
@@ -370,8 +370,8 @@ def model_units(model):
 
 
 class StreamingDiLoCo:
-    """Written from the schedule in src/sync/streaming.h, not from its code. Fragment p (the units
-    u with u mod P = p) issues its exchange after step t when (t + 1) mod H == (p H / P) mod H:
+    """Written from the schedule in include/edit/sync/streaming.h, not from its code. Fragment p (the
+    units u with u mod P = p) issues its exchange after step t when (t + 1) mod H == (p H / P) mod H:
     Delta = mean_i (phi_p - theta_p,i). It is merged after step t + tau: m = mu m + Delta,
     phi_p -= lr (Delta + mu m), theta_p = alpha theta_p + (1 - alpha) phi_p. finish() merges what
     is still in flight."""

@@ -1,6 +1,6 @@
 # Resolves the three GPU switches (AUTO | ON | OFF) to ON/OFF.
 #
-# They are independent on purpose (DESIGN.md section 4): the NCCL communicator and kernels/ talk to
+# They are independent on purpose (docs/architecture.md, comm/): the NCCL communicator and kernels/ talk to
 # the CUDA runtime through raw device pointers and cudaStream_t, so they build wherever the CUDA
 # toolkit (nvcc, cuda_runtime.h, nccl.h) is present, even against Debian's CPU-only LibTorch. Only
 # EDIT_WITH_CUDA (the adapter that picks up LibTorch's current CUDA stream) needs a CUDA LibTorch.

@@ -555,9 +555,9 @@ void validate(const Config& c) {
   // The library's own checks of the optimizers and the strategy, here, so that a bad value is
   // refused before MPI starts (exit 2) instead of by every rank once the job runs.
   c.adamw.validate();
-  const edit::sync::StrategyConfig sync = strategy_config(c);
-  sync.validate();
-  if (edit::sync::is_local_sgd(strategy)) edit::sync::effective_local_options(sync).validate();
+  edit::sync::StrategyConfig sync = strategy_config(c);
+  sync.aedit.budget_steps = steps;  // (steps x replicas once the job runs: as positive as this)
+  sync.validate(model_config(c).num_units());
 }
 
 // Refuses to resume a checkpoint into a model that would load its weights with the same shapes

@@ -1,4 +1,4 @@
-// NCCL backend of Communicator (DESIGN.md section 4).
+// NCCL backend of Communicator (docs/architecture.md, comm/).
 //
 // Only raw device pointers (tensor.data_ptr()) and the CUDA runtime API, never c10::cuda: this
 // file builds and links against Debian's CPU-only LibTorch. No ATen kernel ever runs on a CUDA

@@ -17,7 +17,7 @@ bool is_local_sgd(const std::string& name) {
 
 bool default_penalty(const std::string& name) { return name == "edit" || name == "aedit"; }
 
-void StrategyConfig::validate() const {
+void StrategyConfig::validate(int num_units) const {
   const auto& names = strategy_names();
   if (std::find(names.begin(), names.end(), name) == names.end()) {
     std::string known;
@@ -28,6 +28,19 @@ void StrategyConfig::validate() const {
              "the pseudo-gradient penalty applies to Local SGD ",
              "(edit, aedit, diloco, streaming), but the strategy is ", name,
              "; drop the penalty or change the strategy");
+  if (!is_local_sgd(name)) return;
+  const LocalSgdOptions local = effective_local_options(*this);
+  local.validate();
+  if (name == "streaming") {
+    StreamingOptions options = streaming;
+    options.local = local;
+    options.validate(num_units);
+  }
+  if (name == "aedit") {
+    AEDiTOptions options = aedit;
+    options.local = local;
+    options.validate();
+  }
 }
 
 LocalSgdOptions effective_local_options(const StrategyConfig& config) {
@@ -38,7 +51,7 @@ LocalSgdOptions effective_local_options(const StrategyConfig& config) {
 
 std::unique_ptr<SyncStrategy> make_strategy(const StrategyConfig& config, shard::ShardedModel& model,
                                             std::shared_ptr<comm::Communicator> sync_group) {
-  config.validate();
+  config.validate(model.num_units());
   const LocalSgdOptions local = effective_local_options(config);
   if (config.name == "edit") return std::make_unique<EDiT>(model, std::move(sync_group), local);
   if (config.name == "aedit") {

@@ -30,7 +30,8 @@ void StreamingOptions::validate(int num_units) const {
                "--fragment-layout split cuts units between fragments, but the penalty "
                "judges whole units (one norm per unit and worker); drop --penalty or use another layout");
   } else {
-    EDIT_CHECK(fragments >= 1 && fragments <= num_units, "--fragments ", fragments, " with a model of ",
+    EDIT_CHECK(fragments >= 1, "--fragments ", fragments, "; use 1 or more");
+    EDIT_CHECK(num_units <= 0 || fragments <= num_units, "--fragments ", fragments, " with a model of ",
                num_units, " units; use 1 to ", num_units,
                " fragments (each holds at least one unit), or --fragment-layout split");
   }

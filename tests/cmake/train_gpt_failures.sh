@@ -156,8 +156,16 @@ expect_failure config_binary 30 "binary.toml:2: byte" --config "$work/binary.tom
 # Streaming DiLoCo: options for another strategy, and a schedule that cannot work.
 expect_failure streaming_flags_elsewhere 30 "--fragments, --quant apply only to Streaming DiLoCo" --steps 4 \
   --strategy edit --fragments 2 --quant fp4 --out-dir "$work/x13"
-expect_failure fragments_not_dividing_h 30 "--sync-every 4 is not divisible by --fragments 3" --steps 4 \
+# Streaming DiLoCo's and A-EDiT's own options, the model's unit count included, before MPI too.
+expect_usage_error fragments_not_dividing_h "--sync-every 4 is not divisible by --fragments 3" --steps 4 \
   --strategy streaming --fragments 3 --out-dir "$work/x14"
+common=("${base[@]:0:8}" "${base[@]:10}" --seq-len 32)  # base without its --sync-every 4
+[[ " ${common[*]} " != *" --sync-every "* ]] || fail "the cases below need base without --sync-every"
+expect_usage_error fragments_past_the_units "--fragments 8 with a model of 4 units" --steps 4 --strategy streaming \
+  --fragments 8 --sync-every 8 --out-dir "$work/x14"
+expect_usage_error time_limit_below_interval "time limit 1 s is shorter than one sync interval" --steps 4 \
+  --strategy aedit --sync-interval 2 --time-limit 1 --out-dir "$work/x14"
+common=("${base[@]}" --seq-len 32)
 
 # A-EDiT: a step count where a wall-clock interval is due, and its options for another strategy.
 expect_failure straggler_past_the_ranks 30 "slows rank 2, but the job has 2 rank\(s\), 0 to 1" --steps 4 \

@@ -1,4 +1,4 @@
-// NcclCommunicator on one GPU, world size 1 (DESIGN.md section 4): results against hand-computed
+// NcclCommunicator on one GPU, world size 1 (docs/architecture.md, comm/): results against hand-computed
 // references, stream ordering, and the errors that name their fix. Multi-rank runs belong to the
 // mpi-labelled tests.
 //

@@ -1,4 +1,4 @@
-// The fused Nesterov outer step (DESIGN.md section 6): the CPU twin against an independent float64
+// The fused Nesterov outer step (docs/architecture.md, sync/): the CPU twin against an independent float64
 // closed form and against the unfused ATen ops it replaces, the CUDA kernel against the twin, and
 // OuterOptimizer::step_and_reset() against step() + reset_to_anchor().
 //
@@ -43,7 +43,7 @@ struct Hyper {
   double lr;
   double mu;
 };
-// DiLoCo's defaults, a small-H setting (DESIGN.md section 6), and model averaging (lr 1, mu 0).
+// DiLoCo's defaults, a small-H setting (docs/architecture.md, sync/), and model averaging (lr 1, mu 0).
 const Hyper kHypers[] = {{"diloco", 0.7, 0.9}, {"small_h", 0.5, 0.5}, {"average", 1.0, 0.0}};
 
 // One unit's state as the outer step sees it: anchor ~ N(0, 1), momentum a few deltas, delta

@@ -1,4 +1,4 @@
-// Communicator: the collectives every strategy is built on (DESIGN.md section 4).
+// Communicator: the collectives every strategy is built on (docs/architecture.md, comm/).
 //
 // Every collective is asynchronous: it returns a Work handle at once and progresses on the
 // communicator's own thread (MPI) or stream (NCCL), so callers choose when to block and compute

@@ -1,4 +1,4 @@
-// DeviceMesh: who am I in the 2D mesh W = R x S (DESIGN.md section 3).
+// DeviceMesh: who am I in the 2D mesh W = R x S (docs/architecture.md, comm/).
 //
 // Ranks are laid out replica-major: world rank = replica * S + shard_rank, so the S ranks of one
 // replica are consecutive (normally one node, as mpirun/srun place them). The shard group (size S)
@@ -27,8 +27,9 @@ struct LaunchInfo {
   int local_rank = -1;
 };
 
-// Reads OpenMPI's OMPI_COMM_WORLD_*, then srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID,
-// then torchrun's RANK/WORLD_SIZE/LOCAL_RANK. Slurm's step size, not SLURM_NTASKS: a batch script
+// Reads OpenMPI's OMPI_COMM_WORLD_*, then MPICH/Hydra's PMI_RANK/PMI_SIZE/MPI_LOCALRANKID (both
+// "mpirun"), then srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID, then torchrun's
+// RANK/WORLD_SIZE/LOCAL_RANK. Slurm's step size, not SLURM_NTASKS: a batch script
 // (sbatch, salloc) has SLURM_PROCID=0 and the allocation's SLURM_NTASKS without being a task of a
 // step, so a plain single process there is no launch of SLURM_NTASKS. `getenv` is a parameter so
 // tests can feed an environment.

@@ -1,4 +1,4 @@
-// NcclCommunicator: the Communicator for CUDA tensors (DESIGN.md section 4).
+// NcclCommunicator: the Communicator for CUDA tensors (docs/architecture.md, comm/).
 //
 // Built only when edit/config.h says EDIT_WITH_NCCL 1. This header pulls in neither nccl.h nor the
 // CUDA headers (streams travel as void*), so code that merely names the class compiles anywhere.

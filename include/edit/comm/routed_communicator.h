@@ -1,5 +1,5 @@
 // RoutedCommunicator: one group over two transports, chosen per collective by the tensor's device
-// (DESIGN.md section 4): CUDA tensors go to the device communicator (NCCL), CPU tensors and host
+// (docs/architecture.md, comm/): CUDA tensors go to the device communicator (NCCL), CPU tensors and host
 // values to the host communicator (MPI), so code that reduces a CPU scalar on a GPU mesh just works.
 //
 // Both communicators span the same ranks in the same order. Ordering holds per transport: every

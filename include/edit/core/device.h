@@ -1,4 +1,4 @@
-// Where a rank computes: the CPU or one CUDA device (DESIGN.md section 4).
+// Where a rank computes: the CPU or one CUDA device (docs/architecture.md, comm/).
 //
 // One GPU per local rank: local rank r computes on cuda:(r mod GPUs), so ranks outnumbering the
 // GPUs of a node share them (then only the MPI backend can carry their collectives: NCCL refuses

@@ -1,4 +1,4 @@
-// Stateful: how a component saves and restores itself (DESIGN.md section 7).
+// Stateful: how a component saves and restores itself (docs/architecture.md, train/).
 //
 // The model's shards, the inner optimizer, the sync strategy (with its outer optimizer and
 // penalty), the data cursor, the RNG and the trainer's step each hand their state over as a

@@ -25,7 +25,7 @@ inline c10::StorageImpl* storage_impl(const at::Tensor& tensor) {
 // Frees the memory behind `tensor`'s storage but keeps the StorageImpl object, so every view of
 // it (and every tensor autograd saved from those views) stays valid and sees the memory again
 // after reallocate_storage(). This is how a sharded unit drops its full parameters after forward
-// (DESIGN.md section 5). Touching the data in between is undefined: callers track the state.
+// (docs/architecture.md, shard/). Touching the data in between is undefined: callers track the state.
 inline void release_storage(const at::Tensor& tensor) {
   c10::StorageImpl* storage = storage_impl(tensor);
   storage->set_data_ptr_noswap(at::DataPtr(nullptr, storage->device()));

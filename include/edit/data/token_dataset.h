@@ -1,4 +1,4 @@
-// TokenDataset: batches of token windows for next-token prediction (DESIGN.md section 7).
+// TokenDataset: batches of token windows for next-token prediction (docs/architecture.md, data/).
 //
 // Layout. The files (glob patterns expanded and sorted, in the order given) are concatenated into
 // one corpus of N tokens. They are memory-mapped, not loaded: a corpus larger than RAM trains, and
@@ -7,8 +7,8 @@
 // its first seq_len tokens, targets its last seq_len), so consecutive windows share one token and
 // every token but the first is a target exactly once. W = (N - 1) / seq_len windows in all.
 //
-// Split. The last round(val_fraction * W) windows, in corpus order, are "val"; the others
-// "train"; "all" takes every window. Train and val never share a window.
+// Split. The last max(1, round(val_fraction * W)) windows (none when val_fraction is 0), in corpus
+// order, are "val"; the others "train"; "all" takes every window. Train and val never share a window.
 //
 // Sampling. Each epoch e permutes the split's windows with a generator seeded by (seed, e), the
 // same on every rank; rank r reads positions r, r + world_size, r + 2 world_size, ... of it. So in

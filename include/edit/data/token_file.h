@@ -1,4 +1,4 @@
-// llm.c token shards (DESIGN.md section 7), the formats of karpathy/llm.c's dev/data scripts:
+// llm.c token shards (docs/architecture.md, data/), the formats of karpathy/llm.c's dev/data scripts:
 //   bytes [0, 1024):  256 little-endian int32: [0] magic, [1] version, [2] token count n
 //   GPT-2:    magic 20240520, version 1, then n little-endian uint16 token ids
 //   llama 3:  magic 20240801, version 7, then n little-endian uint32 token ids

@@ -1,6 +1,6 @@
 // A CUDA event as a plain C++ object (kernels/cuda_event.cu), so code outside kernels/ can wait
 // for work it queued on a stream without the CUDA headers or a CUDA LibTorch. The outer optimizer
-// uses it for the copies of offloaded state back to pinned host memory (DESIGN.md section 6).
+// uses it for the copies of offloaded state back to pinned host memory (docs/architecture.md, sync/).
 #pragma once
 
 namespace edit::kernels {

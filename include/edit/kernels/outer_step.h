@@ -1,4 +1,4 @@
-// CUDA entry points of kernels/ for the outer optimizer (DESIGN.md section 6).
+// CUDA entry points of kernels/ for the outer optimizer (docs/architecture.md, sync/).
 //
 // Raw device pointers and a cudaStream_t passed as void*, like pseudo_grad.h: the caller owns the
 // memory and the ordering. The CPU twin with the same contract is

@@ -1,4 +1,4 @@
-// CUDA entry points of kernels/ for the pseudo-gradient (DESIGN.md section 6).
+// CUDA entry points of kernels/ for the pseudo-gradient (docs/architecture.md, sync/).
 //
 // Raw device pointers and a cudaStream_t (passed as void* so this header compiles without CUDA):
 // the caller owns the memory and the ordering. The CPU twin with the same contract is

@@ -1,4 +1,4 @@
-// CUDA entry points of kernels/ for the quantized exchange of Streaming DiLoCo (DESIGN.md section 6).
+// CUDA entry points of kernels/ for the quantized exchange of Streaming DiLoCo (docs/architecture.md, sync/).
 //
 // Raw device pointers and a cudaStream_t passed as void*, like pseudo_grad.h: the caller owns the
 // memory and the ordering. The CPU twins with the same contract are edit::sync::quantize and

@@ -1,4 +1,4 @@
-// GPT models built from sharded units (DESIGN.md section 2, models/).
+// GPT models built from sharded units (docs/architecture.md, models/).
 //
 // Two styles share one skeleton, embedding unit -> n block units -> head unit:
 //   GPT-2:  learned positions, LayerNorm, GELU MLP (4x), biases;
@@ -43,6 +43,7 @@ struct GptConfig {
   int hidden() const;                  // the MLP width in effect
   void validate() const;               // throws edit::Error naming the field and the fix
   std::int64_t num_parameters() const;  // closed form, equal to the module's count
+  int num_units() const { return layers + 2; }  // GptImpl's shard units: the embedding, each block, the head
 
   // What keeps weights saved by a model of configuration `saved` from meaning the same in this
   // one, as "heads 4 -> 2, layers 2 -> 3" (empty: resumable). Shapes alone do not tell: other

@@ -1,4 +1,4 @@
-// ShardedModel: ZeRO-3-style sharding of a model's units over the shard group (DESIGN.md section 5).
+// ShardedModel: ZeRO-3-style sharding of a model's units over the shard group (docs/architecture.md, shard/).
 //
 // Each Unit's parameters become views into one flat buffer, padded to a multiple of S; rank s keeps
 // only slice s (the shard) between uses. Around every unit's forward and backward the model

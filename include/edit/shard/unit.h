@@ -1,4 +1,4 @@
-// Unit: the module wrapper that marks one block of a model as a sharded unit (DESIGN.md section 5).
+// Unit: the module wrapper that marks one block of a model as a sharded unit (docs/architecture.md, shard/).
 //
 // LibTorch's C++ modules have no forward hooks, so the model calls its blocks through Units and
 // each Unit tells its ShardedModel when it starts and ends, which is where parameters are

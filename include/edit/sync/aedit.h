@@ -1,4 +1,4 @@
-// A-EDiT: EDiT whose syncs follow a wall clock, not a step count (DESIGN.md section 6), for
+// A-EDiT: EDiT whose syncs follow a wall clock, not a step count (docs/architecture.md, sync/), for
 // clusters whose workers run at different speeds.
 //
 // Rounds. Round k is due once a replica's clock passes k * T (the interval). A replica that is due

@@ -30,8 +30,10 @@ struct StrategyConfig {
   StreamingOptions streaming;  // P, layout, tau, alpha, quantization: read by "streaming" only
   AEDiTOptions aedit;          // T, step share, budget, time limit, clock: read by "aedit" only
 
-  // Throws naming the field and the fix: an unknown name, a penalty for a strategy without one.
-  void validate() const;
+  // Throws naming the field and the fix: an unknown name, a penalty for a strategy without one, and
+  // the options of the strategy named (Local SGD's, Streaming DiLoCo's, A-EDiT's). num_units: the
+  // model's, for Streaming DiLoCo's fragments (<= 0: not known yet, that check waits).
+  void validate(int num_units = 0) const;
 };
 
 const std::vector<std::string>& strategy_names();

@@ -1,5 +1,5 @@
 // Local SGD: DiLoCo (bulk outer step between inner steps) and EDiT (the same outer step done
-// layer by layer inside the next forward pass), DESIGN.md section 6.
+// layer by layer inside the next forward pass), docs/architecture.md, sync/.
 //
 // Every H inner steps each worker i computes its pseudo-gradient delta_i = phi - theta_i per
 // unit shard; the sync group sums w_i delta_i (w from the penalty, else 1/R); the aggregate is

@@ -1,4 +1,5 @@
-// OuterOptimizer: the optimizer Local SGD applies to the averaged pseudo-gradient (DESIGN.md 6).
+// OuterOptimizer: the optimizer Local SGD applies to the averaged pseudo-gradient
+// (docs/architecture.md, sync/).
 //
 // State per unit shard: the anchor phi (parameters at the last sync) and the outer momentum m.
 //   Nesterov:      m = mu m + Delta;  phi -= lr (Delta + mu m)      (DiLoCo: lr 0.7, mu 0.9)

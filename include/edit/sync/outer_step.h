@@ -1,5 +1,5 @@
 // The Nesterov outer step of one flat float shard and the workers' restart, in one pass
-// (DESIGN.md section 6). This is the CPU twin of edit::kernels::nesterov_outer_step_cuda.
+// (docs/architecture.md, sync/). This is the CPU twin of edit::kernels::nesterov_outer_step_cuda.
 #pragma once
 
 #include <cstdint>

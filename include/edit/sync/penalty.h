@@ -1,4 +1,5 @@
-// PseudoGradPenalty: EDiT's defence against workers whose pseudo-gradient went wrong (DESIGN.md 6).
+// PseudoGradPenalty: EDiT's defence against workers whose pseudo-gradient went wrong
+// (docs/architecture.md, sync/).
 //
 // Per unit and sync, from the R norms ||delta_i|| (identical on every rank, in sync-group order):
 //  1. anomaly elimination: one detector per unit keeps an EWMA of the norm's mean and variance;

@@ -1,5 +1,5 @@
 // The pseudo-gradient of one flat shard: delta = anchor - local, and its squared L2 norm, in one
-// pass (DESIGN.md section 6). pseudo_grad_sqnorm_cpu is the CPU twin of
+// pass (docs/architecture.md, sync/). pseudo_grad_sqnorm_cpu is the CPU twin of
 // edit::kernels::pseudo_grad_sqnorm_cuda; pseudo_gradient() picks the twin, the kernel or ATen.
 #pragma once
 

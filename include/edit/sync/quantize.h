@@ -1,4 +1,4 @@
-// Quantized pseudo-gradients for Streaming DiLoCo's exchange (DESIGN.md section 6).
+// Quantized pseudo-gradients for Streaming DiLoCo's exchange (docs/architecture.md, sync/).
 //
 // A packet of n floats is the payload followed by one fp32 scale per block of `block` values:
 //   fp32   4 bytes a value, no scales (exact)

@@ -1,10 +1,11 @@
-// Streaming DiLoCo (Douillard et al. 2025; DESIGN.md section 6): DiLoCo whose units are split
+// Streaming DiLoCo (Douillard et al. 2025; docs/architecture.md, sync/): DiLoCo whose units are split
 // into P fragments that sync in turn, each exchange overlapped with the next inner steps and
 // quantized down to 4 bits.
 //
 // Schedule: fragment p issues its exchange after inner step t (0-based) when
 // (t + 1) mod H == (p H / P) mod H, i.e. fragment 0 after steps H-1, 2H-1, ... like DiLoCo and
-// fragment p p H / P steps earlier. It is a pure function of the step, so every rank issues the
+// fragment p p H / P steps after fragment 0 (first after step p H / P - 1; H = 6, P = 3: fragments
+// 1, 2, 0 after steps 1, 3, 5). It is a pure function of the step, so every rank issues the
 // same collectives in the same order. The exchange is merged `overlap` (tau) inner steps later:
 // the outer step moves the fragment's anchors to phi_new and the worker takes
 // theta = alpha theta_local + (1 - alpha) phi_new. tau = 0 merges at once (blocking); with tau
@@ -49,6 +50,8 @@ struct StreamingOptions {
   int overlap = 0;     // tau: inner steps between a fragment's exchange and its merge
   double alpha = 0.5;  // the merge's weight on the worker's own parameters
   QuantOptions quant;  // fp32 by default
+  // Throws naming the option and the fix. num_units <= 0: the model is not known yet, and whether
+  // it has units enough for the fragments is left to the check with the model.
   void validate(int num_units) const;
 };
 

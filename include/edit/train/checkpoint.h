@@ -1,4 +1,4 @@
-// Checkpoints: every rank writes its own shard file, rank 0 a manifest (DESIGN.md section 7).
+// Checkpoints: every rank writes its own shard file, rank 0 a manifest (docs/architecture.md, train/).
 //
 //   <root>/step_00000120/manifest.json      world size, shard size, step, components, per-rank size + CRC32
 //   <root>/step_00000120/rank_00003.bin     this rank's named tensors and scalars, CRC32 at the end

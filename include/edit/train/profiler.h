@@ -47,7 +47,7 @@ struct ProfileSummary {
 };
 
 // The kind of a device kernel, from its name: matmul, attention, norm, softmax/loss, optimizer,
-// reduction, elementwise, copy, communication, or other.
+// embedding, reduction, elementwise, copy, communication, or other.
 std::string kernel_kind(const std::string& name);
 
 // Length of the union of [begin, end) intervals (in any order, overlapping or not).

@@ -1,5 +1,5 @@
 // Straggler simulation: make chosen ranks slower, for tests and benchmarks of heterogeneous
-// clusters (A-EDiT, DESIGN.md section 6). The Trainer applies it after each step's compute, before
+// clusters (A-EDiT, docs/architecture.md, sync/). The Trainer applies it after each step's compute, before
 // the strategy, so a slowed rank reaches every sync late exactly as a slower GPU would.
 //
 // A spec is a comma-separated list of rules "RANK:SLOWDOWN[@FROM-TO]":

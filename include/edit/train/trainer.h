@@ -1,4 +1,4 @@
-// Trainer: the inner loop glue (DESIGN.md section 7).
+// Trainer: the inner loop glue (docs/architecture.md, train/).
 //   per step: for each micro-batch: batch -> forward -> backward (ShardedModel hooks fire, EDiT
 //   syncs inside the first forward after a sync step) -> strategy.before_step -> clip -> lr from
 //   the schedule -> inner step -> strategy.after_step -> metrics.
