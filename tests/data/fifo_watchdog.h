@@ -1,7 +1,8 @@
-// A FIFO that a data reader must refuse to open. If a reader opens it anyway and blocks waiting
-// for a writer, a watchdog thread opens the write end after `deadline` and closes it again, so
-// the reader sees end of file: the test then fails on its time bound instead of hanging until
-// ctest kills it.
+// A FIFO that a data reader must refuse to open. A watchdog thread tries the write end every
+// 10 ms: that open succeeds only while a reader has the FIFO open (or waits in open() for a
+// writer), so it records that a reader opened it, and closes again, which releases the reader
+// with end of file. A test asserts !reader_opened() rather than a time bound, and a reader that
+// does open the FIFO never hangs the test.
 #pragma once
 
 #include <fcntl.h>
@@ -18,18 +19,15 @@ namespace edit::testing_support {
 
 class FifoWatchdog {
  public:
-  explicit FifoWatchdog(std::string path, std::chrono::milliseconds deadline = std::chrono::seconds(5))
-      : path_(std::move(path)) {
+  explicit FifoWatchdog(std::string path) : path_(std::move(path)) {
     if (::mkfifo(path_.c_str(), 0644) != 0) throw std::runtime_error("mkfifo failed for " + path_);
-    thread_ = std::thread([this, deadline] {
-      const auto until = std::chrono::steady_clock::now() + deadline;
-      while (!stop_ && std::chrono::steady_clock::now() < until) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
+    thread_ = std::thread([this] {
       while (!stop_) {
-        // Succeeds only while a reader has the FIFO open; closing gives that reader end of file.
         const int fd = ::open(path_.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-        if (fd >= 0) ::close(fd);
+        if (fd >= 0) {
+          reader_opened_ = true;
+          ::close(fd);
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
     });
@@ -42,10 +40,13 @@ class FifoWatchdog {
   FifoWatchdog& operator=(const FifoWatchdog&) = delete;
 
   const std::string& path() const { return path_; }
+  // Whether a reader had the FIFO open while the watchdog looked (every 10 ms).
+  bool reader_opened() const { return reader_opened_; }
 
  private:
   std::string path_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> reader_opened_{false};
   std::thread thread_;
 };
 
