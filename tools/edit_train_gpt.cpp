@@ -582,15 +582,15 @@ void check_resumed_model(const edit::models::GptConfig& gpt, const std::string& 
     text << in.rdbuf();
     saved = edit::models::GptConfig::from_json(text.str());
   } catch (const std::exception& e) {
-    spdlog::warn("the model configuration of the checkpoint's run is unreadable ({}); the model is not checked "
-                 "against it",
+    spdlog::warn("the model configuration of the checkpoint's run is unreadable ({}); the model is not "
+                 "checked against it",
                  e.what());
     return;
   }
   const std::string differences = gpt.resume_differences(saved);
-  EDIT_CHECK(differences.empty(), "the checkpoint was saved by another model (", differences, ", per ", config,
-             "); resume with the same model options (--model, --style, --vocab-size, --seq-len, --dim, --heads, "
-             "--layers, --tie-embeddings), or train the new model in another --out-dir");
+  EDIT_CHECK(differences.empty(), "the checkpoint was saved by another model (", differences, ", per ",
+             config, "); resume with the same model options (--model, --style, --vocab-size, --seq-len, "
+             "--dim, --heads, --layers, --tie-embeddings), or train the new model in another --out-dir");
 }
 
 // A rough lower bound of one step's activation memory per rank: the logits (B, T, V) with their

@@ -149,9 +149,9 @@ TEST(Rope, RotatesHalvesByPositionTimesInverseFrequencyByHand) {
     for (std::int64_t i = 0; i < d / 2; ++i) {
       const double angle = static_cast<double>(t) * std::pow(theta, -2.0 * static_cast<double>(i) / d);
       const double a = x[0][0][t][i].item<double>(), b = x[0][0][t][i + d / 2].item<double>();
-      EXPECT_NEAR(y[0][0][t][i].item<double>(), a * std::cos(angle) - b * std::sin(angle), 1e-5) << t << ", " << i;
-      EXPECT_NEAR(y[0][0][t][i + d / 2].item<double>(), a * std::sin(angle) + b * std::cos(angle), 1e-5)
-          << t << ", " << i;
+      const double c = std::cos(angle), s = std::sin(angle);
+      EXPECT_NEAR(y[0][0][t][i].item<double>(), a * c - b * s, 1e-5) << t << ", " << i;
+      EXPECT_NEAR(y[0][0][t][i + d / 2].item<double>(), a * s + b * c, 1e-5) << t << ", " << i;
     }
   }
 }
@@ -246,8 +246,8 @@ TEST(GptConfig, ResumeDifferencesNameWhatChangesTheWeightsMeaning) {
   GptConfig several = saved;
   several.layers = 3;
   several.tie_embeddings = !saved.tie_embeddings;
-  EXPECT_EQ(several.resume_differences(saved), std::string("layers 2 -> 3, tie_embeddings ") +
-                                                   (saved.tie_embeddings ? "true -> false" : "false -> true"));
+  const std::string tie = saved.tie_embeddings ? "true -> false" : "false -> true";
+  EXPECT_EQ(several.resume_differences(saved), "layers 2 -> 3, tie_embeddings " + tie);
   // GPT-2 trains a table of seq_len positions; Llama computes RoPE for any length.
   GptConfig longer = saved;
   longer.seq_len = 2 * saved.seq_len;

@@ -152,7 +152,8 @@ TEST(StreamingDiLoCo, MergeWithAlphaAndOverlapFollowsTheRuleByHand) {
     mesh.sync().all_gather(all, mine)->wait();
     const at::Tensor phi1 = phi0[u].to(at::kDouble) - all.view({workers, n}).to(at::kDouble).sum(0) / workers;
     const at::Tensor theta = options.alpha * theta2[u].to(at::kDouble) + (1 - options.alpha) * phi1;
-    EXPECT_TRUE(at::allclose(streaming->core().outer().anchor(u).to(at::kDouble), phi1, 0, 2e-6)) << "unit " << u;
+    const at::Tensor anchor = streaming->core().outer().anchor(u).to(at::kDouble);
+    EXPECT_TRUE(at::allclose(anchor, phi1, 0, 2e-6)) << "unit " << u;
     EXPECT_TRUE(at::allclose(w.model->unit(u).shard().to(at::kDouble), theta, 0, 2e-6)) << "unit " << u;
   }
 }
