@@ -46,6 +46,7 @@
 #include "edit/train/run_dir.h"
 #include "edit/train/stop_signal.h"
 #include "edit/train/trainer.h"
+#include "model_loading.h"
 
 namespace {
 
@@ -567,20 +568,18 @@ void validate(const Config& c) {
 void check_resumed_model(const edit::models::GptConfig& gpt, const std::string& resume,
                          const edit::train::RunDir& run) {
   namespace fs = std::filesystem;
-  std::string config = run.config_path();
+  std::string saved_run = run.path();
   if (resume != "auto") {
     fs::path folder = fs::path(resume).lexically_normal();
     if (!folder.has_filename()) folder = folder.parent_path();  // "step_8/"
-    config = (folder.parent_path().parent_path() / "config.json").string();
+    saved_run = folder.parent_path().parent_path().string();
   }
+  const std::string config = edit::train::RunDir(saved_run).config_path();
   std::error_code error;
   if (!fs::is_regular_file(config, error)) return;
   edit::models::GptConfig saved;
   try {
-    std::ifstream in(config);
-    std::stringstream text;
-    text << in.rdbuf();
-    saved = edit::models::GptConfig::from_json(text.str());
+    saved = edit::tools::read_run_config(saved_run);
   } catch (const std::exception& e) {
     spdlog::warn("the model configuration of the checkpoint's run is unreadable ({}); the model is not "
                  "checked against it",

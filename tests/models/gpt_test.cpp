@@ -102,6 +102,7 @@ TEST_P(GptStyles, LearnsARepeatedBatchWhenSharded) {
   auto model = std::make_shared<edit::models::GptImpl>(tiny(GetParam()));
   edit::shard::ShardedModel sharded(model, std::make_shared<edit::testing_support::LoopbackCommunicator>());
   EXPECT_EQ(sharded.num_units(), 2 + model->config().layers);
+  EXPECT_EQ(sharded.num_units(), model->config().num_units()) << "the count the strategies' checks use";
   edit::shard::FlatAdamW optimizer(sharded, {3e-3});
   const at::Tensor data = at::randint(0, 256, {4, 33}, at::kLong);
   const at::Tensor x = data.narrow(1, 0, 32), y = data.narrow(1, 1, 32);
